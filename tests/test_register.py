@@ -1,0 +1,120 @@
+"""Registration with ultralytics: parse_model builds every scale, loss selection, bad input, and the lazy hook."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from ultralytics.cfg import get_cfg
+from ultralytics.nn.tasks import DetectionModel, guess_model_scale, guess_model_task, yaml_model_load
+from ultralytics.utils.torch_utils import get_flops, get_num_params
+
+import yolo_tood  # noqa: F401  (installed .pth imports it too; explicit for runs from a source tree)
+from yolo_tood.head import TOODDetect
+from yolo_tood.register import check_ultralytics_version
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOD_YAML = ROOT / "cfg" / "yolov8-tood.yaml"
+STOCK_YAML = Path(__import__("ultralytics").__file__).parent / "cfg" / "models" / "v8" / "yolov8.yaml"
+EXPECTED_HEAD = {"n": (64, 2), "s": (128, 2), "m": (192, 2), "l": (256, 3), "x": (320, 3)}
+
+
+def load_cfg(path: Path, scale: str, **overrides) -> dict:
+    d = yaml.safe_load(path.read_text())
+    return {**d, "scale": scale, **overrides}
+
+
+@pytest.mark.parametrize("scale", list("nsmlx"))
+def test_parse_model_builds_every_scale_within_budget(scale):
+    """Ultralytics' own DetectionModel builds the TOOD YAML with width-scaled channels, as it builds Detect."""
+    model = DetectionModel(load_cfg(TOOD_YAML, scale, nc=3), verbose=False)
+    stock = DetectionModel(load_cfg(STOCK_YAML, scale, nc=3), verbose=False)
+    head, stock_head = model.model[-1], stock.model[-1]
+    assert isinstance(head, TOODDetect)
+    assert [a.in_channels for a in head.adapters] == [s[0].conv.in_channels for s in stock_head.cv2]
+    assert (head.feat_channels, head.stacked_convs) == EXPECTED_HEAD[scale]
+    assert head.stride.tolist() == [8.0, 16.0, 32.0]  # ultralytics' stride computation ran on our feats
+    params, stock_params = get_num_params(model), get_num_params(stock)
+    flops, stock_flops = get_flops(model, 640), get_flops(stock, 640)
+    assert flops > 0
+    assert params <= 1.10 * stock_params and flops <= 1.15 * stock_flops, (params / stock_params, flops / stock_flops)
+
+    x = torch.zeros(1, 3, 64, 64)
+    out = model.train()(x)
+    assert out["boxes"].shape == (1, 64, 84) and out["scores"].shape == (1, 3, 84)
+    y, _ = model.eval()(x)
+    assert y.shape == (1, 7, 84)
+
+
+def test_yaml_name_resolution_like_ultralytics():
+    """yolov8n-tood.yaml maps to yolov8-tood.yaml with scale n, and the task is inferred as detect."""
+    d = yaml_model_load(ROOT / "cfg" / "yolov8n-tood.yaml")
+    assert d["scale"] == "n" and Path(d["yaml_file"]).name == "yolov8n-tood.yaml"
+    assert guess_model_scale("cfg/yolov8s-tood.yaml") == "s"
+    assert guess_model_task(d) == "detect"
+
+
+def test_model_yaml_is_not_mutated_and_loss_is_tood():
+    from yolo_tood.loss import TOODLoss
+
+    cfg = load_cfg(TOOD_YAML, "n", nc=3)
+    snapshot = copy.deepcopy(cfg)
+    model = DetectionModel(cfg, verbose=False)
+    assert model.yaml["head"] == snapshot["head"]  # the stored YAML keeps the unscaled row, so rebuilds agree
+    model.args = get_cfg()
+    assert isinstance(model.init_criterion(), TOODLoss)
+    stock = DetectionModel(load_cfg(STOCK_YAML, "n", nc=3), verbose=False)
+    stock.args = model.args
+    assert type(stock.init_criterion()).__name__ == "v8DetectionLoss"  # stock models are untouched
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["nc", 256, 0], "stacked_convs"),
+        (["nc", "wide", 3], "feat_channels"),
+        (["nc", 256, 3, 9], r"\[nc, feat_channels, stacked_convs\]"),
+    ],
+)
+def test_bad_head_row_gives_clear_error(args, match):
+    cfg = load_cfg(TOOD_YAML, "n", nc=3)
+    cfg["head"][-1] = [[15, 18, 21], 1, "TOODDetect", args]
+    with pytest.raises(ValueError, match=match):
+        DetectionModel(cfg, verbose=False)
+
+
+def test_mixing_stock_detect_is_rejected():
+    cfg = load_cfg(TOOD_YAML, "n", nc=3)
+    cfg["head"].insert(-1, [[15, 18, 21], 1, "Detect", ["nc"]])
+    with pytest.raises(ValueError, match="cannot also contain"):
+        DetectionModel(cfg, verbose=False)
+
+
+def test_unsupported_ultralytics_version_is_one_clear_line():
+    check_ultralytics_version()  # the installed version is supported
+    with pytest.raises(RuntimeError, match=r"supports ultralytics>=8\.4\.190,<8\.5 but ultralytics 8\.3\.0") as e:
+        check_ultralytics_version("8.3.0")
+    assert "\n" not in str(e.value)
+
+
+def run_python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+
+
+def test_startup_hook_is_installed_and_lazy():
+    """The installed yolo_tood.pth imports yolo_tood at start-up without importing torch or ultralytics."""
+    out = run_python("import sys; print('yolo_tood' in sys.modules, 'torch' in sys.modules, 'ultralytics' in sys.modules)")
+    assert out.split() == ["True", "False", "False"], "is the package installed (pip install .)? yolo_tood.pth missing"
+
+
+def test_hook_registers_when_ultralytics_is_imported_without_yolo_tood_import():
+    out = run_python(
+        "from ultralytics import YOLO; m = YOLO('cfg/yolov8n-tood.yaml', verbose=False); "
+        "print(type(m.model.model[-1]).__name__, m.task)"
+    )
+    assert out.split() == ["TOODDetect", "detect"]

@@ -1,0 +1,362 @@
+"""TOOD's task-aligned head (T-Head) with its task-aligned predictor (TAP), as an ultralytics ``Detect`` subclass.
+
+Follows the TOOD paper (Feng et al., ICCV 2021, section 3.1) and MMDetection's ``tood_head.py``; the names
+(``inter_convs``, ``TaskDecomposition``, ``cls_prob``, ``reg_offset``) are the reference's. Deviations, each for
+YOLOv8's neck or for export, are marked "Deviation" where they happen.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from ultralytics.nn.modules import DFL, Detect
+
+__all__ = ("Scale", "TaskDecomposition", "TOODDetect", "aligned_score", "keep_valid_boxes", "resample_by_offsets")
+
+PRIOR_PROB = 0.01  # cls and probability-map bias prior, as MMDetection's TOOD head
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups as the reference, or the largest divisor of ``channels`` below 32 for narrow heads."""
+    groups = math.gcd(32, channels)
+    return nn.GroupNorm(groups, channels)
+
+
+def aligned_score(cls_logits: torch.Tensor, prob_logits: torch.Tensor) -> torch.Tensor:
+    """Return TAP's aligned score sqrt(sigmoid(cls) * sigmoid(M)) with a gradient that stays finite when saturated.
+
+    Computed as exp(0.5 * (logsigmoid(cls) + logsigmoid(M))): the value is the same, and autograd then gives
+    d/dcls = 0.5 * score * (1 - sigmoid(cls)), the analytic backward MMDetection writes by hand (its
+    ``sigmoid_geometric_mean``, PR #7090), where a plain ``sqrt(a * b)`` gives inf/NaN gradients once the product
+    underflows.
+
+    Args:
+        cls_logits (torch.Tensor): Classification logits, any shape broadcastable with ``prob_logits``.
+        prob_logits (torch.Tensor): Probability-map logits M, e.g. (B, 1, H, W).
+
+    Returns:
+        (torch.Tensor): Aligned scores in [0, 1] with the broadcast shape.
+
+    Examples:
+        >>> s = aligned_score(torch.tensor([100.0, -100.0]), torch.tensor([0.0, 0.0]))
+        >>> s.isfinite().all()
+        tensor(True)
+    """
+    return torch.exp(0.5 * (F.logsigmoid(cls_logits) + F.logsigmoid(prob_logits)))
+
+
+def resample_by_offsets(pred: torch.Tensor, offsets: torch.Tensor, groups: int = 4) -> torch.Tensor:
+    """Bilinearly re-sample each channel group of ``pred`` at (location + that group's offset).
+
+    This is TAP's spatial re-sampling of the box prediction: MMDetection applies a 1x1 deformable convolution with a
+    unit kernel per box side, which equals bilinear interpolation with zero padding. ``F.grid_sample`` computes the
+    same thing with standard ops, so the head exports to ONNX (GridSample, opset >= 16) and needs no mmcv.
+
+    Args:
+        pred (torch.Tensor): Predictions (B, groups * C, H, W); group g holds the channels of box side g.
+        offsets (torch.Tensor): Offsets in feature-map pixels (B, 2 * groups, H, W), laid out (dy, dx) per group
+            as mmcv's deformable convolution expects.
+        groups (int): Number of channel groups, 4 for the four box sides.
+
+    Returns:
+        (torch.Tensor): Re-sampled predictions with the shape of ``pred``.
+
+    Examples:
+        >>> x = torch.randn(1, 8, 5, 6)
+        >>> torch.allclose(resample_by_offsets(x, torch.zeros(1, 8, 5, 6)), x, atol=1e-6)
+        True
+    """
+    b, c, h, w = pred.shape
+    ys = torch.arange(h, device=pred.device, dtype=pred.dtype).view(1, 1, h, 1)
+    xs = torch.arange(w, device=pred.device, dtype=pred.dtype).view(1, 1, 1, w)
+    offsets = offsets.view(b, groups, 2, h, w)
+    # Pixel centre j maps to (2j + 1) / W - 1 with align_corners=False, so a sample at j + dx maps to this
+    gx = (2 * (xs + offsets[:, :, 1]) + 1) / w - 1  # (B, groups, H, W)
+    gy = (2 * (ys + offsets[:, :, 0]) + 1) / h - 1
+    grid = torch.stack((gx, gy), -1).view(b * groups, h, w, 2)
+    out = F.grid_sample(pred.reshape(b * groups, c // groups, h, w), grid, "bilinear", "zeros", align_corners=False)
+    return out.view(b, c, h, w)
+
+
+def keep_valid_boxes(resampled: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Return ``resampled`` distances, except where their box is invalid (x1 > x2 or y1 > y2): there ``original``.
+
+    As MMDetection's TOOD head (PR #7567), which keeps the un-resampled box where re-sampling made it invalid,
+    because such boxes gave a negative GIoU loss. In distance form (left, top, right, bottom) a box is invalid
+    when left + right < 0 or top + bottom < 0.
+
+    Args:
+        resampled (torch.Tensor): Re-sampled distances (B, 4, H, W).
+        original (torch.Tensor): Un-resampled distances (B, 4, H, W).
+
+    Returns:
+        (torch.Tensor): Distances (B, 4, H, W), all four sides taken from one or the other per location.
+    """
+    valid = (resampled[:, 0:1] + resampled[:, 2:3] >= 0) & (resampled[:, 1:2] + resampled[:, 3:4] >= 0)
+    return torch.where(valid, resampled, original)
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplier, one per pyramid level, as MMDetection's ``Scale``."""
+
+    def __init__(self, scale: float = 1.0):
+        """Initialize the scale with value ``scale``."""
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x * scale``."""
+        return x * self.scale
+
+
+class TaskDecomposition(nn.Module):
+    """Task decomposition: layer attention over the stacked features, applied as an attention-weighted 1x1 conv.
+
+    As MMDetection's ``TaskDecomposition``: w = sigmoid(conv1x1(relu(conv1x1(avg_pool(feat))))) gives one weight per
+    stacked layer; the 1x1 reduction conv (stacked_convs * C -> C) is scaled per sample by w and applied as one batched
+    matmul, then GroupNorm + ReLU. This equals sum_k w_k * conv1x1_k(feat_k) without building the weighted features.
+
+    Args:
+        feat_channels (int): Channels C of each stacked layer.
+        stacked_convs (int): Number of stacked layers whose outputs are concatenated.
+        la_down_rate (int): Reduction of the layer-attention bottleneck; the reference uses 8 * stacked_convs.
+
+    Examples:
+        >>> td = TaskDecomposition(64, 3, 24)
+        >>> feat = torch.randn(2, 64 * 3, 10, 10)
+        >>> td(feat, F.adaptive_avg_pool2d(feat, 1)).shape
+        torch.Size([2, 64, 10, 10])
+    """
+
+    def __init__(self, feat_channels: int, stacked_convs: int, la_down_rate: int):
+        """Initialize the layer attention and the reduction conv."""
+        super().__init__()
+        self.feat_channels = feat_channels
+        self.stacked_convs = stacked_convs
+        self.in_channels = feat_channels * stacked_convs
+        hidden = max(self.in_channels // la_down_rate, 1)
+        self.layer_attention = nn.Sequential(
+            nn.Conv2d(self.in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, stacked_convs, 1)
+        )
+        self.reduction_conv = nn.Conv2d(self.in_channels, feat_channels, 1, bias=False)
+        self.norm = _group_norm(feat_channels)
+        self.act = nn.ReLU(inplace=True)
+        for m in self.layer_attention:  # as the reference: attention std 0.001, reduction std 0.01
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.001)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.reduction_conv.weight, std=0.01)
+
+    def attention(self, avg_feat: torch.Tensor) -> torch.Tensor:
+        """Return the layer attention (B, stacked_convs, 1, 1) from the pooled stacked features (B, S*C, 1, 1)."""
+        return self.layer_attention(avg_feat).sigmoid()
+
+    def forward(self, feat: torch.Tensor, avg_feat: torch.Tensor) -> torch.Tensor:
+        """Return the task-specific feature (B, C, H, W) of the stacked features ``feat`` (B, S*C, H, W)."""
+        b, _, h, w = feat.shape
+        weight = self.attention(avg_feat)  # (B, S, 1, 1)
+        # (B, 1, S, 1) * (1, C, S, C) -> (B, C, S*C): the reduction weight scaled per stacked layer and sample
+        conv_weight = weight.view(b, 1, self.stacked_convs, 1) * self.reduction_conv.weight.view(
+            1, self.feat_channels, self.stacked_convs, self.feat_channels
+        )
+        out = torch.bmm(
+            conv_weight.view(b, self.feat_channels, self.in_channels), feat.view(b, self.in_channels, h * w)
+        )
+        return self.act(self.norm(out.view(b, self.feat_channels, h, w)))
+
+
+class TOODDetect(Detect):
+    """TOOD's task-aligned head (T-Head + TAP) for YOLOv8, a drop-in ``Detect`` replacement.
+
+    Structure per level l (shared weights across levels as TOOD, except the adapters and scales):
+
+        P_l -> adapter_l (1x1, to C) -> inter_convs (stacked_convs x [3x3 conv, GN, ReLU]) -> concat = feat (S*C)
+        feat -> TaskDecomposition(cls) -> cls_conv (3x3) -> cls logits      \\
+        feat -> cls_prob (1x1, ReLU, 3x3) -> M                               -> score = sqrt(sig(cls) * sig(M))
+        feat -> TaskDecomposition(reg) -> reg_conv (3x3) -> Scale_l -> box  \\
+        feat -> reg_offset (1x1, ReLU, 3x3) -> 4 x (dy, dx)                  -> box re-sampled per side
+
+    Deviations from MMDetection's TOOD head, for YOLOv8:
+        - YOLOv8's neck levels have different widths, so a per-level 1x1 ``adapters`` conv maps them to one width
+          before the shared ``inter_convs``.
+        - Box regression is ultralytics' DFL distribution (4 x reg_max logits, in stride units) so that ultralytics'
+          decoding, validator and exporter work unchanged; with ``reg_max: 1`` it is the plain distance, as YOLOv8.
+          The per-level ``Scale`` multiplies that output: the reference's distance scale when reg_max is 1, a
+          per-level temperature of the bin logits otherwise (initialised at 1, the identity).
+        - The re-sampling moves each side's regression channels (distribution logits or distance) rather than
+          the decoded box coordinates, because ultralytics decodes boxes after the head. As the reference, a
+          re-sampled box that is invalid (x1 > x2 or y1 > y2) keeps the un-resampled prediction; with DFL the
+          distances are non-negative, so this can only happen when reg_max is 1.
+
+    Args:
+        nc (int): Number of classes.
+        feat_channels (int): Width C of the shared stacked convs (scaled by the model width in the YAML).
+        stacked_convs (int): Number of stacked 3x3 convs (scaled by the model depth in the YAML).
+        reg_max (int): DFL bins per side; 1 for plain distances.
+        end2end (bool): Must be False: TOOD has no one-to-one branch.
+        ch (tuple[int, ...]): Input channels of each level, filled in by ``parse_model``.
+
+    Examples:
+        >>> head = TOODDetect(nc=80, feat_channels=64, stacked_convs=2, ch=(64, 128, 256))
+        >>> head.stride = torch.tensor([8.0, 16.0, 32.0])
+        >>> x = [torch.randn(1, 64, 80, 80), torch.randn(1, 128, 40, 40), torch.randn(1, 256, 20, 20)]
+        >>> head.eval()(x)[0].shape
+        torch.Size([1, 84, 8400])
+    """
+
+    epoch: int | None = None  # trainer's current 0-based epoch, set by yolo_tood's callbacks; None outside training
+
+    def __init__(
+        self,
+        nc: int = 80,
+        feat_channels: int = 256,
+        stacked_convs: int = 6,
+        reg_max: int = 16,
+        end2end: bool = False,
+        ch: tuple[int, ...] | list[int] = (),
+    ):
+        """Initialize the T-Head for ``len(ch)`` levels."""
+        for name, value in (("nc", nc), ("feat_channels", feat_channels), ("stacked_convs", stacked_convs)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TOODDetect: '{name}' must be a positive int, got {value!r}")
+        if not isinstance(reg_max, int) or reg_max < 1:
+            raise ValueError(f"TOODDetect: reg_max must be a positive int, got {reg_max!r}")
+        if end2end:
+            raise ValueError("TOODDetect has no one-to-one (end2end) branch; remove 'end2end' from the model YAML")
+        if not ch:
+            raise ValueError("TOODDetect: no input levels; its YAML row needs 'from' levels, e.g. [15, 18, 21]")
+        # Detect.__init__ would build the stock cv2/cv3 branches only to discard them, so set its attributes here
+        nn.Module.__init__(self)
+        self.nc = nc
+        self.nl = len(ch)
+        self.reg_max = reg_max
+        self.no = nc + reg_max * 4
+        self.stride = torch.zeros(self.nl)
+        self.feat_channels = feat_channels
+        self.stacked_convs = stacked_convs
+        c, s = feat_channels, stacked_convs
+
+        self.adapters = nn.ModuleList(nn.Conv2d(x, c, 1) for x in ch)
+        self.inter_convs = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), _group_norm(c), nn.ReLU(inplace=True))
+            for _ in range(s)
+        )
+        self.cls_decomp = TaskDecomposition(c, s, la_down_rate=8 * s)
+        self.reg_decomp = TaskDecomposition(c, s, la_down_rate=8 * s)
+        self.tood_cls = nn.Conv2d(c, nc, 3, padding=1)
+        self.tood_reg = nn.Conv2d(c, 4 * reg_max, 3, padding=1)
+        self.cls_prob = nn.Sequential(
+            nn.Conv2d(c * s, c // 4, 1), nn.ReLU(inplace=True), nn.Conv2d(c // 4, 1, 3, padding=1)
+        )
+        self.reg_offset = nn.Sequential(
+            nn.Conv2d(c * s, c // 4, 1), nn.ReLU(inplace=True), nn.Conv2d(c // 4, 4 * 2, 3, padding=1)
+        )
+        self.scales = nn.ModuleList(Scale(1.0) for _ in ch)
+        self.dfl = DFL(reg_max) if reg_max > 1 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Initialise as MMDetection's TOOD head: normal std 0.01 convs, prior-probability biases, offsets std 0.001."""
+        for m in (*self.adapters, *self.inter_convs, self.tood_cls, self.tood_reg, *self.cls_prob, *self.reg_offset):
+            for conv in m.modules() if isinstance(m, nn.Sequential) else (m,):
+                if isinstance(conv, nn.Conv2d):
+                    nn.init.normal_(conv.weight, std=0.01)
+                    if conv.bias is not None:
+                        nn.init.zeros_(conv.bias)
+        nn.init.normal_(self.reg_offset[-1].weight, std=0.001)
+        self.bias_init()
+
+    @property
+    def cv2(self) -> tuple:
+        """No stock box branch; ultralytics' ``is_fused`` and weight transfer read it, so it is an empty tuple."""
+        return ()
+
+    @property
+    def cv3(self) -> None:
+        """No stock cls branch; ultralytics' weight transfer skips a None branch."""
+        return None
+
+    @property
+    def one2many(self) -> dict:
+        """No stock branches: ``Detect.forward`` passes these to ``forward_head``, which ignores them."""
+        return {}
+
+    @property
+    def end2end(self) -> bool:
+        """TOOD is one-to-many only."""
+        return False
+
+    @end2end.setter
+    def end2end(self, value: bool) -> None:
+        """Accept only False, as the exporter and predictor may set it."""
+        if value:
+            raise ValueError("TOODDetect has no one-to-one (end2end) branch; use NMS (end2end=False)")
+
+    def bias_init(self) -> None:
+        """Set the cls and probability-map biases to the prior probability 0.01, as the reference.
+
+        Replaces ``Detect.bias_init`` (which is stride-based for the stock branches); DFL/box biases stay zero.
+        """
+        prior_bias = -math.log((1 - PRIOR_PROB) / PRIOR_PROB)
+        nn.init.constant_(self.tood_cls.bias, prior_bias)
+        nn.init.constant_(self.cls_prob[-1].bias, prior_bias)
+
+    def forward_level(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the T-Head on one level.
+
+        Args:
+            x (torch.Tensor): Neck feature (B, ch[level], H, W).
+            level (int): Pyramid level index, selecting the adapter and the scale.
+
+        Returns:
+            boxes (torch.Tensor): Re-sampled box prediction (B, 4 * reg_max, H, W).
+            scores (torch.Tensor): Aligned scores in [0, 1], (B, nc, H, W).
+        """
+        x = self.adapters[level](x)
+        inter_feats = []
+        for conv in self.inter_convs:
+            x = conv(x)
+            inter_feats.append(x)
+        feat = torch.cat(inter_feats, 1)  # (B, S*C, H, W)
+        avg_feat = F.adaptive_avg_pool2d(feat, 1)  # shared by both decompositions, as the reference
+
+        cls_logits = self.tood_cls(self.cls_decomp(feat, avg_feat))
+        scores = aligned_score(cls_logits, self.cls_prob(feat))
+
+        reg = self.scales[level](self.tood_reg(self.reg_decomp(feat, avg_feat)))  # (B, 4*reg_max, H, W)
+        boxes = resample_by_offsets(reg, self.reg_offset(feat))
+        if self.reg_max == 1:  # DFL distances are >= 0, so only plain distances can give an invalid box
+            boxes = keep_valid_boxes(boxes, reg)
+        return boxes, scores
+
+    def forward_head(self, x: list[torch.Tensor], **kwargs) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Return the training dict of ultralytics' Detect contract.
+
+        Returns:
+            (dict): ``boxes`` (B, 4 * reg_max, A), ``scores`` (B, nc, A) aligned scores (probabilities, not logits),
+                ``feats`` the input levels.
+        """
+        bs = x[0].shape[0]
+        boxes, scores = zip(*(self.forward_level(xi, i) for i, xi in enumerate(x)))
+        return {
+            "boxes": torch.cat([b.view(bs, 4 * self.reg_max, -1) for b in boxes], -1),
+            "scores": torch.cat([s.view(bs, self.nc, -1) for s in scores], -1),
+            "feats": x,
+        }
+
+    def _inference(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decode boxes as ``Detect`` does; the scores are already probabilities, so no sigmoid."""
+        return torch.cat((self._get_decode_boxes(x), x["scores"]), 1)
+
+
+def _finish_registration() -> None:
+    """Complete ``register()`` when this module was the first to import ultralytics (e.g. by unpickling a checkpoint)."""
+    from .register import register
+
+    register()
+
+
+_finish_registration()
