@@ -108,7 +108,7 @@ def run_python(code: str) -> str:
 
 def test_startup_hook_is_installed_and_lazy():
     """The installed yolo_tood.pth imports yolo_tood at start-up without importing torch or ultralytics."""
-    out = run_python("import sys; print('yolo_tood' in sys.modules, 'torch' in sys.modules, 'ultralytics' in sys.modules)")
+    out = run_python("import sys; print(*(m in sys.modules for m in ('yolo_tood', 'torch', 'ultralytics')))")
     assert out.split() == ["True", "False", "False"], "is the package installed (pip install .)? yolo_tood.pth missing"
 
 

@@ -353,7 +353,7 @@ class TOODDetect(Detect):
 
 
 def _finish_registration() -> None:
-    """Complete ``register()`` when this module was the first to import ultralytics (e.g. by unpickling a checkpoint)."""
+    """Complete ``register()`` when this module imported ultralytics first (e.g. when unpickling a checkpoint)."""
     from .register import register
 
     register()
