@@ -1,0 +1,511 @@
+"""Train stock YOLOv8 and YOLOv8-TOOD with an identical recipe and compare accuracy, cost and speed.
+
+Usage:
+    python scripts/compare.py --scale n --epochs 60 --imgsz 320 --batch 16 --seeds 0 1 2 \
+        --data /work/shared/datasets/bccd/bccd.yaml --out runs/compare --models stock tood --alignment
+
+    # tiny end-to-end check (minutes, not hours)
+    python scripts/compare.py --epochs 1 --imgsz 64 --batch 8 --seeds 0 --models stock stock \
+        --data /work/shared/datasets/bccd/bccd.yaml --out /tmp/compare_tiny
+
+Models: ``stock`` is ultralytics' ``yolov8{scale}.yaml``, ``tood`` is this repo's ``cfg/yolov8{scale}-tood.yaml`` (one
+YAML with ``scales:``, resolved by ultralytics' scale naming); any other value is used as a model YAML path. Each
+(model, seed) trains through the ultralytics trainer with the same data, epochs, imgsz, batch, seed, optimizer and
+learning rate, ``deterministic=True``, then is validated (best.pt) on ``val`` and, if the data YAML has one, ``test``.
+
+Outputs in ``--out``: ``runs/<model>_s<seed>/`` (ultralytics run dirs, plots kept), ``val/`` (validation runs),
+``compare.json`` (everything), ``compare.md`` (tables) and ``compare_map.png`` (val mAP50-95 per epoch, mean and std
+band over seeds). Resumable: a run whose ``weights/best.pt``, ``results.csv`` and ``compare_run.json`` (written when
+its training has finished) exist is not trained again; an interrupted run is trained again from scratch.
+
+Reported cost and speed:
+- params: all parameters of the unfused model (as printed by ultralytics at training time).
+- GFLOPs (thop): ultralytics' ``get_flops`` of the unfused model at the training imgsz. THOP counts only hooked
+  ``nn.Module`` types, so functional ops (e.g. TOOD's batched matmul and grid_sample) are missed.
+- GFLOPs (torch): ``torch.utils.flop_counter.FlopCounterMode`` (2 x multiply-accumulates of conv/matmul/bmm aten ops,
+  the same convention as ultralytics), which does see functional matmuls; elementwise ops are not counted by either.
+- s/epoch: results.csv ``time`` (seconds since training start, logged after each epoch's validation) / epochs, i.e.
+  train + per-epoch validation.
+- train img/s: training images x epochs / time spent in the training phase of the epochs only (timed between the
+  ``on_train_epoch_start`` and ``on_train_epoch_end`` callbacks, so per-epoch validation is excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import statistics
+import time
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import yolo_tood  # noqa: F401  registers the TOOD head so TOOD YAMLs and checkpoints load
+from yolo_tood.diagnostics import AlignmentResult, alignment_table, evaluate_alignment
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_RECORD = "compare_run.json"  # written into a run dir once its training has finished
+MAP_COLUMN = "metrics/mAP50-95(B)"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Models and runs
+# ----------------------------------------------------------------------------------------------------------------------
+def model_cfg(model: str, scale: str) -> str:
+    """Return the model YAML for a model name.
+
+    Args:
+        model (str): ``stock``, ``tood`` or a model YAML path.
+        scale (str): YOLOv8 scale, one of n/s/m/l/x.
+
+    Returns:
+        (str): ``yolov8{scale}.yaml`` for stock (resolved by ultralytics), the repo's TOOD YAML path for tood, else
+            ``model`` unchanged.
+    """
+    if model == "stock":
+        return f"yolov8{scale}.yaml"
+    if model == "tood":
+        path = REPO / "cfg" / f"yolov8{scale}-tood.yaml"  # ultralytics maps it to cfg/yolov8-tood.yaml + scale
+        if not (REPO / "cfg" / "yolov8-tood.yaml").exists():
+            raise FileNotFoundError(f"{REPO / 'cfg' / 'yolov8-tood.yaml'} not found")
+        return str(path)
+    return model
+
+
+def model_labels(models: list[str]) -> list[str]:
+    """Return unique labels for the model list (``stock stock`` -> ``stock stock_2``), used in run names and tables."""
+    labels, seen = [], {}
+    for m in models:
+        base = Path(m).stem if m.endswith((".yaml", ".yml")) else m
+        seen[base] = seen.get(base, 0) + 1
+        labels.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return labels
+
+
+def read_results_csv(path: Path) -> dict[str, list[float]]:
+    """Read an ultralytics results.csv into columns of floats (headers stripped of padding)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    cols = [c.strip() for c in rows[0]] if rows else []
+    return {c: [float(r[k]) for r in rows] for c, k in zip(cols, rows[0] if rows else [])}
+
+
+def load_record(run_dir: Path) -> dict[str, Any] | None:
+    """Return the run record of a finished run, or None if the run is missing or incomplete."""
+    record = run_dir / RUN_RECORD
+    if (run_dir / "weights" / "best.pt").exists() and (run_dir / "results.csv").exists() and record.exists():
+        return json.loads(record.read_text())
+    return None
+
+
+def save_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """Write a run record (atomically, so an interrupted write never looks like a finished run)."""
+    tmp = run_dir / (RUN_RECORD + ".tmp")
+    tmp.write_text(json.dumps(_clean(record), indent=2, default=str))
+    tmp.replace(run_dir / RUN_RECORD)
+
+
+def train_run(cfg: str, run_dir: Path, recipe: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Train one model with the shared recipe and return its training record.
+
+    Args:
+        cfg (str): Model YAML.
+        run_dir (Path): Run directory (``project/name`` of the ultralytics trainer).
+        recipe (dict[str, Any]): Trainer arguments shared by all runs.
+        seed (int): Random seed of this run.
+
+    Returns:
+        (dict[str, Any]): ``train`` record with wall-clock time, per-epoch training-phase times and image count.
+    """
+    from ultralytics import YOLO
+
+    timing: dict[str, Any] = {"phase_s": [], "n_train_images": None}
+
+    def on_train_start(trainer):
+        timing["n_train_images"] = len(trainer.train_loader.dataset)
+
+    def on_train_epoch_start(trainer):
+        timing["t0"] = time.perf_counter()
+
+    def on_train_epoch_end(trainer):  # runs before the epoch's validation
+        timing["phase_s"].append(time.perf_counter() - timing["t0"])
+
+    model = YOLO(cfg)
+    model.add_callback("on_train_start", on_train_start)
+    model.add_callback("on_train_epoch_start", on_train_epoch_start)
+    model.add_callback("on_train_epoch_end", on_train_epoch_end)
+    t0 = time.perf_counter()
+    model.train(**recipe, seed=seed, project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
+    wall = time.perf_counter() - t0
+    return {
+        "cfg": cfg,
+        "seed": seed,
+        "wall_s": wall,
+        "train_phase_s": timing["phase_s"],
+        "n_train_images": timing["n_train_images"],
+        "save_dir": str(model.trainer.save_dir),
+    }
+
+
+def model_cost(weights: Path, imgsz: int) -> dict[str, float]:
+    """Return parameters and GFLOPs (THOP and torch's flop counter) of a trained model at ``imgsz``.
+
+    Args:
+        weights (Path): Checkpoint.
+        imgsz (int): Square input size used for the FLOPs.
+
+    Returns:
+        (dict[str, float]): ``params``, ``gflops_thop``, ``gflops_torch``.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import get_flops, get_num_params
+
+    net = deepcopy(YOLO(str(weights)).model).float().eval()  # checkpoints are stored in half precision
+    im = torch.zeros(1, 3, imgsz, imgsz)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(im)
+    return {
+        "params": get_num_params(net),
+        "gflops_thop": get_flops(net, imgsz),
+        "gflops_torch": counter.get_total_flops() / 1e9,
+    }
+
+
+def validate_run(
+    weights: Path, data: str, split: str, args: argparse.Namespace, val_dir: Path, name: str
+) -> dict[str, Any]:
+    """Validate a checkpoint on one split and return mAP50, mAP50-95 and per-class mAP50-95.
+
+    Args:
+        weights (Path): Checkpoint.
+        data (str): Dataset YAML.
+        split (str): ``val`` or ``test``.
+        args (argparse.Namespace): Script arguments (imgsz, batch, device).
+        val_dir (Path): Project directory of the validation runs.
+        name (str): Run name.
+
+    Returns:
+        (dict[str, Any]): ``map50``, ``map``, ``per_class`` (class name -> mAP50-95, classes with labels only).
+    """
+    from ultralytics import YOLO
+
+    metrics = YOLO(str(weights)).val(
+        data=data,
+        split=split,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        workers=0,
+        plots=True,
+        project=str(val_dir),
+        name=name,
+        exist_ok=True,
+    )
+    names = metrics.names
+    per_class = {names[int(c)]: float(ap) for c, ap in zip(metrics.ap_class_index, metrics.box.ap)}
+    return {"map50": float(metrics.box.map50), "map": float(metrics.box.map), "per_class": per_class}
+
+
+def has_split(data: str, split: str) -> bool:
+    """Return whether the dataset YAML defines a split (e.g. ``test:``)."""
+    from ultralytics.data.utils import check_det_dataset
+
+    return bool(check_det_dataset(data).get(split))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Aggregation and reporting
+# ----------------------------------------------------------------------------------------------------------------------
+def mean_std(values: list[float | None]) -> dict[str, float | int | None]:
+    """Return ``{"mean", "std", "n"}`` of the finite values; std is the sample std (ddof=1), None for n < 2."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return {
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
+
+
+def speed_of(record: dict[str, Any], results: dict[str, list[float]]) -> dict[str, float]:
+    """Return per-epoch time and training throughput of one run from its record and results.csv."""
+    epochs = len(results.get("epoch", [])) or 1
+    phase = sum(record["train_phase_s"])
+    n_epochs_timed = len(record["train_phase_s"])
+    imgs = record["n_train_images"] or 0
+    return {
+        "epoch_s": results["time"][-1] / epochs if results.get("time") else float("nan"),
+        "train_img_per_s": imgs * n_epochs_timed / phase if phase > 0 else float("nan"),
+        "wall_s": record["wall_s"],
+    }
+
+
+def summarize(runs: dict[str, dict[int, dict[str, Any]]], splits: list[str]) -> dict[str, Any]:
+    """Aggregate the per-seed records of each model: mean and std of mAPs, per-class AP and speed."""
+    summary: dict[str, Any] = {}
+    base = next(iter(runs), None)
+    for label, seeds in runs.items():
+        recs = list(seeds.values())
+        s: dict[str, Any] = {"cost": recs[0]["cost"], "splits": {}}
+        for split in splits:
+            vals = [r["val"][split] for r in recs if split in r.get("val", {})]
+            if not vals:
+                continue
+            classes = sorted({c for v in vals for c in v["per_class"]})
+            s["splits"][split] = {
+                "map50": mean_std([v["map50"] for v in vals]),
+                "map": mean_std([v["map"] for v in vals]),
+                "per_class": {c: mean_std([v["per_class"].get(c, float("nan")) for v in vals]) for c in classes},
+            }
+        for k in ("epoch_s", "train_img_per_s", "wall_s"):
+            s[k] = mean_std([r["speed"][k] for r in recs])
+        summary[label] = s
+    if base is not None:  # throughput relative to the first model (TOOD/stock for --models stock tood)
+        for s in summary.values():
+            num, den = s["train_img_per_s"]["mean"], summary[base]["train_img_per_s"]["mean"]
+            s["img_per_s_ratio_vs_" + base] = num / den if num and den else None
+    return summary
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    """Format a number, a dash for None/NaN."""
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _clean(obj: Any) -> Any:
+    """Replace NaN floats by None recursively so the JSON output is standard JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """Render a markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_markdown(path: Path, args: argparse.Namespace, runs: dict, summary: dict, splits: list[str]) -> str:
+    """Write compare.md: recipe, summary, per-class AP, per-seed figures and (optionally) alignment tables."""
+    labels = list(runs)
+    base = labels[0]
+    n_seeds = len(args.seeds)
+    out = [
+        f"# YOLOv8{args.scale}: {' vs '.join(labels)}",
+        "",
+        f"Data `{args.data}`; {args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch}, optimizer {args.optimizer} "
+        f"lr0 {args.lr0}, seeds {' '.join(map(str, args.seeds))}, deterministic, device {args.device}, "
+        f"workers {args.workers}. Values are mean ± sample std over {n_seeds} seeds"
+        + (" (one seed: no std)." if n_seeds == 1 else "."),
+        "",
+        "## Summary",
+        "",
+    ]
+    header = ["model", "params (M)", "GFLOPs thop", "GFLOPs torch"]
+    for split in splits:
+        header += [f"{split} mAP50", f"{split} mAP50-95"]
+    header += ["s/epoch", "train img/s", f"img/s ratio vs {base}"]
+    rows = []
+    for label in labels:
+        s = summary[label]
+        c = s["cost"]
+        row = [label, f"{c['params'] / 1e6:.3f}", f"{c['gflops_thop']:.2f}", f"{c['gflops_torch']:.2f}"]
+        for split in splits:
+            sp = s["splits"].get(split)
+            row += [_pm2(sp["map50"]), _pm2(sp["map"])] if sp else ["-", "-"]
+        row += [_pm2(s["epoch_s"], 1), _pm2(s["train_img_per_s"], 1), _fmt(s["img_per_s_ratio_vs_" + base], 2)]
+        rows.append(row)
+    out += [markdown_table(header, rows), ""]
+    out += [
+        f"GFLOPs at imgsz {args.imgsz}, unfused. s/epoch includes the per-epoch validation; train img/s counts the "
+        "training phase only. See scripts/compare.py for the exact definitions.",
+        "",
+    ]
+    for split in splits:
+        classes = sorted({c for label in labels for c in summary[label]["splits"].get(split, {}).get("per_class", {})})
+        if not classes:
+            continue
+        out += [f"## Per-class AP (mAP50-95), {split}", ""]
+        rows = [[c] + [_pm2(summary[lb]["splits"].get(split, {}).get("per_class", {}).get(c)) for lb in labels]
+                for c in classes]  # fmt: skip
+        out += [markdown_table(["class", *labels], rows), ""]
+    out += ["## Per seed", ""]
+    header = ["model", "seed"] + [f"{sp} {m}" for sp in splits for m in ("mAP50", "mAP50-95")]
+    header += ["s/epoch", "train img/s", "train wall (s)"]
+    rows = []
+    for label in labels:
+        for seed, r in runs[label].items():
+            row = [label, str(seed)]
+            for split in splits:
+                v = r["val"].get(split)
+                row += [f"{v['map50']:.3f}", f"{v['map']:.3f}"] if v else ["-", "-"]
+            sp = r["speed"]
+            row += [f"{sp['epoch_s']:.1f}", f"{sp['train_img_per_s']:.1f}", f"{sp['wall_s']:.0f}"]
+            rows.append(row)
+    out += [markdown_table(header, rows), ""]
+    if args.alignment:
+        out += ["## Task alignment (TOOD paper Table 7 analysis)", ""]
+        out += [
+            f"Pre-NMS PCC top-50 and IoU top-10; post-NMS counts at conf {args.align_conf}, NMS IoU 0.7, max_det 300 "
+            "(definitions: yolo_tood/diagnostics.py). mAP50-95 at the validator's conf 0.001.",
+            "",
+        ]
+        for split in splits:
+            results = {
+                f"{label} s{seed}": AlignmentResult(**r["alignment"][split])
+                for label in labels
+                for seed, r in runs[label].items()
+                if split in r.get("alignment", {})
+            }
+            if results:
+                out += [f"### {split}", "", alignment_table(results), ""]
+    out += ["![val mAP50-95 per epoch](compare_map.png)", ""]
+    text = "\n".join(out)
+    path.write_text(text)
+    return text
+
+
+def _pm2(ms: dict[str, Any] | None, digits: int = 3) -> str:
+    """Format a ``mean_std`` dict as ``mean ± std`` (just the mean for one value, a dash for none)."""
+    if not ms or ms["mean"] is None:
+        return "-"
+    m, s = ms["mean"], ms["std"]
+    return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def plot_map(path: Path, curves: dict[str, list[list[float]]]) -> None:
+    """Plot val mAP50-95 against epoch per model: the mean over seeds and a shaded ±1 std band.
+
+    Args:
+        path (Path): Output PNG.
+        curves (dict[str, list[list[float]]]): Per model, one mAP50-95 list per seed (from results.csv).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for label, seeds in curves.items():
+        n = min(len(c) for c in seeds)  # runs stopped early are truncated to the common length
+        y = np.array([c[:n] for c in seeds])
+        x = np.arange(1, n + 1)
+        mean = y.mean(0)
+        (line,) = ax.plot(x, mean, marker="o" if n < 20 else None, label=f"{label} (n={len(seeds)})")
+        if len(seeds) > 1:
+            std = y.std(0, ddof=1)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mAP50-95")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse command-line arguments."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", default="n", choices=list("nsmlx"))
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--data", default=str(Path("/work/shared/datasets/bccd/bccd.yaml")))
+    p.add_argument("--out", type=Path, default=Path("runs/compare"))
+    p.add_argument("--models", nargs="+", default=["stock", "tood"], help="stock, tood or model YAML paths")
+    p.add_argument(
+        "--optimizer",
+        default="auto",
+        help="same for all models; ultralytics' auto choice depends only on nc and iterations",
+    )
+    p.add_argument("--lr0", type=float, default=0.01)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--alignment", action="store_true", help="also run the task-alignment diagnostics")
+    p.add_argument("--align-conf", type=float, default=0.05, help="NMS score threshold of the alignment counts")
+    args = p.parse_args(argv)
+    args.out = args.out.resolve()  # absolute: ultralytics puts relative projects under its runs_dir
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train, validate and compare; write compare.json, compare.md and compare_map.png into ``--out``."""
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    splits = ["val"] + (["test"] if has_split(args.data, "test") else [])
+    recipe = {
+        "data": args.data,
+        "epochs": args.epochs,
+        "imgsz": args.imgsz,
+        "batch": args.batch,
+        "optimizer": args.optimizer,
+        "lr0": args.lr0,
+        "deterministic": True,
+        "workers": args.workers,
+        "device": args.device,
+        "plots": True,
+    }
+    labels = model_labels(args.models)
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    curves: dict[str, list[list[float]]] = {}
+    for label, model in zip(labels, args.models):
+        cfg = model_cfg(model, args.scale)
+        runs[label], curves[label] = {}, []
+        for seed in args.seeds:
+            run_dir = args.out / "runs" / f"{label}_s{seed}"
+            record = load_record(run_dir)
+            if record is None or record.get("recipe") != {**recipe, "cfg": cfg}:
+                print(f"\n=== training {label} ({cfg}) seed {seed} -> {run_dir}")
+                record = {"recipe": {**recipe, "cfg": cfg}, "train": train_run(cfg, run_dir, recipe, seed)}
+                save_record(run_dir, record)
+            else:
+                print(f"\n=== {run_dir} already trained, skipping")
+            results = read_results_csv(run_dir / "results.csv")
+            best = run_dir / "weights" / "best.pt"
+            record.setdefault("val", {})
+            record.setdefault("alignment", {})
+            if "cost" not in record:
+                record["cost"] = model_cost(best, args.imgsz)
+            for split in splits:
+                if split not in record["val"]:
+                    record["val"][split] = validate_run(best, args.data, split, args, args.out / "val", run_dir.name)
+                if args.alignment and split not in record["alignment"]:
+                    res = evaluate_alignment(
+                        best, args.data, split=split, imgsz=args.imgsz, batch=args.batch, conf=args.align_conf,
+                        device=args.device, workers=0,
+                    )  # fmt: skip
+                    record["alignment"][split] = res.to_dict()
+            record["speed"] = speed_of(record["train"], results)
+            save_record(run_dir, record)  # validation results are cached too
+            runs[label][seed] = record
+            curves[label].append(results.get(MAP_COLUMN, []))
+
+    summary = summarize(runs, splits)
+    env = {"ultralytics": __import__("ultralytics").__version__, "torch": torch.__version__}
+    env.update(python=platform.python_version(), machine=platform.processor() or platform.machine())
+    report = {"args": vars(args), "recipe": recipe, "splits": splits, "env": env, "summary": summary, "runs": runs}
+    (args.out / "compare.json").write_text(json.dumps(_clean(report), indent=2, default=str))
+    plot_map(args.out / "compare_map.png", curves)
+    text = write_markdown(args.out / "compare.md", args, runs, summary, splits)
+    print("\n" + text)
+    print(f"\nWrote {args.out / 'compare.json'}, {args.out / 'compare.md'}, {args.out / 'compare_map.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Tests of yolo_tood.diagnostics on hand-made predictions with known answers, plus an end-to-end smoke test."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from yolo_tood.diagnostics import (
+    AlignmentAccumulator,
+    AlignmentResult,
+    alignment_stats,
+    evaluate_alignment,
+    nms_counts,
+    object_alignment,
+    rank_correlation,
+    scores_from_conf_cls,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shrinking_boxes(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return n boxes inside the GT [0, 0, 100, 100] whose width (and IoU (100 - k) / 100) shrinks with k."""
+    k = torch.arange(n, dtype=torch.float32)
+    boxes = torch.stack([torch.zeros(n), torch.zeros(n), 100 - k, torch.full((n,), 100.0)], 1)
+    return boxes, (100 - k) / 100
+
+
+GT_BOX = torch.tensor([[0.0, 0.0, 100.0, 100.0]])
+
+
+class TestRankCorrelation:
+    def test_same_order_is_one(self):
+        assert rank_correlation(torch.tensor([0.1, 0.2, 0.7]), torch.tensor([1.0, 5.0, 6.0])) == pytest.approx(1.0)
+
+    def test_reversed_order_is_minus_one(self):
+        assert rank_correlation(torch.tensor([0.1, 0.2, 0.7]), torch.tensor([6.0, 5.0, 1.0])) == pytest.approx(-1.0)
+
+    def test_uses_ranks_not_values(self):
+        # monotone but non-linear: Pearson on values < 1, on ranks exactly 1
+        x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+        assert rank_correlation(x, x.exp() ** 3) == pytest.approx(1.0)
+
+    def test_ties_get_average_ranks(self):
+        # ranks x: 1, 2.5, 2.5, 4; y: 1, 2, 3, 4 -> Pearson of the ranks
+        x, y = torch.tensor([0.1, 0.5, 0.5, 0.9]), torch.tensor([1.0, 2.0, 3.0, 4.0])
+        expected = np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1]
+        assert rank_correlation(x, y) == pytest.approx(expected)
+
+    def test_undefined_cases_are_nan(self):
+        assert math.isnan(rank_correlation(torch.tensor([0.3]), torch.tensor([0.5])))
+        assert math.isnan(rank_correlation(torch.tensor([0.3, 0.3]), torch.tensor([0.5, 0.6])))
+
+
+class TestObjectAlignment:
+    def test_aligned_scores_give_pcc_one_and_known_top10_iou(self):
+        boxes, ious = shrinking_boxes(60)
+        scores = ious[:, None].clone()  # score order == IoU order
+        pcc, mean_iou = object_alignment(boxes, scores, GT_BOX, torch.tensor([0]))
+        assert pcc == [pytest.approx(1.0)]
+        assert mean_iou == [pytest.approx(0.955)]  # widths 100..91 -> mean IoU (100 - 4.5) / 100
+
+    def test_reversed_scores_give_pcc_minus_one(self):
+        boxes, ious = shrinking_boxes(60)
+        scores = (1 - ious)[:, None]  # the worst boxes are the most confident
+        pcc, mean_iou = object_alignment(boxes, scores, GT_BOX, torch.tensor([0]))
+        assert pcc == [pytest.approx(-1.0)]
+        assert mean_iou == [pytest.approx(0.455)]  # top-10 confident are widths 50..41
+
+    def test_only_top50_enter_the_correlation(self):
+        # 50 aligned confident predictions, then 10 less confident ones in the opposite order: PCC stays 1
+        boxes, ious = shrinking_boxes(60)
+        scores = torch.cat([ious[:50], 0.1 - ious[50:] / 10])[:, None]
+        pcc, _ = object_alignment(boxes, scores, GT_BOX, torch.tensor([0]))
+        assert pcc == [pytest.approx(1.0)]
+        pcc_all, _ = object_alignment(boxes, scores, GT_BOX, torch.tensor([0]), topk_pcc=60)
+        assert pcc_all[0] < 1.0
+
+    def test_uses_the_score_of_the_objects_class(self):
+        boxes, ious = shrinking_boxes(20)
+        scores = torch.stack([1 - ious, ious], 1)  # class 0 anti-aligned, class 1 aligned
+        assert object_alignment(boxes, scores, GT_BOX, torch.tensor([1]))[0] == [pytest.approx(1.0)]
+        assert object_alignment(boxes, scores, GT_BOX, torch.tensor([0]))[0] == [pytest.approx(-1.0)]
+
+    def test_predictions_relate_to_their_best_iou_object_only(self):
+        gts = torch.tensor([[0.0, 0.0, 100.0, 100.0], [200.0, 0.0, 300.0, 100.0]])
+        boxes_a, ious_a = shrinking_boxes(10)
+        boxes_b = boxes_a + torch.tensor([200.0, 0.0, 200.0, 0.0])
+        boxes = torch.cat([boxes_a, boxes_b])
+        scores = torch.cat([ious_a, 1 - ious_a])[:, None]  # object A aligned, object B reversed
+        pcc, mean_iou = object_alignment(boxes, scores, gts, torch.tensor([0, 0]))
+        assert pcc == [pytest.approx(1.0), pytest.approx(-1.0)]
+        assert mean_iou == [pytest.approx(0.955), pytest.approx(0.955)]
+
+    def test_objects_without_enough_predictions(self):
+        gts = torch.tensor([[0.0, 0.0, 100.0, 100.0], [200.0, 0.0, 300.0, 100.0], [500.0, 500.0, 510.0, 510.0]])
+        boxes = torch.tensor([[0.0, 0.0, 100.0, 50.0], [200.0, 0.0, 300.0, 100.0], [200.0, 0.0, 300.0, 100.0]])
+        scores = torch.tensor([[0.9], [0.5], [0.4]])
+        pcc, mean_iou = object_alignment(boxes, scores, gts, torch.tensor([0, 0, 0]))
+        assert math.isnan(pcc[0])  # a single prediction: no correlation
+        assert math.isnan(pcc[1])  # two predictions with equal IoU: constant ranks
+        assert math.isnan(pcc[2])  # no related prediction at all
+        assert mean_iou == [pytest.approx(0.5), pytest.approx(1.0), 0.0]
+
+    def test_no_gt(self):
+        boxes, ious = shrinking_boxes(5)
+        assert object_alignment(boxes, ious[:, None], torch.zeros(0, 4), torch.zeros(0)) == ([], [])
+
+
+def duplicate_scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two class-0 objects and predictions whose fate under NMS (IoU 0.7, conf 0.05) is known."""
+    gt_boxes = torch.tensor([[0.0, 0.0, 100.0, 100.0], [200.0, 0.0, 300.0, 100.0]])
+    gt_cls = torch.tensor([0, 0])
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 100.0, 100.0],  # 0.9 cls0: kept, matches A -> correct
+            [0.0, 0.0, 100.0, 95.0],  # 0.8 cls0: IoU 0.95 with the first -> removed by NMS -> redundant
+            [0.0, 0.0, 100.0, 60.0],  # 0.7 cls0: IoU 0.6 with the first -> kept, A already matched -> duplicate
+            [200.0, 0.0, 300.0, 30.0],  # 0.6 cls0: IoU 0.3 with B -> error
+            [500.0, 500.0, 600.0, 600.0],  # 0.5 cls0: background
+            [200.0, 0.0, 300.0, 100.0],  # 0.01 cls0: below conf, ignored although perfect
+            [200.0, 0.0, 300.0, 100.0],  # 0.6 cls1: no class-1 object -> background (class-aware)
+        ]
+    )
+    scores = torch.zeros(7, 2)
+    scores[torch.arange(7), torch.tensor([0, 0, 0, 0, 0, 0, 1])] = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.01, 0.6])
+    return boxes, scores, gt_boxes, gt_cls
+
+
+class TestNMSCounts:
+    def test_known_correct_duplicate_error_redundant(self):
+        counts = nms_counts(*duplicate_scene(), conf=0.05, iou=0.7)
+        assert counts == {"correct": 1, "duplicate": 1, "error": 1, "redundant": 1, "detections": 5}
+
+    def test_stricter_nms_turns_duplicate_into_redundant(self):
+        counts = nms_counts(*duplicate_scene(), conf=0.05, iou=0.5)  # IoU 0.6 > 0.5: the third box is removed
+        assert counts == {"correct": 1, "duplicate": 0, "error": 1, "redundant": 2, "detections": 4}
+
+    def test_max_det_removals_count_as_redundant(self):
+        counts = nms_counts(*duplicate_scene(), conf=0.05, iou=0.7, max_det=1)
+        assert counts == {"correct": 1, "duplicate": 0, "error": 0, "redundant": 2, "detections": 1}
+
+    def test_low_conf_threshold_admits_the_perfect_box(self):
+        counts = nms_counts(*duplicate_scene(), conf=0.005, iou=0.7)
+        # the 0.01 box is kept (its IoU with the 0.6 error box is 0.3): B is now matched
+        assert counts["correct"] == 2 and counts["error"] == 1
+
+    def test_no_gt_counts_detections_only(self):
+        boxes, scores, _, _ = duplicate_scene()
+        counts = nms_counts(boxes, scores, torch.zeros(0, 4), torch.zeros(0))
+        assert counts == {"correct": 0, "duplicate": 0, "error": 0, "redundant": 0, "detections": 5}
+
+
+class TestAlignmentStats:
+    def test_aggregates_over_images_and_objects(self):
+        boxes, ious = shrinking_boxes(60)
+        gt = {"bboxes": GT_BOX, "cls": torch.tensor([0])}
+        aligned = {"bboxes": boxes, "scores": ious[:, None]}
+        reversed_ = {"bboxes": boxes, "scores": (1 - ious)[:, None]}
+        res = alignment_stats([aligned, reversed_], [gt, gt])
+        assert isinstance(res, AlignmentResult)
+        assert res.pcc_top50 == pytest.approx(0.0)  # mean of 1 and -1
+        assert res.iou_top10 == pytest.approx((0.955 + 0.455) / 2)
+        assert (res.num_objects, res.pcc_objects, res.num_images) == (2, 2, 2)
+        assert res.correct == 2  # one per image
+
+    def test_conf_cls_input_equals_score_matrix(self):
+        boxes, scores, gt_boxes, gt_cls = duplicate_scene()
+        conf, cls = scores.max(1)
+        gt = {"bboxes": gt_boxes, "cls": gt_cls}
+        a = alignment_stats([{"bboxes": boxes, "scores": scores}], [gt])
+        b = alignment_stats([{"bboxes": boxes, "conf": conf, "cls": cls}], [gt])
+        assert a.to_dict() == b.to_dict()
+        assert (a.correct, a.duplicate, a.error, a.redundant) == (1, 1, 1, 1)
+        assert torch.equal(scores_from_conf_cls(conf, cls, 2), scores)
+
+    def test_empty_result_serialises_nan_as_none(self):
+        acc = AlignmentAccumulator()
+        acc.update(torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0))
+        d = acc.result().to_dict()
+        assert d["pcc_top50"] is None and d["iou_top10"] is None and d["num_images"] == 1
+
+    def test_scores_without_classes_are_rejected(self):
+        with pytest.raises(ValueError):
+            AlignmentAccumulator().update(GT_BOX, torch.tensor([0.5]), GT_BOX, torch.tensor([0]))
+
+
+def make_dataset(root: Path, n_train: int = 2, n_val: int = 3, size: int = 64) -> Path:
+    """Write a tiny YOLO dataset of coloured rectangles and return its data YAML."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(n):
+            img = np.full((size, size, 3), 114, np.uint8)
+            lines = []
+            for _ in range(2):
+                w, h = rng.integers(12, 30, 2)
+                x, y = rng.integers(0, size - w), rng.integers(0, size - h)
+                c = int(rng.integers(0, 2))
+                img[y : y + h, x : x + w] = (255, 0, 0) if c == 0 else (0, 0, 255)
+                lines.append(f"{c} {(x + w / 2) / size:.6f} {(y + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
+            cv2.imwrite(str(root / "images" / split / f"{i}.jpg"), img)
+            (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
+    yaml = root / "data.yaml"
+    yaml.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: blue\n  1: red\n")
+    return yaml
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+def check_result(res: AlignmentResult, n_images: int, n_objects: int) -> None:
+    assert isinstance(res, AlignmentResult)
+    assert (res.num_images, res.num_objects) == (n_images, n_objects)
+    assert 0.0 <= res.iou_top10 <= 1.0
+    assert math.isnan(res.pcc_top50) or -1.0 <= res.pcc_top50 <= 1.0
+    for k in ("correct", "duplicate", "error", "redundant", "detections"):
+        assert isinstance(getattr(res, k), int) and getattr(res, k) >= 0
+    assert res.correct <= res.num_objects
+    assert res.correct + res.duplicate + res.error <= res.detections
+    assert "metrics/mAP50-95(B)" in res.metrics
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", str(REPO / "cfg" / "yolov8n-tood.yaml")], ids=["stock", "tood"])
+def test_evaluate_alignment_smoke(cfg, tiny_data, tmp_path):
+    from ultralytics import YOLO
+
+    if "tood" in cfg and not (REPO / "cfg" / "yolov8-tood.yaml").exists():
+        pytest.skip("TOOD model YAML not present")
+    torch.manual_seed(0)
+    model = YOLO(cfg)  # random init, built offline from the YAML
+    res = evaluate_alignment(model, tiny_data, split="val", imgsz=64, batch=2, save_dir=tmp_path, workers=0)
+    check_result(res, n_images=3, n_objects=6)
+    assert res.to_dict()["num_images"] == 3
+
+
+def test_alignment_table_renders_one_row_per_model():
+    from yolo_tood.diagnostics import alignment_table
+
+    res = AlignmentResult(0.5, 0.25, 3, 2, 1, 4, 20, 5, 4, 2, metrics={"metrics/mAP50-95(B)": 0.125})
+    empty = AlignmentAccumulator().result()
+    lines = alignment_table({"stock": res, "tood": empty}).splitlines()
+    assert lines[0].startswith("| model | PCC top-50 | IoU top-10 | correct | duplicate | error")
+    assert lines[2] == "| stock | 0.500 | 0.250 | 3 | 2 | 1 | 4 | 5 | 0.125 |"
+    assert lines[3] == "| tood | - | - | 0 | 0 | 0 | 0 | 0 | - |"
+
+
+def load_script(name: str):
+    """Import a script of scripts/ as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_alignment_cli_writes_table_and_json(tiny_data, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "align.json"
+    argv = ["--models", "yolov8n.yaml", "--names", "random", "--data", str(tiny_data), "--imgsz", "64"]
+    load_script("alignment").main([*argv, "--batch", "2", "--json", str(out)])
+    assert "| random |" in capsys.readouterr().out
+    payload = json.loads(out.read_text())
+    assert payload["models"]["random"]["num_images"] == 3
+    assert payload["settings"]["conf"] == 0.05
+
+
+def test_compare_helpers():
+    compare = load_script("compare")
+    assert compare.model_labels(["stock", "stock", "tood"]) == ["stock", "stock_2", "tood"]
+    assert compare.model_cfg("stock", "s") == "yolov8s.yaml"
+    assert compare.mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2}
+    assert compare.mean_std([1.0]) == {"mean": 1.0, "std": None, "n": 1}
+    assert compare._pm2({"mean": 0.5, "std": 0.25, "n": 2}) == "0.500 ± 0.250"
+    assert compare._clean({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
+    args = compare.parse_args(["--seeds", "0", "1", "--models", "stock", "tood", "--out", "rel/dir"])
+    assert args.seeds == [0, 1] and args.out.is_absolute() and args.optimizer == "auto"
