@@ -28,10 +28,9 @@ def main() -> None:
         head = tood.model[-1]
         p, ps = get_num_params(tood), get_num_params(stock)
         f, fs = get_flops(tood, args.imgsz), get_flops(stock, args.imgsz)
-        print(
-            f"| {scale} | {head.feat_channels} x {head.stacked_convs} | {p / 1e6:.2f}M | {ps / 1e6:.2f}M | {p / ps:.2f} "
-            f"| {f:.1f} | {fs:.1f} | {f / fs:.2f} |"
-        )
+        cells = [scale, f"{head.feat_channels} x {head.stacked_convs}", f"{p / 1e6:.2f}M", f"{ps / 1e6:.2f}M"]
+        cells += [f"{p / ps:.2f}", f"{f:.1f}", f"{fs:.1f}", f"{f / fs:.2f}"]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

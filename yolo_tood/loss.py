@@ -1,0 +1,251 @@
+"""TOOD training loss for ultralytics: Task Alignment Learning with an ATSS warm-up.
+
+``TOODLoss(model)`` replaces ``v8DetectionLoss`` for a DetectionModel whose last module is ``TOODDetect``. As
+MMDetection's ``TOODHead.loss_by_feat``:
+
+- epochs ``< atss_epochs`` (warm-up): ATSS assignment, Focal loss on the probabilities against hard labels, box loss
+  weighted by the centerness of the anchor point in its GT; cls loss / number of positives, box loss / sum of
+  centerness.
+- afterwards (and when ``head.epoch`` is None): TAL assignment, Quality Focal Loss on the probabilities against
+  (label, t_hat), box loss weighted by t_hat; cls loss / sum(t_hat), box loss / sum(t_hat).
+
+Both normalisers are clamped at a minimum of 1 (mmdet ``avg_factor.clamp_(min=1)``). The box loss is GIoU (loss
+weight ``box_gain``), plus ultralytics' DFL weighted like the GIoU when ``reg_max > 1`` (an addition for YOLOv8's
+DFL head; TOOD regresses plain distances).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from ultralytics.utils.loss import DFLoss, v8DetectionLoss
+from ultralytics.utils.metrics import bbox_iou
+from ultralytics.utils.tal import bbox2dist, make_anchors
+
+from .assigner import AssignResult, ATSSAssigner, TOODTaskAlignedAssigner
+from .hyp import TOODHyp
+
+__all__ = ("TOODLoss", "centerness", "focal_loss_prob", "quality_focal_loss_prob")
+
+# Probabilities are clamped to [PROB_EPS, 1 - PROB_EPS] before logs: the aligned score sqrt(sig(a) * sig(b)) can
+# saturate to exactly 0 or 1 in float32, where the log (and mmdet issue #7747's NaN) would blow up.
+PROB_EPS = 1e-6
+
+
+def _bce_prob(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Return the element-wise binary cross-entropy of probabilities ``p`` against soft ``target``, clamped."""
+    p = p.clamp(PROB_EPS, 1 - PROB_EPS)
+    return -(target * p.log() + (1 - target) * (1 - p).log())
+
+
+def quality_focal_loss_prob(pred: torch.Tensor, target: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+    """Return the element-wise Quality Focal Loss (GFL, Li et al. 2020) on probabilities.
+
+    As MMDetection's ``QualityFocalLoss(activated=True)`` used by TOOD: BCE(p, q) * |q - p|^beta, with q = t_hat at
+    the GT class of positive anchors and 0 everywhere else (so negatives get BCE(p, 0) * p^beta).
+
+    Args:
+        pred (torch.Tensor): (..., nc) probabilities.
+        target (torch.Tensor): (..., nc) soft targets q in [0, 1].
+        beta (float): Exponent of the modulating factor.
+
+    Returns:
+        (torch.Tensor): (..., nc) loss, not reduced.
+    """
+    # the clamp keeps the gradient of |q - p|^beta finite at q == p when beta < 1 (its value changes by <= 1e-6^beta)
+    return _bce_prob(pred, target) * (target - pred).abs().clamp(min=PROB_EPS).pow(beta)
+
+
+def focal_loss_prob(pred: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.25) -> torch.Tensor:
+    """Return the element-wise sigmoid-free Focal loss (Lin et al. 2017) on probabilities.
+
+    As MMDetection's ``FocalLoss(activated=True)`` of TOOD's warm-up: BCE(p, y) * w * (1 - p_t)^gamma, with
+    w = alpha for y = 1 and 1 - alpha for y = 0.
+
+    Args:
+        pred (torch.Tensor): (..., nc) probabilities.
+        target (torch.Tensor): (..., nc) binary targets.
+        gamma (float): Focusing exponent.
+        alpha (float): Weight of the positives.
+
+    Returns:
+        (torch.Tensor): (..., nc) loss, not reduced.
+    """
+    one_minus_pt = ((1 - pred) * target + pred * (1 - target)).clamp(min=PROB_EPS)  # 1 - p_t; clamp as in QFL
+    weight = (alpha * target + (1 - alpha) * (1 - target)) * one_minus_pt.pow(gamma)
+    return _bce_prob(pred, target) * weight
+
+
+def centerness(points: torch.Tensor, boxes: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+    """Return the FCOS centerness of points in their boxes, sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)).
+
+    As MMDetection's ``ATSSHead.centerness_target``, the box-loss weight of TOOD's warm-up.
+
+    Args:
+        points (torch.Tensor): (N, 2) points, inside their boxes.
+        boxes (torch.Tensor): (N, 4) xyxy boxes.
+        eps (float): Guards the division for degenerate boxes.
+
+    Returns:
+        (torch.Tensor): (N,) centerness in [0, 1].
+    """
+    lt = points - boxes[:, :2]  # (N, 2) l, t
+    rb = boxes[:, 2:] - points  # (N, 2) r, b
+    ratio = torch.minimum(lt, rb).clamp(min=0) / torch.maximum(lt, rb).clamp(min=eps)  # (N, 2)
+    return ratio.prod(-1).sqrt()
+
+
+class TOODLoss(v8DetectionLoss):
+    """TOOD criterion for ultralytics: ATSS + Focal warm-up, then TAL + Quality Focal Loss; GIoU (+ DFL) boxes.
+
+    It reuses ``v8DetectionLoss`` for output parsing, GT padding (``preprocess``) and box decoding, and replaces the
+    assignment and the losses. The phase is read from ``head.epoch`` at every call (0-based; ``None`` = TAL), so a
+    resumed run and validation losses use the right phase.
+
+    Args:
+        model (torch.nn.Module): De-paralleled ultralytics DetectionModel whose ``model[-1]`` is the TOOD head (with
+            ``nc``, ``reg_max``, ``stride`` and ``epoch``); the hyper-parameters come from ``model.yaml``.
+
+    Examples:
+        >>> criterion = TOODLoss(model)
+        >>> loss, items = criterion(model(batch["img"]), batch)
+        >>> sorted(items)
+        ['box_loss', 'cls_loss', 'dfl_loss']
+    """
+
+    def __init__(self, model: torch.nn.Module):  # model must be de-paralleled
+        """Initialise from the model's head and YAML; v8DetectionLoss.__init__ is not called (it needs model.args)."""
+        param = next(model.parameters(), None)
+        self.device = param.device if param is not None else torch.device("cpu")
+        self.head = model.model[-1]
+        self.hyp = TOODHyp.from_yaml(getattr(model, "yaml", None))
+        self.stride = self.head.stride
+        self.nc = self.head.nc
+        self.reg_max = self.head.reg_max
+        self.no = self.nc + self.reg_max * 4
+        self.use_dfl = self.reg_max > 1
+        self.loss_names = "box_loss", "cls_loss", "dfl_loss" if self.use_dfl else "l1_loss"
+        self.assigner = TOODTaskAlignedAssigner(self.hyp.tal_topk, self.hyp.tal_alpha, self.hyp.tal_beta)
+        self.atss_assigner = ATSSAssigner(self.hyp.atss_topk)
+        self.dfl_loss = DFLoss(self.reg_max) if self.use_dfl else None
+        self.proj = torch.arange(self.reg_max, dtype=torch.float, device=self.device)  # used by bbox_decode
+
+    def in_warmup(self) -> bool:
+        """Return True while the head's current epoch is inside the ATSS warm-up (``epoch < atss_epochs``)."""
+        epoch = getattr(self.head, "epoch", None)
+        return epoch is not None and epoch < self.hyp.atss_epochs
+
+    def loss(self, preds: dict[str, Any], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Return (sum of the gain-scaled losses * batch size, dict of the detached items) like v8DetectionLoss.
+
+        Args:
+            preds (dict): The head's training output: "boxes" (B, 4*reg_max, A), "scores" (B, nc, A) probabilities,
+                "feats" list of (B, C, H_l, W_l).
+            batch (dict): Ultralytics batch with "batch_idx" (N,), "cls" (N, 1), "bboxes" (N, 4) normalised xywh.
+
+        Returns:
+            (tuple): loss (3,) * batch size and {"box_loss", "cls_loss", "dfl_loss" | "l1_loss"} detached.
+        """
+        warmup = self.in_warmup()
+        pred_distri = preds["boxes"].permute(0, 2, 1).contiguous()  # (B, A, 4*reg_max)
+        pred_scores = preds["scores"].permute(0, 2, 1).float()  # (B, A, nc) probabilities; fp32 for the logs
+        feats = preds["feats"]
+        anchor_points, stride_tensor = make_anchors(feats, self.stride, 0.5)  # (A, 2) grid units, (A, 1)
+        batch_size = pred_scores.shape[0]
+        imgsz = torch.tensor(feats[0].shape[2:], device=self.device, dtype=pred_scores.dtype) * self.stride[0]
+
+        gt_labels, gt_bboxes, mask_gt = self._targets(batch, batch_size, imgsz)
+        pred_bboxes = self.bbox_decode(anchor_points, pred_distri)  # (B, A, 4) xyxy grid units
+
+        if warmup:
+            res = self.atss_assigner(
+                anchor_points * stride_tensor, stride_tensor, gt_labels, gt_bboxes, mask_gt, self.nc
+            )
+        else:
+            res = self.assigner(
+                pred_scores.detach(),
+                (pred_bboxes.detach() * stride_tensor).to(gt_bboxes.dtype),
+                anchor_points * stride_tensor,
+                gt_labels,
+                gt_bboxes,
+                mask_gt,
+            )
+
+        loss = torch.zeros(3, device=self.device)  # box, cls, dfl
+        loss[1] = self._cls_loss(pred_scores, res, warmup)
+        loss[0], loss[2] = self._box_loss(pred_distri, pred_bboxes, anchor_points, stride_tensor, imgsz, res, warmup)
+        loss[0] *= self.hyp.box_gain
+        loss[1] *= self.hyp.cls_gain
+        loss[2] *= self.hyp.dfl_gain
+        return loss * batch_size, dict(zip(self.loss_names, loss.detach()))
+
+    def _targets(
+        self, batch: dict[str, torch.Tensor], batch_size: int, imgsz: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return padded GT labels (B, n, 1), pixel xyxy boxes (B, n, 4) and the real-GT mask (B, n, 1).
+
+        The mask comes from the per-image GT counts, not from ultralytics' ``box.sum() > 0``, which would drop a real
+        box whose coordinates sum to <= 0 (a box partly outside the top-left of the image).
+        """
+        batch_idx = batch["batch_idx"].view(-1, 1).to(self.device)
+        targets = torch.cat((batch_idx, batch["cls"].view(-1, 1).to(self.device), batch["bboxes"].to(self.device)), 1)
+        targets = self.preprocess(targets.float(), batch_size, scale_tensor=imgsz[[1, 0, 1, 0]].float())
+        gt_labels, gt_bboxes = targets.split((1, 4), 2)  # (B, n, 1) cls, (B, n, 4) xyxy pixels
+        counts = torch.bincount(batch_idx.view(-1).long(), minlength=batch_size)[:batch_size]  # (B,)
+        mask_gt = torch.arange(gt_bboxes.shape[1], device=self.device)[None] < counts[:, None]  # (B, n)
+        return gt_labels, gt_bboxes, mask_gt[..., None].float()
+
+    def _cls_loss(self, pred_scores: torch.Tensor, res: AssignResult, warmup: bool) -> torch.Tensor:
+        """Return the classification loss: Focal (warm-up) or QFL, summed over all anchors and classes, normalised.
+
+        The normaliser is sum(res.metrics) clamped at 1: the number of positives in the warm-up (metrics are ones)
+        and sum(t_hat) with TAL, as mmdet's ``cls_avg_factor``.
+        """
+        target = torch.zeros_like(pred_scores)  # (B, A, nc)
+        fg = res.fg_mask.nonzero(as_tuple=True)  # (b, a) indices of the positives
+        target[fg[0], fg[1], res.labels[fg]] = res.metrics[fg].to(target.dtype)  # 1 (warm-up) or t_hat
+        if warmup:
+            cls = focal_loss_prob(pred_scores, target, self.hyp.focal_gamma, self.hyp.focal_alpha)
+        else:
+            cls = quality_focal_loss_prob(pred_scores, target, self.hyp.qfl_beta)
+        return cls.sum() / res.metrics.sum().clamp(min=1)
+
+    def _box_loss(
+        self,
+        pred_distri: torch.Tensor,
+        pred_bboxes: torch.Tensor,
+        anchor_points: torch.Tensor,
+        stride_tensor: torch.Tensor,
+        imgsz: torch.Tensor,
+        res: AssignResult,
+        warmup: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the (GIoU, DFL or L1) losses of the positives, weighted and normalised by the sum of box weights.
+
+        Box weights are the centerness of the anchor point in its GT (warm-up) or t_hat (TAL), as mmdet's
+        ``pos_bbox_weight``; both terms are divided by sum(weights) clamped at 1 (mmdet's ``bbox_avg_factor``).
+        Boxes are in grid (stride) units, where GIoU is unchanged and the DFL bins live.
+        """
+        fg = res.fg_mask.nonzero(as_tuple=True)  # index once
+        points = anchor_points[fg[1]]  # (P, 2) grid units
+        stride = stride_tensor[fg[1]]  # (P, 1)
+        target = res.bboxes[fg].to(pred_bboxes.dtype) / stride  # (P, 4) grid units
+        weight = centerness(points, target) if warmup else res.metrics[fg]  # (P,)
+        weight = weight.to(pred_bboxes.dtype)
+        norm = weight.sum().clamp(min=1)
+
+        giou = bbox_iou(pred_bboxes[fg], target, xywh=False, GIoU=True).squeeze(-1)  # (P,)
+        loss_box = ((1.0 - giou) * weight).sum() / norm
+
+        if self.dfl_loss is not None:
+            target_ltrb = bbox2dist(points, target, self.reg_max - 1)  # (P, 4) clamped to the bins
+            dfl = self.dfl_loss(pred_distri[fg].view(-1, self.reg_max), target_ltrb).squeeze(-1)  # (P,)
+            loss_dfl = (dfl * weight).sum() / norm
+        else:  # reg_max == 1: ultralytics' L1 on the (l, t, r, b) distances normalised by the image size
+            scale = (stride / imgsz[[1, 0, 1, 0]]).to(pred_distri.dtype)  # (P, 4)
+            target_ltrb = bbox2dist(points, target) * scale
+            l1 = F.l1_loss(pred_distri[fg] * scale, target_ltrb, reduction="none").mean(-1)  # (P,)
+            loss_dfl = (l1 * weight).sum() / norm
+        return loss_box, loss_dfl
