@@ -135,19 +135,32 @@ def _tood_heads(trainer: Any) -> list:
 
 
 def on_train_start(trainer: Any) -> None:
-    """Warn when the ATSS warm-up is not shorter than the training, and say which phase training starts in."""
+    """Check the TOOD settings against the train arguments and say which phase training starts in.
+
+    Warns when the ATSS warm-up is not shorter than the training, and when the stock loss gains (``box``, ``cls``,
+    ``dfl``) were changed: they belong to v8DetectionLoss, TOOD's gains are keys of the model YAML.
+    """
     if heads := _tood_heads(trainer):
+        from ultralytics.cfg import DEFAULT_CFG_DICT
         from ultralytics.utils import LOGGER
+        from ultralytics.utils.torch_utils import unwrap_model
 
         from .hyp import TOODHyp, check_warmup
 
-        hyp = TOODHyp.from_yaml(trainer.model.yaml if hasattr(trainer.model, "yaml") else {})
+        hyp = TOODHyp.from_yaml(unwrap_model(trainer.model).yaml)
         check_warmup(hyp, trainer.epochs)
+        if changed := {
+            k: getattr(trainer.args, k)
+            for k in ("box", "cls", "dfl")
+            if getattr(trainer.args, k) != DEFAULT_CFG_DICT[k]
+        }:
+            LOGGER.warning(
+                f"TOOD: train arguments {changed} are gains of ultralytics' v8DetectionLoss and do not apply to TOOD "
+                "models; set box_gain, cls_gain and dfl_gain in the model YAML instead"
+            )
+        warmup = f"ATSS for epochs 1-{hyp.atss_epochs}, then TAL" if hyp.atss_epochs else "no ATSS warm-up"
         phase = "ATSS warm-up" if trainer.start_epoch < hyp.atss_epochs else "TAL"
-        LOGGER.info(
-            f"TOOD: starting at epoch {trainer.start_epoch + 1} in the {phase} phase "
-            f"(ATSS for epochs 1-{hyp.atss_epochs}, then TAL)"
-        )
+        LOGGER.info(f"TOOD: starting at epoch {trainer.start_epoch + 1} in the {phase} phase ({warmup})")
         for head in heads:
             head.epoch = trainer.start_epoch
 
@@ -155,11 +168,13 @@ def on_train_start(trainer: Any) -> None:
 def on_train_epoch_start(trainer: Any) -> None:
     """Set the trainer's epoch on the TOOD heads, and log the switch from ATSS to TAL once."""
     if heads := _tood_heads(trainer):
+        from ultralytics.utils.torch_utils import unwrap_model
+
         from .hyp import TOODHyp
 
         for head in heads:
             head.epoch = trainer.epoch
-        atss_epochs = TOODHyp.from_yaml(trainer.model.yaml).atss_epochs
+        atss_epochs = TOODHyp.from_yaml(unwrap_model(trainer.model).yaml).atss_epochs
         if trainer.epoch == atss_epochs and atss_epochs > 0 and trainer.epoch != trainer.start_epoch:
             from ultralytics.utils import LOGGER
 
@@ -169,7 +184,13 @@ def on_train_epoch_start(trainer: Any) -> None:
 def _add_callbacks() -> None:
     from ultralytics.utils.callbacks.base import default_callbacks
 
-    for event, fn in (("on_train_start", on_train_start), ("on_train_epoch_start", on_train_epoch_start)):
+    from .export import on_export_start
+
+    for event, fn in (
+        ("on_train_start", on_train_start),
+        ("on_train_epoch_start", on_train_epoch_start),
+        ("on_export_start", on_export_start),
+    ):
         if fn not in default_callbacks[event]:
             default_callbacks[event].append(fn)
 

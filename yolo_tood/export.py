@@ -1,0 +1,135 @@
+"""Export support for TOOD models: an opset check run by ultralytics' exporter, and an ONNX op-type listing.
+
+The head re-samples its box predictions with ``F.grid_sample``, which ONNX has as ``GridSample`` from opset 16 on.
+Without a check, ``opset=13`` would fail deep inside ``torch.onnx.export`` with an unsupported-operator trace, after
+the exporter has already started writing. ``on_export_start`` (registered into ultralytics' ``default_callbacks`` by
+``yolo_tood.register``) raises one clear line instead, before any export work.
+
+Examples:
+    >>> from ultralytics import YOLO
+    >>> f = YOLO("cfg/yolov8n-tood.yaml").export(format="onnx", imgsz=160, dynamic=True)
+    >>> "GridSample" in onnx_op_types(f)
+    True
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = (
+    "MIN_ONNX_OPSET",
+    "ONNX_FORMATS",
+    "check_export_args",
+    "nonstandard_ops",
+    "on_export_start",
+    "onnx_op_types",
+)
+
+MIN_ONNX_OPSET = 16  # ONNX GridSample, used by the head's re-sampling (resample_by_offsets)
+
+# Formats that ultralytics 8.4.190's Exporter builds from an ONNX export (export_onnx() runs first); for those that
+# pin their own opset when none is given, the value they pin. The others use the exporter's best opset (>= 17).
+ONNX_FORMATS = {
+    "onnx": None,
+    "engine": None,
+    "saved_model": None,
+    "pb": None,
+    "edgetpu": None,
+    "mnn": None,
+    "rknn": 19,
+    "ascend": 17,
+    "deepx": None,
+    "qnn": None,
+    "xilinx": 17,
+    "hailo": 11,  # forced, whatever opset is requested
+}
+
+
+def _has_tood_head(model: Any) -> bool:
+    """Return True when ``model`` (an ``nn.Module``, possibly wrapped by the exporter) contains a ``TOODDetect``."""
+    from .head import TOODDetect
+
+    modules = getattr(model, "modules", None)
+    return callable(modules) and any(isinstance(m, TOODDetect) for m in modules())
+
+
+def check_export_args(fmt: str, opset: int | None) -> None:
+    """Raise a one-line ValueError when a TOOD model is exported through ONNX with an opset below 16.
+
+    Args:
+        fmt (str): Ultralytics export format, e.g. ``"onnx"`` or ``"engine"`` (already lower-cased by the exporter).
+        opset (int, optional): Requested ONNX opset; None lets the exporter choose its default (>= 17).
+
+    Examples:
+        >>> check_export_args("onnx", 17)
+        >>> check_export_args("torchscript", 13)  # no ONNX involved
+        >>> check_export_args("onnx", 13)  # ValueError: TOOD models need ONNX opset>=16 (GridSample ...), ...
+    """
+    if fmt not in ONNX_FORMATS:
+        return
+    effective = 11 if fmt == "hailo" else opset or ONNX_FORMATS[fmt]
+    if effective is not None and int(effective) < MIN_ONNX_OPSET:
+        how = f"format={fmt} pins opset={effective}" if fmt == "hailo" else f"opset={effective} was requested"
+        raise ValueError(
+            f"TOOD models need ONNX opset>={MIN_ONNX_OPSET} (GridSample in the head's box re-sampling), but {how}; "
+            f"use opset={MIN_ONNX_OPSET} or higher, or omit opset"
+        )
+
+
+def on_export_start(exporter: Any) -> None:
+    """Ultralytics ``on_export_start`` callback: reject an ONNX opset a TOOD head cannot be exported with.
+
+    In ultralytics 8.4.190 the exporter runs this callback after it has validated the arguments, fused the model and
+    stored it as ``exporter.model``, and before any ``export_*`` method runs, so the error comes before any export work.
+    Models without a TOOD head pass through untouched.
+
+    Args:
+        exporter (ultralytics.engine.exporter.Exporter): The running exporter; reads ``args.format``, ``args.opset``
+            and ``model``.
+    """
+    args = getattr(exporter, "args", None)
+    if args is None or not _has_tood_head(getattr(exporter, "model", None)):
+        return
+    check_export_args(str(getattr(args, "format", "")).lower(), getattr(args, "opset", None))
+
+
+def _onnx_nodes(path: str | Path) -> list:
+    """Return every node of an ONNX graph, including those inside sub-graphs (If/Loop/Scan bodies)."""
+    import onnx
+
+    def walk(graph):
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                yield from (n for g in ((attr.g,) if attr.HasField("g") else ()) + tuple(attr.graphs) for n in walk(g))
+
+    return list(walk(onnx.load(str(path), load_external_data=False).graph))
+
+
+def onnx_op_types(path: str | Path) -> set[str]:
+    """Return the distinct op types of an ONNX graph, including those inside sub-graphs (e.g. ``nms=True`` loops).
+
+    Args:
+        path (str | Path): ONNX file.
+
+    Returns:
+        (set[str]): Op types such as ``{"Conv", "GridSample", ...}``.
+
+    Examples:
+        >>> "GridSample" in onnx_op_types("yolov8n-tood.onnx")
+        True
+    """
+    return {n.op_type for n in _onnx_nodes(path)}
+
+
+def nonstandard_ops(path: str | Path) -> set[str]:
+    """Return the op types of an ONNX graph outside the standard ``ai.onnx`` domain (empty for a portable graph).
+
+    Args:
+        path (str | Path): ONNX file.
+
+    Returns:
+        (set[str]): ``"domain::op_type"`` strings, e.g. ``{"com.microsoft::FusedConv"}``; empty when all are standard.
+    """
+    return {f"{n.domain}::{n.op_type}" for n in _onnx_nodes(path) if n.domain not in ("", "ai.onnx")}
