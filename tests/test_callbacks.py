@@ -1,4 +1,4 @@
-"""The trainer callbacks: the epoch reaches both heads, the ATSS->TAL switch is logged, ignored gains are warned about."""
+"""Trainer callbacks: the epoch reaches both heads, the ATSS->TAL switch is logged, ignored gains are warned."""
 
 from __future__ import annotations
 

@@ -199,9 +199,9 @@ def _allow_safe_load() -> None:
     """Allow the head's classes under ``ULTRALYTICS_SAFE_LOAD=1`` (``torch.load(weights_only=True)``)."""
     import torch
 
-    from .head import Scale, TaskDecomposition, TOODDetect
+    from .head import DFLExpectation, Scale, TaskDecomposition, TOODDetect
 
-    torch.serialization.add_safe_globals([TOODDetect, TaskDecomposition, Scale])
+    torch.serialization.add_safe_globals([TOODDetect, TaskDecomposition, Scale, DFLExpectation])
 
 
 def register() -> None:

@@ -1,0 +1,179 @@
+"""Export of TOOD models: ONNX (standard ops, dynamic shapes, embedded NMS) and TorchScript parity with PyTorch.
+
+A randomly initialised TOOD head scores about 0.01 everywhere and barely moves its samples (offsets std 0.001), so the
+model's head is re-initialised with larger weights first: scores then spread over [0, 1] and the re-sampling offsets
+reach a few pixels, past the feature-map borders, so GridSample's bilinear weights and zero padding are exercised.
+Parity is checked on the raw (1, 4 + nc, A) output, tensor-wise: scores within 1e-4, boxes within 1e-2 px.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.nn.modules import DFL
+
+from yolo_tood.export import check_export_args, nonstandard_ops, on_export_start, onnx_op_types
+from yolo_tood.head import TOODDetect
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path("/work/shared/datasets")
+IMAGES = (
+    sorted((DATASETS / "coco128" / "images" / "train2017").glob("*.jpg"))[:2]
+    + sorted((DATASETS / "bccd" / "images" / "test").glob("*.jpg"))[:1]
+)
+SIZES = (96, 160)  # two input sizes; the dynamic ONNX file serves both, and a rectangular (h, w) one
+RECT = (96, 160)  # h != w: a swap of x and y in GridSample's normalised grid would show here
+SCORE_TOL, BOX_TOL = 1e-4, 1e-2  # probabilities; pixels
+
+needs_images = pytest.mark.skipif(not IMAGES, reason="real images under /work/shared/datasets are absent")
+ort = pytest.importorskip("onnxruntime")
+
+
+def perturb_head(head: TOODDetect, seed: int = 0) -> None:
+    """Re-initialise the head so its outputs are far from the prior: varied scores, offsets of a few pixels."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if p.dim() > 1 and p.requires_grad:  # conv weights, not DFL's fixed bin values
+                std = 0.3 if name.startswith(("reg_offset", "cls_decomp.layer_attention", "reg_decomp.layer")) else 0.1
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+        head.tood_cls.bias.zero_()  # off the 0.01 prior, so the scores spread over [0, 1]
+        head.cls_prob[-1].bias.zero_()
+        for s in head.scales:
+            s.scale.fill_(1.3)  # not the identity, so an inference path that dropped the Scale would show
+
+
+def load_image(path: Path, size: int | tuple[int, int]) -> torch.Tensor:
+    """Return the image as a (1, 3, h, w) RGB float tensor in [0, 1] (plain resize; parity needs no letterbox)."""
+    import cv2
+
+    h, w = (size, size) if isinstance(size, int) else size
+    im = cv2.resize(cv2.imread(str(path)), (w, h))[:, :, ::-1].transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(im)).float()[None] / 255
+
+
+def assert_parity(ref: np.ndarray, out: np.ndarray, what: str) -> tuple[float, float]:
+    """Assert boxes (rows :4, pixels) and scores (rows 4:) of two (1, 4 + nc, A) outputs agree; return max diffs."""
+    assert ref.shape == out.shape, (what, ref.shape, out.shape)
+    box, score = np.abs(ref[:, :4] - out[:, :4]).max(), np.abs(ref[:, 4:] - out[:, 4:]).max()
+    assert box <= BOX_TOL and score <= SCORE_TOL, f"{what}: max |diff| boxes {box:.2e} px, scores {score:.2e}"
+    return float(box), float(score)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A TOOD yolov8n checkpoint (nc=80, perturbed head) saved as ultralytics saves models, i.e. best.pt-like."""
+    torch.manual_seed(0)
+    yolo = YOLO(ROOT / "cfg" / "yolov8n-tood.yaml")
+    perturb_head(yolo.model.model[-1])
+    path = tmp_path_factory.mktemp("export") / "tood.pt"
+    yolo.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def torch_model(checkpoint):
+    """The checkpoint's model as ultralytics predicts with it: float, eval, fused."""
+    return YOLO(checkpoint).model.float().eval().fuse(verbose=False)
+
+
+def run_torch(model, x: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        return model(x)[0].numpy()
+
+
+@pytest.mark.parametrize("reg_max", [16, 1])
+def test_inference_path_equals_training_path(reg_max):
+    """Eval mode (plain score form, DFLExpectation) computes exactly what training mode and ultralytics' DFL do."""
+    torch.manual_seed(0)
+    head = TOODDetect(nc=5, feat_channels=32, stacked_convs=3, reg_max=reg_max, ch=(16, 32, 64))
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    perturb_head(head)
+    x = [torch.randn(2, c, 96 // s, 96 // s) for c, s in zip((16, 32, 64), (8, 16, 32))]
+    with torch.no_grad():
+        for level, t in enumerate(x):
+            for ref, fast in zip(head.train().forward_level(t, level), head.eval().forward_level(t, level)):
+                torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+        y, preds = head.eval()(x)
+        if reg_max > 1:
+            stock = DFL(reg_max)(preds["boxes"])
+            torch.testing.assert_close(head.dfl(preds["boxes"]), stock)
+            with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):  # the ONNX form of the expectation
+                torch.testing.assert_close(head.dfl(preds["boxes"]), stock)
+    assert y.shape == (2, 4 + 5, 12 * 12 + 6 * 6 + 3 * 3) and 0.05 < y[:, 4:].std()  # scores spread out
+
+
+@needs_images
+def test_onnx_dynamic_parity_and_standard_ops(checkpoint, torch_model):
+    """One dynamic ONNX file (onnxslim on) matches PyTorch at three sizes, with only standard ops incl. GridSample."""
+    f = YOLO(checkpoint).export(format="onnx", imgsz=max(SIZES), dynamic=True, simplify=True, opset=17)
+    ops = onnx_op_types(f)
+    assert "GridSample" in ops and not nonstandard_ops(f), (sorted(ops), nonstandard_ops(f))
+    session = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    for size in (*SIZES, RECT):
+        for image in IMAGES:
+            x = load_image(image, size)
+            out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+            assert_parity(run_torch(torch_model, x), out, f"onnx {size}px {image.name}")
+    # ultralytics' own ONNX backend (as `yolo predict model=tood.onnx`) loads and runs the file
+    results = YOLO(f, task="detect").predict(IMAGES[0], imgsz=max(SIZES), conf=0.5, verbose=False)
+    assert results[0].boxes.data.shape[1] == 6
+
+
+@needs_images
+@pytest.mark.parametrize("size", SIZES)
+def test_torchscript_parity(checkpoint, torch_model, size):
+    """TorchScript (traced at a fixed size, as ultralytics exports it) matches PyTorch."""
+    f = YOLO(checkpoint).export(format="torchscript", imgsz=size)
+    ts = torch.jit.load(f)
+    for image in IMAGES:
+        x = load_image(image, size)
+        with torch.inference_mode():
+            out = ts(x).numpy()
+        assert_parity(run_torch(torch_model, x), out, f"torchscript {size}px {image.name}")
+
+
+def test_onnx_nms_export(checkpoint):
+    """nms=True embeds NMS: onnxruntime returns (1, max_det, 6) rows [x1, y1, x2, y2, score, class]."""
+    f = YOLO(checkpoint).export(format="onnx", imgsz=128, nms=True, conf=0.3)
+    session = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    x = load_image(IMAGES[0], 128) if IMAGES else torch.rand(1, 3, 128, 128)
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert out.shape == (1, 300, 6)
+    kept = out[0, out[0, :, 4] > 0]
+    assert len(kept) and (kept[:, 4] > 0.3).all() and (kept[:, 2:4] >= kept[:, :2]).all()  # xyxy, above conf
+
+
+def test_low_opset_is_rejected_before_export(checkpoint):
+    """opset=13 fails with one clear line before anything is written; opset >= 16 and non-ONNX formats pass."""
+    onnx_file = checkpoint.with_suffix(".onnx")
+    onnx_file.unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"opset>=16 .*GridSample.*opset=13") as e:
+        YOLO(checkpoint).export(format="onnx", imgsz=64, opset=13)
+    assert "\n" not in str(e.value) and not onnx_file.exists()
+    check_export_args("onnx", 16)
+    check_export_args("onnx", None)  # the exporter's default opset is >= 17
+    check_export_args("torchscript", 13)
+    with pytest.raises(ValueError, match="hailo"):
+        check_export_args("hailo", None)  # pins opset 11
+    stock = SimpleNamespace(args=SimpleNamespace(format="onnx", opset=13), model=torch.nn.Conv2d(3, 3, 1))
+    on_export_start(stock)  # models without a TOOD head are not this package's business
+
+
+def test_cli_low_opset_error(checkpoint):
+    """The stock `yolo export` command reports the same one-line error (the start-up hook registers the check)."""
+    yolo = Path(sys.executable).with_name("yolo")
+    if not yolo.exists():
+        pytest.skip("no yolo entry point next to this interpreter")
+    cmd = [str(yolo), "export", f"model={checkpoint}", "format=onnx", "opset=13", "imgsz=64"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "ValueError: TOOD models need ONNX opset>=16" in r.stderr + r.stdout
