@@ -425,7 +425,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--data", default=str(Path("/work/shared/datasets/bccd/bccd.yaml")))
+    p.add_argument("--data", required=True, help="detection data YAML (train, val and optionally test splits)")
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
     p.add_argument("--models", nargs="+", default=["stock", "tood"], help="stock, tood or model YAML paths")
     p.add_argument(

@@ -284,5 +284,7 @@ def test_compare_helpers():
     assert compare.mean_std([1.0]) == {"mean": 1.0, "std": None, "n": 1}
     assert compare._pm2({"mean": 0.5, "std": 0.25, "n": 2}) == "0.500 ± 0.250"
     assert compare._clean({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
-    args = compare.parse_args(["--seeds", "0", "1", "--models", "stock", "tood", "--out", "rel/dir"])
+    args = compare.parse_args(
+        ["--data", "d.yaml", "--seeds", "0", "1", "--models", "stock", "tood", "--out", "rel/dir"]
+    )
     assert args.seeds == [0, 1] and args.out.is_absolute() and args.optimizer == "auto"
