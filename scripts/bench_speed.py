@@ -9,7 +9,7 @@ on, as ``yolo export format=onnx``) and run on onnxruntime's CPU provider with `
 all graph optimisations.
 
 Usage:
-    python scripts/bench_speed.py                        # scales n and s, 2 threads, 30 runs, BENCHMARKS_SPEED.md
+    python scripts/bench_speed.py                        # scales n and s, 2 threads, 30 runs, printed as markdown
     python scripts/bench_speed.py --threads 2 1 --reference  # also 1 thread, and the head before its inference path
     python scripts/bench_speed.py --scales n --runs 20 --out ''   # quicker, print only
 """
@@ -226,7 +226,7 @@ def main() -> None:
     )
     ap.add_argument("--opset", type=int, default=18, help="ONNX opset for both models (>= 16 for TOOD's GridSample)")
     ap.add_argument("--reference", action="store_true", help="also time the head before its inference path")
-    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS_SPEED.md"), help="markdown file to write; '' to skip")
+    ap.add_argument("--out", default="", help="also write the markdown table to this file")
     args = ap.parse_args()
     np.random.seed(0)
     torch.manual_seed(0)
