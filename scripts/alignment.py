@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict[str, AlignmentResult]:
     results = run(a.models, a.data, a.names, a.split, a.imgsz, a.batch, a.conf, a.device, iou=a.iou, max_det=a.max_det)
     print(f"\nTask alignment on {a.data} ({a.split}, imgsz={a.imgsz}, NMS conf={a.conf} iou={a.iou})\n")
     print(alignment_table(results))
+    print("\nEqual detection budget: each model's score threshold leaves as many detections as there are objects\n")
+    print(alignment_table(results, budget=True))
     if a.json:
         settings = {k: v for k, v in vars(a).items() if k not in {"json", "models", "names"}}
         payload = {"settings": settings, "models": {n: r.to_dict() for n, r in results.items()}}

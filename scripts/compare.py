@@ -368,6 +368,9 @@ def write_markdown(path: Path, args: argparse.Namespace, runs: dict, summary: di
             }
             if results:
                 out += [f"### {split}", "", alignment_table(results), ""]
+                if all(r.budget for r in results.values()):
+                    out += ["Equal budget: each model's threshold leaves as many detections as objects.", ""]
+                    out += [alignment_table(results, budget=True), ""]
     out += ["![val mAP50-95 per epoch](compare_map.png)", ""]
     text = "\n".join(out)
     path.write_text(text)

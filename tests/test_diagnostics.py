@@ -13,8 +13,10 @@ from yolo_tood.diagnostics import (
     AlignmentAccumulator,
     AlignmentResult,
     alignment_stats,
+    budget_threshold,
     evaluate_alignment,
     nms_counts,
+    nms_record,
     object_alignment,
     rank_correlation,
     scores_from_conf_cls,
@@ -187,6 +189,62 @@ class TestAlignmentStats:
     def test_scores_without_classes_are_rejected(self):
         with pytest.raises(ValueError):
             AlignmentAccumulator().update(GT_BOX, torch.tensor([0.5]), GT_BOX, torch.tensor([0]))
+
+
+def random_scene(seed: int, num_gt: int = 4, num_pred: int = 200, nc: int = 2):
+    """Jittered copies of a few GTs plus background boxes, with random per-class scores."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(num_gt, 2, generator=g) * 400
+    gt_boxes = torch.cat([xy, xy + 30 + torch.rand(num_gt, 2, generator=g) * 70], 1)
+    gt_cls = torch.randint(0, nc, (num_gt,), generator=g)
+    src = gt_boxes[torch.randint(0, num_gt, (num_pred,), generator=g)]
+    boxes = src + torch.randn(num_pred, 4, generator=g) * 8
+    boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 2)
+    return boxes, torch.rand(num_pred, nc, generator=g), gt_boxes, gt_cls
+
+
+class TestEqualBudget:
+    @pytest.mark.parametrize("seed", range(4))
+    def test_recount_equals_nms_at_that_threshold(self, seed):
+        boxes, scores, gt_boxes, gt_cls = random_scene(seed)
+        record = nms_record(boxes, scores, gt_boxes, gt_cls, conf=0.001)
+        for conf in (0.05, 0.3, 0.6, 0.9):
+            assert record.counts(conf) == nms_counts(boxes, scores, gt_boxes, gt_cls, conf=conf)
+
+    def test_recount_below_the_nms_threshold_is_rejected(self):
+        record = nms_record(*duplicate_scene(), conf=0.05)
+        with pytest.raises(ValueError, match="below the NMS threshold"):
+            record.counts(0.01)
+
+    def test_known_budget_of_one_detection_per_object(self):
+        boxes, scores, gt_boxes, gt_cls = duplicate_scene()
+        res = alignment_stats([{"bboxes": boxes, "scores": scores}], [{"bboxes": gt_boxes, "cls": gt_cls}])
+        # post-NMS scores 0.9, 0.7, 0.6, 0.6, 0.5, 0.01: the threshold is the third, leaving the correct box and the
+        # duplicate; above 0.6 three candidates overlap A, of which NMS removed one
+        assert res.budget == {
+            "conf": pytest.approx(0.6),
+            "correct": 1,
+            "duplicate": 1,
+            "error": 0,
+            "redundant": 1,
+            "detections": 2,
+        }
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_budget_counts_do_not_depend_on_calibration(self, seed):
+        boxes, scores, gt_boxes, gt_cls = random_scene(seed)
+        gt = [{"bboxes": gt_boxes, "cls": gt_cls}]
+        sharp = alignment_stats([{"bboxes": boxes, "scores": scores**4}], gt)
+        flat = alignment_stats([{"bboxes": boxes, "scores": scores}], gt)  # same ranking, higher scores
+        assert flat.detections > sharp.detections and flat.redundant > sharp.redundant  # fixed threshold: more boxes
+        strip = lambda b: {k: v for k, v in b.items() if k != "conf"}  # noqa: E731
+        assert strip(flat.budget) == strip(sharp.budget)  # ...but the equal-budget counts are the same
+        assert sharp.budget["detections"] == len(gt_cls)
+
+    def test_budget_threshold_without_enough_detections_is_the_nms_threshold(self):
+        record = nms_record(*duplicate_scene(), conf=0.05)
+        assert budget_threshold([record], 100) == 0.05
+        assert budget_threshold([record], 0) == pytest.approx(0.9)
 
 
 def make_dataset(root: Path, n_train: int = 2, n_val: int = 3, size: int = 64) -> Path:

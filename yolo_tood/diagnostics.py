@@ -59,6 +59,8 @@ from ultralytics.utils.ops import xywh2xyxy, xyxy2xywh
 # Thresholds of the post-NMS counts, from the paper's definitions
 MATCH_IOU = 0.5  # correct / duplicate / redundant
 ERROR_IOU = 0.1  # error boxes: ERROR_IOU < IoU < MATCH_IOU
+# NMS threshold of the records the equal-budget counts are recomputed from (ultralytics' validator conf)
+BUDGET_BASE_CONF = 0.001
 
 __all__ = (
     "AlignmentResult",
@@ -66,8 +68,10 @@ __all__ = (
     "AlignmentValidator",
     "alignment_stats",
     "alignment_table",
+    "budget_threshold",
     "evaluate_alignment",
     "nms_counts",
+    "nms_record",
     "object_alignment",
     "rank_correlation",
     "scores_from_conf_cls",
@@ -90,6 +94,10 @@ class AlignmentResult:
         num_objects (int): GT objects seen.
         pcc_objects (int): Objects that entered ``pcc_top50``.
         num_images (int): Images seen.
+        budget (dict): The same counts at an equal detection budget: the score threshold (``conf``) that leaves as
+            many detections as there are objects, and ``correct``/``duplicate``/``error``/``redundant``/``detections``
+            above it. A fixed threshold favours a detector whose negatives score low (calibration); an equal budget
+            compares what each detector's most confident boxes are.
         metrics (dict): Optional extra metrics (e.g. the validator's mAP) filled by ``evaluate_alignment``.
     """
 
@@ -103,6 +111,7 @@ class AlignmentResult:
     num_objects: int
     pcc_objects: int
     num_images: int
+    budget: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,7 +210,66 @@ def object_alignment(
     return pcc, mean_iou
 
 
-def nms_counts(
+@dataclass
+class NMSRecord:
+    """One image's post-NMS detections and GT-overlapping candidates, enough to recount at any higher threshold.
+
+    Greedy NMS visits candidates in descending score and a lower-scored box never suppresses a higher-scored one, so
+    the detections kept at a threshold ``c`` are exactly those kept at a lower threshold whose score is > ``c`` (the
+    ``max_det`` cap keeps the top scores either way). Counts at any ``c >= conf`` can therefore be recomputed from one
+    NMS pass at ``conf``.
+
+    Attributes:
+        det (torch.Tensor): Detections (N, 6) ``x1, y1, x2, y2, score, class``, in descending score.
+        det_boxes (torch.Tensor): The original (pre-NMS) boxes of the detections, shape (N, 4).
+        candidate_scores (torch.Tensor): Scores (> ``conf``) of the (anchor, class) candidates with IoU >= 0.5 to a GT
+            of that class, shape (M,).
+        gt_boxes (torch.Tensor): GT boxes xyxy, shape (G, 4).
+        gt_cls (torch.Tensor): GT classes, shape (G,).
+        conf (float): The threshold NMS ran at.
+    """
+
+    det: torch.Tensor
+    det_boxes: torch.Tensor
+    candidate_scores: torch.Tensor
+    gt_boxes: torch.Tensor
+    gt_cls: torch.Tensor
+    conf: float
+
+    def counts(self, conf: float | None = None) -> dict[str, int]:
+        """Count correct, duplicate, error and redundant boxes among detections scoring above ``conf``.
+
+        Args:
+            conf (float, optional): Score threshold, at least the record's own ``conf`` (the default).
+
+        Returns:
+            (dict[str, int]): Keys ``correct``, ``duplicate``, ``error``, ``redundant``, ``detections``.
+        """
+        conf = self.conf if conf is None else conf
+        if conf < self.conf:
+            raise ValueError(f"cannot recount at conf {conf} below the NMS threshold {self.conf}")
+        keep = self.det[:, 4] > conf
+        det, det_boxes = self.det[keep], self.det_boxes[keep]
+        counts = {"correct": 0, "duplicate": 0, "error": 0, "redundant": 0, "detections": int(det.shape[0])}
+        if self.gt_boxes.shape[0] == 0:
+            return counts
+        same_class = self.gt_cls[:, None] == det[:, 5].long()[None]  # (G, N)
+        # IoU of the original boxes (not NMS's xywh round trip) so the redundant count below is exactly consistent
+        iou_gd = box_iou(self.gt_boxes, det_boxes) * same_class  # (G, N), IoU with GTs of the detection's class
+        # NMS output is sorted by descending score, as match_predictions requires. It is a BaseValidator method that
+        # reads only self.iouv; calling it with a stand-in self reuses ultralytics' one-to-one matching exactly.
+        matcher = SimpleNamespace(iouv=torch.tensor([MATCH_IOU]))
+        matched = BaseValidator.match_predictions(matcher, det[:, 5], self.gt_cls.to(det.dtype), iou_gd)[:, 0]
+        best = iou_gd.max(0).values if det.shape[0] else iou_gd.new_zeros(0)
+        counts["correct"] = int(matched.sum())
+        counts["duplicate"] = int(((best >= MATCH_IOU) & ~matched.to(best.device)).sum())
+        counts["error"] = int(((best > ERROR_IOU) & (best < MATCH_IOU)).sum())
+        candidates = int((self.candidate_scores > conf).sum())
+        counts["redundant"] = candidates - counts["correct"] - counts["duplicate"]
+        return counts
+
+
+def nms_record(
     boxes: torch.Tensor,
     scores: torch.Tensor,
     gt_boxes: torch.Tensor,
@@ -210,8 +278,8 @@ def nms_counts(
     iou: float = 0.7,
     max_det: int = 300,
     agnostic: bool = False,
-) -> dict[str, int]:
-    """Run ultralytics NMS on one image's predictions and count correct, duplicate, error and redundant boxes.
+) -> NMSRecord:
+    """Run ultralytics NMS on one image's predictions and keep what the post-NMS counts need.
 
     Args:
         boxes (torch.Tensor): Predicted boxes xyxy, shape (A, 4).
@@ -224,40 +292,72 @@ def nms_counts(
         agnostic (bool): Class-agnostic NMS.
 
     Returns:
-        (dict[str, int]): Keys ``correct``, ``duplicate``, ``error``, ``redundant``, ``detections``.
+        (NMSRecord): Detections and GT-overlapping candidate scores of the image.
     """
     nc = scores.shape[1]
     # ultralytics' NMS takes the raw model layout (B, 4 + nc, A) with xywh boxes
     prediction = torch.cat((xyxy2xywh(boxes.float()), scores.float()), 1).T[None]
+    # One image per call: ultralytics' time limit could only stop the loop after it, so lift it (no spurious warning)
     out, keep = non_max_suppression(
-        prediction, conf, iou, nc=nc, multi_label=True, agnostic=agnostic, max_det=max_det, return_idxs=True
+        prediction,
+        conf,
+        iou,
+        nc=nc,
+        multi_label=True,
+        agnostic=agnostic,
+        max_det=max_det,
+        return_idxs=True,
+        max_time_img=3600.0,
     )
     det, keep = out[0], keep[0].view(-1).long()  # keep: anchor index of each detection
-    counts = {"correct": 0, "duplicate": 0, "error": 0, "redundant": 0, "detections": int(det.shape[0])}
-    if gt_boxes.shape[0] == 0:
-        return counts
-
     gt_cls = gt_cls.view(-1).long()
-    same_class = gt_cls[:, None] == det[:, 5].long()[None]  # (G, N)
-    # IoU of the original boxes (not NMS's xywh round trip) so the redundant count below is exactly consistent
-    iou_gd = box_iou(gt_boxes, boxes[keep]) * same_class  # (G, N), IoU with GTs of the detection's class only
-    # NMS output is sorted by descending score, as match_predictions requires. It is a BaseValidator method that
-    # reads only self.iouv; calling it with a stand-in self reuses ultralytics' greedy one-to-one matching exactly.
-    matcher = SimpleNamespace(iouv=torch.tensor([MATCH_IOU]))
-    matched = BaseValidator.match_predictions(matcher, det[:, 5], gt_cls.to(det.dtype), iou_gd)[:, 0]
-    best = iou_gd.max(0).values if det.shape[0] else iou_gd.new_zeros(0)
-    counts["correct"] = int(matched.sum())
-    counts["duplicate"] = int(((best >= MATCH_IOU) & ~matched.to(best.device)).sum())
-    counts["error"] = int(((best > ERROR_IOU) & (best < MATCH_IOU)).sum())
-
     # Candidates NMS saw (score > conf per class, as in its multi-label branch) that overlap a GT of that class
     positive = torch.zeros_like(scores, dtype=torch.bool)
-    iou_ag = box_iou(boxes, gt_boxes) >= MATCH_IOU  # (A, G)
-    for c in gt_cls.unique():
-        positive[:, c] = iou_ag[:, gt_cls == c].any(1)
-    candidates = int(((scores > conf) & positive).sum())
-    counts["redundant"] = candidates - counts["correct"] - counts["duplicate"]
-    return counts
+    if gt_boxes.shape[0]:
+        iou_ag = box_iou(boxes, gt_boxes) >= MATCH_IOU  # (A, G)
+        for c in gt_cls.unique():
+            positive[:, c] = iou_ag[:, gt_cls == c].any(1)
+    candidate_scores = scores[(scores > conf) & positive]
+    return NMSRecord(det, boxes[keep], candidate_scores, gt_boxes, gt_cls, conf)
+
+
+def nms_counts(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_cls: torch.Tensor,
+    conf: float = 0.05,
+    **nms_kwargs: Any,
+) -> dict[str, int]:
+    """Run ultralytics NMS on one image's predictions and count correct, duplicate, error and redundant boxes.
+
+    Args:
+        boxes, scores, gt_boxes, gt_cls, conf: As ``nms_record``.
+        **nms_kwargs (Any): ``iou``, ``max_det`` and ``agnostic`` of ``nms_record``.
+
+    Returns:
+        (dict[str, int]): Keys ``correct``, ``duplicate``, ``error``, ``redundant``, ``detections``.
+    """
+    return nms_record(boxes, scores, gt_boxes, gt_cls, conf, **nms_kwargs).counts()
+
+
+def budget_threshold(records: Iterable[NMSRecord], budget: int) -> float:
+    """Return the score threshold that leaves ``budget`` detections over all records (fewer if they have fewer).
+
+    Args:
+        records (Iterable[NMSRecord]): Per-image NMS records.
+        budget (int): Number of detections to keep over all images.
+
+    Returns:
+        (float): Threshold ``c`` such that the detections scoring > ``c`` are the ``budget`` most confident ones
+            (ties at the boundary may admit fewer); the records' own ``conf`` if they hold at most ``budget``.
+    """
+    records = list(records)
+    base = max((r.conf for r in records), default=0.0)
+    scores = torch.cat([r.det[:, 4].float().cpu() for r in records]) if records else torch.zeros(0)
+    if scores.numel() <= budget:
+        return base
+    return max(float(scores.sort(descending=True).values[budget]), base)
 
 
 class AlignmentAccumulator:
@@ -291,7 +391,7 @@ class AlignmentAccumulator:
         self.conf, self.iou, self.max_det, self.agnostic = conf, iou, max_det, agnostic
         self.pcc: list[float] = []
         self.mean_iou: list[float] = []
-        self.counts = {"correct": 0, "duplicate": 0, "error": 0, "redundant": 0, "detections": 0}
+        self.records: list[NMSRecord] = []  # at min(conf, BUDGET_BASE_CONF), so counts can be taken at any budget
         self.num_images = 0
 
     def update(
@@ -324,20 +424,31 @@ class AlignmentAccumulator:
         pcc, mean_iou = object_alignment(boxes, scores, gt_boxes, gt_cls, self.topk_pcc, self.topk_iou)
         self.pcc += pcc
         self.mean_iou += mean_iou
-        counts = nms_counts(boxes, scores, gt_boxes, gt_cls, self.conf, self.iou, self.max_det, self.agnostic)
-        for k, v in counts.items():
-            self.counts[k] += v
+        base_conf = min(self.conf, BUDGET_BASE_CONF)
+        record = nms_record(boxes, scores, gt_boxes, gt_cls, base_conf, self.iou, self.max_det, self.agnostic)
+        self.records.append(record)
+
+    def counts(self, conf: float) -> dict[str, int]:
+        """Return the post-NMS counts over all images at score threshold ``conf``."""
+        total = {"correct": 0, "duplicate": 0, "error": 0, "redundant": 0, "detections": 0}
+        for record in self.records:
+            for k, v in record.counts(conf).items():
+                total[k] += v
+        return total
 
     def result(self) -> AlignmentResult:
         """Return the statistics accumulated so far."""
         valid = [p for p in self.pcc if not math.isnan(p)]
+        budget_conf = budget_threshold(self.records, len(self.mean_iou))
+        budget = {"conf": budget_conf, **self.counts(budget_conf)}
         return AlignmentResult(
             pcc_top50=sum(valid) / len(valid) if valid else float("nan"),
             iou_top10=sum(self.mean_iou) / len(self.mean_iou) if self.mean_iou else float("nan"),
             num_objects=len(self.mean_iou),
             pcc_objects=len(valid),
             num_images=self.num_images,
-            **self.counts,
+            budget=budget,
+            **self.counts(self.conf),
         )
 
 
@@ -494,6 +605,7 @@ def evaluate_alignment(
 
 
 ALIGNMENT_COLUMNS = ("model", "PCC top-50", "IoU top-10", "correct", "duplicate", "error", "redundant", "objects")
+BUDGET_COLUMNS = ("model", "conf", "detections", "correct", "duplicate", "error", "redundant", "objects")
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -501,12 +613,14 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def alignment_table(results: Mapping[str, AlignmentResult], map_column: bool = True) -> str:
+def alignment_table(results: Mapping[str, AlignmentResult], map_column: bool = True, budget: bool = False) -> str:
     """Render alignment results of several models side by side as a markdown table, like the paper's Table 7.
 
     Args:
         results (Mapping[str, AlignmentResult]): Results keyed by model name.
         map_column (bool): Add the validator's mAP50-95 where ``metrics`` has it.
+        budget (bool): Render the equal-budget counts (threshold leaving one detection per object) instead of the
+            rank statistics and the counts at the fixed threshold.
 
     Returns:
         (str): The markdown table.
@@ -514,11 +628,17 @@ def alignment_table(results: Mapping[str, AlignmentResult], map_column: bool = T
     Examples:
         >>> print(alignment_table({"stock": evaluate_alignment(...), "tood": evaluate_alignment(...)}))
     """
-    header = [*ALIGNMENT_COLUMNS, "mAP50-95"] if map_column else list(ALIGNMENT_COLUMNS)
+    columns = BUDGET_COLUMNS if budget else ALIGNMENT_COLUMNS
+    header = [*columns, "mAP50-95"] if map_column else list(columns)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for name, r in results.items():
-        cells = [name, _fmt(r.pcc_top50), _fmt(r.iou_top10)]
-        cells += [str(x) for x in (r.correct, r.duplicate, r.error, r.redundant, r.num_objects)]
+        if budget:
+            b = r.budget
+            cells = [name, _fmt(b.get("conf"), 4), *(str(b.get(k, "-")) for k in BUDGET_COLUMNS[2:-1])]
+            cells.append(str(r.num_objects))
+        else:
+            cells = [name, _fmt(r.pcc_top50), _fmt(r.iou_top10)]
+            cells += [str(x) for x in (r.correct, r.duplicate, r.error, r.redundant, r.num_objects)]
         if map_column:
             cells.append(_fmt(r.metrics.get("metrics/mAP50-95(B)")))
         lines.append("| " + " | ".join(cells) + " |")
