@@ -9,7 +9,9 @@ Usage:
         --data /work/shared/datasets/bccd/bccd.yaml --out /tmp/compare_tiny
 
 Models: ``stock`` is ultralytics' ``yolov8{scale}.yaml``, ``tood`` is this repo's ``cfg/yolov8{scale}-tood.yaml`` (one
-YAML with ``scales:``, resolved by ultralytics' scale naming); any other value is used as a model YAML path. Each
+YAML with ``scales:``, resolved by ultralytics' scale naming), ``tood:key=value,...`` is a TOOD variant for ablations
+(e.g. ``tood:atss_epochs=0`` or ``tood:feat_channels=512``; its YAML is written to ``--out``/cfg), and any other value
+is used as a model YAML path. Each
 (model, seed) trains through the ultralytics trainer with the same data, epochs, imgsz, batch, seed, optimizer and
 learning rate, ``deterministic=True``, then is validated (best.pt) on ``val`` and, if the data YAML has one, ``test``.
 
@@ -56,32 +58,105 @@ MAP_COLUMN = "metrics/mAP50-95(B)"
 # ----------------------------------------------------------------------------------------------------------------------
 # Models and runs
 # ----------------------------------------------------------------------------------------------------------------------
-def model_cfg(model: str, scale: str) -> str:
+HEAD_KEYS = ("feat_channels", "stacked_convs")  # TOODDetect row args [nc, feat_channels, stacked_convs] (unscaled)
+
+
+def parse_variant(model: str) -> dict[str, Any]:
+    """Parse a TOOD variant ``tood:key=value,key=value`` into its YAML overrides.
+
+    Keys are the TOOD YAML keys of ``yolo_tood.hyp.TOODHyp`` and the head's ``feat_channels``/``stacked_convs`` (given
+    before the scale's width/depth multipliers, like the YAML's own values). Values are validated as the model build
+    would validate them.
+
+    Args:
+        model (str): ``tood:`` followed by comma-separated ``key=value`` pairs.
+
+    Returns:
+        (dict[str, Any]): Overrides with int/float values.
+
+    Raises:
+        ValueError: On an unknown key, a malformed pair or an invalid value.
+
+    Examples:
+        >>> parse_variant("tood:atss_epochs=0,box_gain=7.5")
+        {'atss_epochs': 0, 'box_gain': 7.5}
+    """
+    from dataclasses import fields
+
+    from yolo_tood.hyp import TOODHyp
+
+    hyp_keys = {f.name for f in fields(TOODHyp)}
+    overrides: dict[str, Any] = {}
+    for pair in filter(None, model.split(":", 1)[1].split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep or key not in hyp_keys | set(HEAD_KEYS):
+            known = ", ".join(sorted(hyp_keys | set(HEAD_KEYS)))
+            raise ValueError(f"bad TOOD variant item {pair!r} in {model!r}: use key=value with a key from {known}")
+        try:
+            overrides[key] = int(value) if key in HEAD_KEYS or key.endswith(("topk", "epochs")) else float(value)
+        except ValueError:
+            raise ValueError(f"bad value {value!r} for {key} in {model!r}") from None
+    if not overrides:
+        raise ValueError(f"TOOD variant {model!r} has no key=value overrides")
+    TOODHyp.from_yaml({k: v for k, v in overrides.items() if k in hyp_keys})  # same checks as the model build
+    return overrides
+
+
+def variant_tag(overrides: dict[str, Any]) -> str:
+    """Return a file-name-safe tag for variant overrides, e.g. ``atss_epochs0_box_gain7.5``."""
+    return "_".join(f"{k}{v:g}" for k, v in overrides.items())
+
+
+def model_cfg(model: str, scale: str, out: Path | None = None) -> str:
     """Return the model YAML for a model name.
 
     Args:
-        model (str): ``stock``, ``tood`` or a model YAML path.
+        model (str): ``stock``, ``tood``, a TOOD variant ``tood:key=value,...`` (see ``parse_variant``) or a model YAML
+            path.
         scale (str): YOLOv8 scale, one of n/s/m/l/x.
+        out (Path, optional): Directory where a variant's YAML is written (``<out>/cfg``); required for variants.
 
     Returns:
-        (str): ``yolov8{scale}.yaml`` for stock (resolved by ultralytics), the repo's TOOD YAML path for tood, else
-            ``model`` unchanged.
+        (str): ``yolov8{scale}.yaml`` for stock (resolved by ultralytics), the repo's TOOD YAML path for tood, a
+            written ``yolov8{scale}-tood-<tag>.yaml`` for a variant, else ``model`` unchanged.
     """
     if model == "stock":
         return f"yolov8{scale}.yaml"
-    if model == "tood":
-        path = REPO / "cfg" / f"yolov8{scale}-tood.yaml"  # ultralytics maps it to cfg/yolov8-tood.yaml + scale
-        if not (REPO / "cfg" / "yolov8-tood.yaml").exists():
-            raise FileNotFoundError(f"{REPO / 'cfg' / 'yolov8-tood.yaml'} not found")
+    if model == "tood" or model.startswith("tood:"):
+        base = REPO / "cfg" / "yolov8-tood.yaml"
+        if not base.exists():
+            raise FileNotFoundError(f"{base} not found")
+        if model == "tood":
+            return str(REPO / "cfg" / f"yolov8{scale}-tood.yaml")  # ultralytics maps it to yolov8-tood.yaml + scale
+        if out is None:
+            raise ValueError("a TOOD variant needs an output directory for its YAML")
+        import yaml
+
+        overrides = parse_variant(model)
+        cfg = yaml.safe_load(base.read_text())
+        head_row = cfg["head"][-1]  # [from, repeats, TOODDetect, [nc, feat_channels, stacked_convs]]
+        for i, key in enumerate(HEAD_KEYS, start=1):
+            if key in overrides:
+                head_row[3][i] = overrides.pop(key)
+        cfg.update(overrides)
+        path = out / "cfg" / f"yolov8{scale}-tood-{variant_tag(parse_variant(model))}.yaml"  # scale in the name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return str(path)
     return model
 
 
 def model_labels(models: list[str]) -> list[str]:
-    """Return unique labels for the model list (``stock stock`` -> ``stock stock_2``), used in run names and tables."""
+    """Return unique labels for the model list (``stock stock`` -> ``stock stock_2``), used in run names and tables.
+
+    A TOOD variant ``tood:key=value,...`` is labelled ``tood-<tag>`` (see ``variant_tag``).
+    """
     labels, seen = [], {}
     for m in models:
-        base = Path(m).stem if m.endswith((".yaml", ".yml")) else m
+        if m.startswith("tood:"):
+            base = f"tood-{variant_tag(parse_variant(m))}"
+        else:
+            base = Path(m).stem if m.endswith((".yaml", ".yml")) else m
         seen[base] = seen.get(base, 0) + 1
         labels.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
     return labels
@@ -430,7 +505,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--data", required=True, help="detection data YAML (train, val and optionally test splits)")
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
-    p.add_argument("--models", nargs="+", default=["stock", "tood"], help="stock, tood or model YAML paths")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["stock", "tood"],
+        help="stock, tood, a TOOD variant such as tood:atss_epochs=0,box_gain=7.5 (TOOD YAML keys, feat_channels, "
+        "stacked_convs), or model YAML paths",
+    )
     p.add_argument(
         "--optimizer",
         default="auto",
@@ -467,7 +548,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     curves: dict[str, list[list[float]]] = {}
     for label, model in zip(labels, args.models):
-        cfg = model_cfg(model, args.scale)
+        cfg = model_cfg(model, args.scale, args.out)
         runs[label], curves[label] = {}, []
         for seed in args.seeds:
             run_dir = args.out / "runs" / f"{label}_s{seed}"

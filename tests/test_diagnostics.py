@@ -346,3 +346,25 @@ def test_compare_helpers():
         ["--data", "d.yaml", "--seeds", "0", "1", "--models", "stock", "tood", "--out", "rel/dir"]
     )
     assert args.seeds == [0, 1] and args.out.is_absolute() and args.optimizer == "auto"
+
+
+def test_compare_tood_variants(tmp_path):
+    import yaml
+
+    compare = load_script("compare")
+    variant = "tood:atss_epochs=0,box_gain=7.5,feat_channels=512"
+    assert compare.parse_variant(variant) == {"atss_epochs": 0, "box_gain": 7.5, "feat_channels": 512}
+    assert compare.model_labels([variant, "tood"]) == ["tood-atss_epochs0_box_gain7.5_feat_channels512", "tood"]
+    path = Path(compare.model_cfg(variant, "n", tmp_path))
+    assert path.name == "yolov8n-tood-atss_epochs0_box_gain7.5_feat_channels512.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    assert (cfg["atss_epochs"], cfg["box_gain"], cfg["cls_gain"]) == (0, 7.5, 1.0)  # untouched keys keep defaults
+    assert cfg["head"][-1][3] == ["nc", 512, 3]
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel(str(path), nc=3, verbose=False)
+    assert model.model[-1].feat_channels == 128  # 512 x width 0.25 at scale n
+    for bad in ("tood:", "tood:atss_epochs", "tood:lr=0.1", "tood:box_gain=abc", "tood:atss_epochs=-1"):
+        with pytest.raises(ValueError):
+            compare.parse_variant(bad)
