@@ -59,6 +59,23 @@ def test_yaml_name_resolution_like_ultralytics():
     assert guess_model_task(d) == "detect"
 
 
+@pytest.mark.parametrize("scale", ["n", "s"])
+def test_scaled_name_resolves_under_a_directory_that_looks_scaled(tmp_path, scale):
+    """Ultralytics rewrites the first digit+n/s/m/l/x of the whole path; '/run1s/' must not break a TOOD YAML."""
+    from ultralytics import YOLO
+
+    folder = tmp_path / "run1s" / "exp2m"
+    folder.mkdir(parents=True)
+    (folder / "yolov8-tood.yaml").write_text(TOOD_YAML.read_text())
+    d = yaml_model_load(folder / f"yolov8{scale}-tood.yaml")
+    assert d["scale"] == scale and d["yaml_file"] == str(folder / f"yolov8{scale}-tood.yaml")
+    head = YOLO(str(folder / f"yolov8{scale}-tood.yaml")).model.model[-1]  # engine.model's own import of the loader
+    assert (head.feat_channels, head.stacked_convs) == EXPECTED_HEAD[scale]
+    (folder / "yolov8.yaml").write_text(STOCK_YAML.read_text())
+    with pytest.raises(FileNotFoundError):  # stock YAMLs keep ultralytics' behaviour, bug included
+        yaml_model_load(folder / "yolov8n.yaml")
+
+
 def test_model_yaml_is_not_mutated_and_loss_is_tood():
     from yolo_tood.loss import TOODLoss
 

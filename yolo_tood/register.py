@@ -2,7 +2,7 @@
 
 Everything ultralytics-version-specific lives here, so a new ultralytics release is a change to this file only.
 ``register()`` runs once, right after ``ultralytics.nn.tasks`` is imported (see ``yolo_tood._hook``). It never
-edits ultralytics' files; it wraps three process-wide entry points:
+edits ultralytics' files; it wraps four process-wide entry points:
 
 1. ``tasks.parse_model`` (looked up as a module attribute by ``DetectionModel``): ultralytics resolves YAML names with
    ``globals()[name]`` and gives a head its input channels only when the class is a member of a frozenset built
@@ -12,18 +12,26 @@ edits ultralytics' files; it wraps three process-wide entry points:
 2. ``DetectionModel.init_criterion``: models whose head is a ``TOODDetect`` get ``TOODLoss``.
 3. ``default_callbacks`` (copied into every trainer): tells the head the trainer's epoch, which selects the ATSS
    warm-up or TAL in the loss, also after ``resume=True`` and for the validation losses.
+4. ``tasks.yaml_model_load`` (and the name ``ultralytics.engine.model`` imported from it): ultralytics finds the file
+   of a scaled name (``yolov8n-tood.yaml`` -> ``yolov8-tood.yaml``) with a regex over the *whole* path string, so a
+   directory such as ``/tmp/run1s/`` or ``~/exp2m/`` is rewritten instead of the file name and the YAML is "not
+   found". For a TOOD YAML the wrapper applies the same rewrite to the file name only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 SUPPORTED_ULTRALYTICS = ">=8.4.190,<8.5"
 HEAD_NAMES = frozenset({"TOODDetect"})
 _PATCHED = "_yolo_tood_original"  # attribute marking a wrapped ultralytics function, holding the original
 _BIND_LOCK = threading.RLock()
+_SCALE_IN_NAME = re.compile(r"(\d+)([nslmx])(.+)?$")  # ultralytics' yaml_model_load rewrite, yolov8n-x -> yolov8-x
 
 
 def check_ultralytics_version(version: str | None = None) -> None:
@@ -104,6 +112,28 @@ def _wrap_parse_model(tasks: Any) -> None:
 
     setattr(parse_model, _PATCHED, original)
     tasks.parse_model = parse_model
+
+
+def _wrap_yaml_model_load(tasks: Any) -> None:
+    original = tasks.yaml_model_load
+
+    def yaml_model_load(path):
+        """Ultralytics' yaml_model_load, resolving a scaled TOOD name in its own folder (see the module docstring)."""
+        path = Path(path)
+        unified = path.with_name(_SCALE_IN_NAME.sub(r"\1\3", path.name))
+        if path.exists() or unified == path or not unified.exists():
+            return original(path)
+        d = original(unified)
+        if not any(_is_tood_row(r) for r in d.get("head", [])):
+            return original(path)  # stock YAMLs keep ultralytics' own behaviour
+        d["scale"], d["yaml_file"] = tasks.guess_model_scale(path), str(path)
+        return d
+
+    setattr(yaml_model_load, _PATCHED, original)
+    tasks.yaml_model_load = yaml_model_load
+    engine_model = sys.modules.get("ultralytics.engine.model")  # imported the name before registration, if at all
+    if engine_model is not None and getattr(engine_model, "yaml_model_load", None) is original:
+        engine_model.yaml_model_load = yaml_model_load
 
 
 def _wrap_init_criterion(tasks: Any) -> None:
@@ -210,8 +240,6 @@ def register() -> None:
     With an unsupported ultralytics, only the parse_model wrapper is installed, so building a TOOD model fails with
     one clear line while stock models keep working.
     """
-    import sys
-
     import ultralytics.nn.tasks as tasks
 
     if not hasattr(tasks.parse_model, _PATCHED):
@@ -229,5 +257,6 @@ def register() -> None:
         return
     tasks.TOODDetect = TOODDetect  # parse_model resolves YAML module names with globals()[name]
     _wrap_init_criterion(tasks)
+    _wrap_yaml_model_load(tasks)
     _add_callbacks()
     _allow_safe_load()
