@@ -4,6 +4,10 @@ Usage:
     python scripts/compare.py --scale n --epochs 60 --imgsz 320 --batch 16 --seeds 0 1 2 \
         --data /work/shared/datasets/bccd/bccd.yaml --out runs/compare --models stock tood --alignment
 
+    # ablations of the TOOD head, selected on val only
+    python scripts/compare.py --seeds 0 --val-only --alignment --data /work/shared/datasets/bccd/bccd.yaml \
+        --models tood tood:atss_epochs=0 tood:box_gain=7.5,cls_gain=0.5,dfl_gain=1.5 --out runs/ablate
+
     # tiny end-to-end check (minutes, not hours)
     python scripts/compare.py --epochs 1 --imgsz 64 --batch 8 --seeds 0 --models stock stock \
         --data /work/shared/datasets/bccd/bccd.yaml --out /tmp/compare_tiny
@@ -520,6 +524,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr0", type=float, default=0.01)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--val-only", action="store_true", help="skip the test split (ablations and tuning must never look at test)"
+    )
     p.add_argument("--alignment", action="store_true", help="also run the task-alignment diagnostics")
     p.add_argument("--align-conf", type=float, default=0.05, help="NMS score threshold of the alignment counts")
     args = p.parse_args(argv)
@@ -531,7 +538,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train, validate and compare; write compare.json, compare.md and compare_map.png into ``--out``."""
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    splits = ["val"] + (["test"] if has_split(args.data, "test") else [])
+    splits = ["val"] + (["test"] if has_split(args.data, "test") and not args.val_only else [])
     recipe = {
         "data": args.data,
         "epochs": args.epochs,

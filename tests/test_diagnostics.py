@@ -345,7 +345,8 @@ def test_compare_helpers():
     args = compare.parse_args(
         ["--data", "d.yaml", "--seeds", "0", "1", "--models", "stock", "tood", "--out", "rel/dir"]
     )
-    assert args.seeds == [0, 1] and args.out.is_absolute() and args.optimizer == "auto"
+    assert args.seeds == [0, 1] and args.out.is_absolute() and args.optimizer == "auto" and not args.val_only
+    assert compare.parse_args(["--data", "d.yaml", "--val-only"]).val_only
 
 
 def test_compare_tood_variants(tmp_path):
