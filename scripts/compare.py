@@ -522,6 +522,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="same for all models; ultralytics' auto choice depends only on nc and iterations",
     )
     p.add_argument("--lr0", type=float, default=0.01)
+    p.add_argument(
+        "--momentum",
+        type=float,
+        default=0.937,
+        help="SGD momentum / Adam beta1 (ultralytics' default 0.937; optimizer=auto picks its own, 0.9)",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -546,6 +552,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch": args.batch,
         "optimizer": args.optimizer,
         "lr0": args.lr0,
+        "momentum": args.momentum,
         "deterministic": True,
         "workers": args.workers,
         "device": args.device,
