@@ -401,3 +401,14 @@ def test_check_warmup(monkeypatch):
     assert not messages
     assert not check_warmup(TOODHyp(atss_epochs=4), epochs=4)
     assert len(messages) == 1 and "atss_epochs=4" in messages[0]
+
+
+def test_check_warmup_reports_a_short_warm_up(monkeypatch):
+    """A warm-up shorter than the paper's third of the schedule is logged as information, 0 (disabled) is not."""
+    infos = []
+    monkeypatch.setattr(hyp_module.LOGGER, "info", lambda msg, *a, **k: infos.append(msg))
+    assert check_warmup(TOODHyp(atss_epochs=4), epochs=60)
+    assert len(infos) == 1 and "4 of 60 epochs" in infos[0]
+    for atss_epochs, epochs in ((20, 60), (4, 12), (0, 60)):
+        assert check_warmup(TOODHyp(atss_epochs=atss_epochs), epochs=epochs)
+    assert len(infos) == 1
