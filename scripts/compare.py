@@ -89,7 +89,8 @@ def parse_variant(model: str) -> dict[str, Any]:
 
     from yolo_tood.hyp import TOODHyp
 
-    hyp_keys = {f.name for f in fields(TOODHyp)}
+    hyp_types = {f.name: f.type for f in fields(TOODHyp)}  # "int" / "float" (postponed annotations)
+    hyp_keys = set(hyp_types)
     overrides: dict[str, Any] = {}
     for pair in filter(None, model.split(":", 1)[1].split(",")):
         key, sep, value = pair.partition("=")
@@ -97,7 +98,7 @@ def parse_variant(model: str) -> dict[str, Any]:
             known = ", ".join(sorted(hyp_keys | set(HEAD_KEYS)))
             raise ValueError(f"bad TOOD variant item {pair!r} in {model!r}: use key=value with a key from {known}")
         try:
-            overrides[key] = int(value) if key in HEAD_KEYS or key.endswith(("topk", "epochs")) else float(value)
+            overrides[key] = int(value) if key in HEAD_KEYS or hyp_types[key] == "int" else float(value)
         except ValueError:
             raise ValueError(f"bad value {value!r} for {key} in {model!r}") from None
     if not overrides:
@@ -137,13 +138,14 @@ def model_cfg(model: str, scale: str, out: Path | None = None) -> str:
         import yaml
 
         overrides = parse_variant(model)
+        tag = variant_tag(overrides)
         cfg = yaml.safe_load(base.read_text())
         head_row = cfg["head"][-1]  # [from, repeats, TOODDetect, [nc, feat_channels, stacked_convs]]
         for i, key in enumerate(HEAD_KEYS, start=1):
             if key in overrides:
                 head_row[3][i] = overrides.pop(key)
         cfg.update(overrides)
-        path = out / "cfg" / f"yolov8{scale}-tood-{variant_tag(parse_variant(model))}.yaml"  # scale in the name
+        path = out / "cfg" / f"yolov8{scale}-tood-{tag}.yaml"  # scale in the name, for ultralytics' scale guess
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return str(path)

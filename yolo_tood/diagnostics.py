@@ -61,6 +61,7 @@ MATCH_IOU = 0.5  # correct / duplicate / redundant
 ERROR_IOU = 0.1  # error boxes: ERROR_IOU < IoU < MATCH_IOU
 # NMS threshold of the records the equal-budget counts are recomputed from (ultralytics' validator conf)
 BUDGET_BASE_CONF = 0.001
+COUNT_KEYS = ("correct", "duplicate", "error", "redundant", "detections")  # the post-NMS counts of one threshold
 
 __all__ = (
     "AlignmentResult",
@@ -250,7 +251,7 @@ class NMSRecord:
             raise ValueError(f"cannot recount at conf {conf} below the NMS threshold {self.conf}")
         keep = self.det[:, 4] > conf
         det, det_boxes = self.det[keep], self.det_boxes[keep]
-        counts = {"correct": 0, "duplicate": 0, "error": 0, "redundant": 0, "detections": int(det.shape[0])}
+        counts = {**dict.fromkeys(COUNT_KEYS, 0), "detections": int(det.shape[0])}
         if self.gt_boxes.shape[0] == 0:
             return counts
         same_class = self.gt_cls[:, None] == det[:, 5].long()[None]  # (G, N)
@@ -430,7 +431,7 @@ class AlignmentAccumulator:
 
     def counts(self, conf: float) -> dict[str, int]:
         """Return the post-NMS counts over all images at score threshold ``conf``."""
-        total = {"correct": 0, "duplicate": 0, "error": 0, "redundant": 0, "detections": 0}
+        total = dict.fromkeys(COUNT_KEYS, 0)
         for record in self.records:
             for k, v in record.counts(conf).items():
                 total[k] += v
