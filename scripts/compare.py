@@ -53,6 +53,7 @@ import torch
 
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD YAMLs and checkpoints load
 from yolo_tood.diagnostics import AlignmentResult, alignment_table, evaluate_alignment
+from yolo_tood.nms_guard import NMSTimeLimitGuard
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_RECORD = "compare_run.json"  # written into a run dir once its training has finished
@@ -221,9 +222,16 @@ def train_run(cfg: str, run_dir: Path, recipe: dict[str, Any], seed: int) -> dic
     model.add_callback("on_train_epoch_start", on_train_epoch_start)
     model.add_callback("on_train_epoch_end", on_train_epoch_end)
     t0 = time.perf_counter()
-    model.train(**recipe, seed=seed, project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
+    with NMSTimeLimitGuard() as guard:  # per-epoch validation: the curves and best.pt are void if NMS was cut short
+        model.train(**recipe, seed=seed, project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
     wall = time.perf_counter() - t0
+    if guard.hits:
+        print(
+            f"WARNING: NMS time limit hit {guard.hits}x in the per-epoch validation of {run_dir.name}: its curves "
+            "and best.pt choice are void"
+        )
     return {
+        "nms_time_limit_hits": guard.hits,
         "cfg": cfg,
         "seed": seed,
         "wall_s": wall,
@@ -276,21 +284,33 @@ def validate_run(
     """
     from ultralytics import YOLO
 
-    metrics = YOLO(str(weights)).val(
-        data=data,
-        split=split,
-        imgsz=args.imgsz,
-        batch=args.batch,
-        device=args.device,
-        workers=0,
-        plots=True,
-        project=str(val_dir),
-        name=name,
-        exist_ok=True,
-    )
+    def val(batch: int):
+        return YOLO(str(weights)).val(
+            data=data,
+            split=split,
+            imgsz=args.imgsz,
+            batch=batch,
+            device=args.device,
+            workers=0,
+            plots=True,
+            project=str(val_dir),
+            name=name,
+            exist_ok=True,
+        )
+
+    with NMSTimeLimitGuard() as guard:
+        metrics = val(args.batch)
+    if guard.hits:  # detections were dropped: these figures are void, validate again one image at a time
+        with NMSTimeLimitGuard(raise_on_exit=True, what=f"the batch-1 re-validation of {name}"):
+            metrics = val(1)
     names = metrics.names
     per_class = {names[int(c)]: float(ap) for c, ap in zip(metrics.ap_class_index, metrics.box.ap)}
-    return {"map50": float(metrics.box.map50), "map": float(metrics.box.map), "per_class": per_class}
+    return {
+        "map50": float(metrics.box.map50),
+        "map": float(metrics.box.map),
+        "per_class": per_class,
+        "revalidated_batch1": bool(guard.hits),
+    }
 
 
 def has_split(data: str, split: str) -> bool:
