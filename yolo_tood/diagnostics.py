@@ -589,12 +589,20 @@ def evaluate_alignment(
     args = {**overrides, "rect": True, "plots": False, "verbose": False}
     args.update(kwargs)
     args.update(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, mode="val", task="detect")
+    # The statistics rank every anchor's raw prediction: switch off the TOOD head's pre-NMS candidate bound
+    bounded = [(m, m.nms_pre) for m in net.modules() if getattr(m, "nms_pre", None)] if hasattr(net, "modules") else []
     with tempfile.TemporaryDirectory(prefix="alignment_") as tmp:
         callbacks = yolo.callbacks if yolo is not None else None  # as Model.val does
         validator = AlignmentValidator(
             save_dir=Path(save_dir or tmp), args=args, _callbacks=callbacks, alignment_conf=conf
         )
-        validator(model=net)
+        try:
+            for m, _ in bounded:
+                m.nms_pre = 0
+            validator(model=net)
+        finally:
+            for m, k in bounded:
+                m.nms_pre = k
     result = validator.alignment.result()
     result.metrics = {k: float(v) for k, v in validator.metrics.results_dict.items()}
     LOGGER.info(
