@@ -6,6 +6,12 @@ Usage:
 
 Prints a markdown table with PCC top-50, IoU top-10 and the post-NMS correct / duplicate / error counts (plus the
 boxes NMS redundant and the validator's mAP50-95) of each model. See yolo_tood/diagnostics.py for the definitions.
+
+With ``--plots DIR`` it also writes (see yolo_tood/plots.py):
+    DIR/score_iou.png       score vs IoU of each object's top-50 predictions, one panel per model, PCC in the title
+    DIR/distributions.png   histograms of score, IoU and t = s^alpha * u^beta of the same predictions, models overlaid
+    DIR/maps_<image>.png    for the first --map-images images of the split, the first TOOD model's probability map,
+                            score, TAP offsets and layer attention per level
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD checkpoints and YAMLs load
 from yolo_tood.diagnostics import AlignmentResult, alignment_table, evaluate_alignment
+from yolo_tood.plots import plot_distributions, plot_head_maps, plot_score_iou
 
 
 def run(
@@ -55,6 +62,52 @@ def run(
     }
 
 
+def split_images(data: str, split: str, n: int) -> list[Path]:
+    """Return the first ``n`` image files of a dataset split (a folder, a list file, or a list of either)."""
+    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+
+    sources = check_det_dataset(data)[split]
+    files: list[Path] = []
+    for src in sources if isinstance(sources, list) else [sources]:
+        src = Path(src)
+        if src.is_dir():
+            files += sorted(f for f in src.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
+        elif src.suffix == ".txt":
+            files += [(src.parent / line.strip()).resolve() for line in src.read_text().splitlines() if line.strip()]
+    return files[:n]
+
+
+def write_plots(
+    results: dict[str, AlignmentResult],
+    models: list[str],
+    out: Path,
+    data: str,
+    split: str,
+    imgsz: int,
+    map_images: int = 3,
+    alpha: float = 1.0,
+    beta: float = 6.0,
+) -> list[Path]:
+    """Write score_iou.png, distributions.png and maps_<image>.png (first TOOD model) into ``out``; return the paths."""
+    from ultralytics import YOLO
+
+    from yolo_tood.head import TOODDetect
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "score_iou.png", out / "distributions.png"]
+    plot_score_iou(results, written[0])
+    plot_distributions(results, written[1], alpha=alpha, beta=beta)
+    tood = next((m for m in models if isinstance(YOLO(m).model.model[-1], TOODDetect)), None) if map_images else None
+    if tood is not None:
+        net = YOLO(tood).model
+        for image in split_images(data, split, map_images):
+            written.append(out / f"maps_{image.stem}.png")
+            plot_head_maps(net, image, written[-1], imgsz=imgsz)
+    elif map_images:
+        print("No TOOD model among --models: no maps_<image>.png")
+    return written
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse command-line arguments."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,6 +122,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-det", type=int, default=300)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument("--plots", type=Path, help="also write the alignment plots into this folder")
+    p.add_argument("--map-images", type=int, default=3, help="images of the split drawn as maps_<image>.png")
+    p.add_argument("--alpha", type=float, default=1.0, help="score exponent of t in distributions.png")
+    p.add_argument("--beta", type=float, default=6.0, help="IoU exponent of t in distributions.png")
     return p.parse_args(argv)
 
 
@@ -81,11 +138,16 @@ def main(argv: list[str] | None = None) -> dict[str, AlignmentResult]:
     print("\nEqual detection budget: each model's score threshold leaves as many detections as there are objects\n")
     print(alignment_table(results, budget=True))
     if a.json:
-        settings = {k: v for k, v in vars(a).items() if k not in {"json", "models", "names"}}
+        settings = {k: v for k, v in vars(a).items() if k not in {"json", "models", "names", "plots"}}
         payload = {"settings": settings, "models": {n: r.to_dict() for n, r in results.items()}}
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(payload, indent=2, default=str))
         print(f"\nWrote {a.json}")
+    if a.plots:
+        paths = write_plots(
+            results, a.models, a.plots, a.data, a.split, a.imgsz, a.map_images, alpha=a.alpha, beta=a.beta
+        )
+        print("\nWrote " + ", ".join(str(p) for p in paths))
     return results
 
 

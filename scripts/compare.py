@@ -21,8 +21,10 @@ learning rate, ``deterministic=True``, then is validated (best.pt) on ``val`` an
 
 Outputs in ``--out``: ``runs/<model>_s<seed>/`` (ultralytics run dirs, plots kept), ``val/`` (validation runs),
 ``compare.json`` (everything), ``compare.md`` (tables) and ``compare_map.png`` (val mAP50-95 per epoch, mean and std
-band over seeds). Resumable: a run whose ``weights/best.pt``, ``results.csv`` and ``compare_run.json`` (written when
-its training has finished) exist is not trained again; an interrupted run is trained again from scratch.
+band over seeds); with ``--alignment`` also ``score_iou.png`` (val score vs IoU of each object's top-50 predictions,
+one panel per model, its first seed; the pairs are kept in ``runs/<model>_s<seed>/score_iou_<split>.pt``).
+Resumable: a run whose ``weights/best.pt``, ``results.csv`` and ``compare_run.json`` (written when its training has
+finished) exist is not trained again; an interrupted run is trained again from scratch.
 
 Reported cost and speed:
 - params: all parameters of the unfused model (as printed by ultralytics at training time).
@@ -54,6 +56,7 @@ import torch
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD YAMLs and checkpoints load
 from yolo_tood.diagnostics import AlignmentResult, alignment_table, evaluate_alignment
 from yolo_tood.nms_guard import NMSTimeLimitGuard
+from yolo_tood.plots import plot_score_iou
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_RECORD = "compare_run.json"  # written into a run dir once its training has finished
@@ -77,7 +80,7 @@ def parse_variant(model: str) -> dict[str, Any]:
         model (str): ``tood:`` followed by comma-separated ``key=value`` pairs.
 
     Returns:
-        (dict[str, Any]): Overrides with int/float values.
+        (dict[str, Any]): Overrides with int/float values (str for a str key such as ``tal_topk_mode``).
 
     Raises:
         ValueError: On an unknown key, a malformed pair or an invalid value.
@@ -99,7 +102,8 @@ def parse_variant(model: str) -> dict[str, Any]:
             known = ", ".join(sorted(hyp_keys | set(HEAD_KEYS)))
             raise ValueError(f"bad TOOD variant item {pair!r} in {model!r}: use key=value with a key from {known}")
         try:
-            overrides[key] = int(value) if key in HEAD_KEYS or hyp_types[key] == "int" else float(value)
+            kind = "int" if key in HEAD_KEYS else hyp_types[key]
+            overrides[key] = value if kind == "str" else int(value) if kind == "int" else float(value)
         except ValueError:
             raise ValueError(f"bad value {value!r} for {key} in {model!r}") from None
     if not overrides:
@@ -110,7 +114,7 @@ def parse_variant(model: str) -> dict[str, Any]:
 
 def variant_tag(overrides: dict[str, Any]) -> str:
     """Return a file-name-safe tag for variant overrides, e.g. ``atss_epochs0_box_gain7.5``."""
-    return "_".join(f"{k}{v:g}" for k, v in overrides.items())
+    return "_".join(f"{k}{v}" if isinstance(v, str) else f"{k}{v:g}" for k, v in overrides.items())
 
 
 def model_cfg(model: str, scale: str, out: Path | None = None) -> str:
@@ -473,6 +477,8 @@ def write_markdown(path: Path, args: argparse.Namespace, runs: dict, summary: di
                     out += ["Equal budget: each model's threshold leaves as many detections as objects.", ""]
                     out += [alignment_table(results, budget=True), ""]
     out += ["![val mAP50-95 per epoch](compare_map.png)", ""]
+    if args.alignment:
+        out += [f"![val score vs IoU, seed {args.seeds[0]}](score_iou.png)", ""]
     text = "\n".join(out)
     path.write_text(text)
     return text
@@ -604,12 +610,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for split in splits:
                 if split not in record["val"]:
                     record["val"][split] = validate_run(best, args.data, split, args, args.out / "val", run_dir.name)
-                if args.alignment and split not in record["alignment"]:
+                pairs = run_dir / f"score_iou_{split}.pt"  # the score_iou.png data, kept beside the cached record
+                if args.alignment and (split not in record["alignment"] or not pairs.exists()):
                     res = evaluate_alignment(
                         best, args.data, split=split, imgsz=args.imgsz, batch=args.batch, conf=args.align_conf,
                         device=args.device, workers=0,
                     )  # fmt: skip
                     record["alignment"][split] = res.to_dict()
+                    torch.save(res.score_iou, pairs)
             record["speed"] = speed_of(record["train"], results)
             save_record(run_dir, record)  # validation results are cached too
             runs[label][seed] = record
@@ -621,9 +629,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"args": vars(args), "recipe": recipe, "splits": splits, "env": env, "summary": summary, "runs": runs}
     (args.out / "compare.json").write_text(json.dumps(_clean(report), indent=2, default=str))
     plot_map(args.out / "compare_map.png", curves)
+    outputs = ["compare.json", "compare.md", "compare_map.png"]
+    if args.alignment:  # first seed of each model, val split
+        seed = args.seeds[0]
+        results = {
+            f"{label} s{seed}": AlignmentResult(
+                **runs[label][seed]["alignment"]["val"],
+                score_iou=torch.load(args.out / "runs" / f"{label}_s{seed}" / "score_iou_val.pt"),
+            )
+            for label in labels
+        }
+        plot_score_iou(results, args.out / "score_iou.png")
+        outputs.append("score_iou.png")
     text = write_markdown(args.out / "compare.md", args, runs, summary, splits)
     print("\n" + text)
-    print(f"\nWrote {args.out / 'compare.json'}, {args.out / 'compare.md'}, {args.out / 'compare_map.png'}")
+    print("\nWrote " + ", ".join(str(args.out / f) for f in outputs))
     return report
 
 

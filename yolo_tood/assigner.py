@@ -9,17 +9,46 @@ one-GT-per-anchor rule, per-GT normalisation) works on those pairs.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from ultralytics.utils.metrics import bbox_iou
 
-__all__ = ("ATSSAssigner", "AssignResult", "TOODTaskAlignedAssigner")
+__all__ = ("ATSSAssigner", "AssignResult", "TOODTaskAlignedAssigner", "dynamic_topk")
 
 # An anchor centre must be at least this many pixels inside every side of a GT to be a positive of that GT
 # (as MMDetection's TaskAlignedAssigner / ATSSAssigner: min(l, t, r, b) > 0.01).
 CENTER_MARGIN = 0.01
+# GT sizes sqrt(w * h) in pixels at which the dynamic top-k reaches its largest / smallest k
+DYNAMIC_TOPK_SMALL, DYNAMIC_TOPK_LARGE = 8.0, 96.0
+
+
+def dynamic_topk(sizes: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
+    """Return a per-GT number of TAL candidates from the GT size: more for small objects, fewer for large ones.
+
+    Rule (ours; the YOLOv8-TOOD write-up's exact formula could not be found): with s = sqrt(w * h) in pixels,
+    k = round(k_max - (k_max - k_min) * r), r = (log s - log 8) / (log 96 - log 8) clipped to [0, 1]. So k = k_max
+    for s <= 8 px, k = k_min for s >= 96 px, and k falls linearly in log(size) in between (monotone non-increasing).
+    Small objects get more candidates because few anchors of a small GT have their centre inside it, and candidates
+    outside are dropped after the top-k; the defaults 5..21 stay within the range where the paper found AP flat.
+
+    Args:
+        sizes (torch.Tensor): (n,) GT sizes sqrt(w * h) in pixels.
+        k_min (int): k for large GTs.
+        k_max (int): k for small GTs.
+
+    Returns:
+        (torch.Tensor): (n,) int64 k per GT in [k_min, k_max].
+
+    Examples:
+        >>> dynamic_topk(torch.tensor([4.0, 8.0, 96.0, 300.0]), 5, 21)
+        tensor([21, 21,  5,  5])
+    """
+    lo, hi = math.log(DYNAMIC_TOPK_SMALL), math.log(DYNAMIC_TOPK_LARGE)
+    r = ((sizes.float().clamp(min=1e-6).log() - lo) / (hi - lo)).clamp(0, 1)
+    return (k_max - (k_max - k_min) * r).round().long()
 
 
 class AssignResult(NamedTuple):
@@ -155,10 +184,17 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
     Memory: images are processed one at a time and GTs in chunks of about ``chunk_elems / A``; a chunk needs a few
     (chunk, A) float32 buffers (IoU, metric and the temporaries of ``bbox_iou``), and only its top-k pairs are kept.
 
+    Dynamic top-k (opt-in, ``topk_mode="dynamic"``, not in the paper): each GT keeps its own k = ``dynamic_topk``
+    (size) candidates. A chunk still takes one top-``topk_max`` over the anchors, then drops each GT's candidates
+    ranked beyond its k, so memory stays (chunk, A) and no (B, n_max, A) tensor is made.
+
     Args:
-        topk (int): Candidates per GT (m in the paper).
+        topk (int): Candidates per GT (m in the paper) in the fixed mode.
         alpha (float): Exponent of the classification score in the metric.
         beta (float): Exponent of the IoU in the metric.
+        topk_mode (str): "fixed" (m = ``topk`` for every GT) or "dynamic" (m per GT from its size).
+        topk_min (int): Smallest m of the dynamic mode.
+        topk_max (int): Largest m of the dynamic mode.
 
     Examples:
         >>> assigner = TOODTaskAlignedAssigner(topk=13, alpha=1.0, beta=6.0)
@@ -171,12 +207,26 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         tensor([[ True, False, False, False]])
     """
 
-    def __init__(self, topk: int = 13, alpha: float = 1.0, beta: float = 6.0):
+    def __init__(
+        self,
+        topk: int = 13,
+        alpha: float = 1.0,
+        beta: float = 6.0,
+        topk_mode: str = "fixed",
+        topk_min: int = 5,
+        topk_max: int = 21,
+    ):
         """Initialise the assigner with the metric exponents and the number of candidates per GT."""
         super().__init__()
+        if topk_mode not in {"fixed", "dynamic"}:
+            raise ValueError(f"topk_mode must be 'fixed' or 'dynamic', got {topk_mode!r}")
+        if not 1 <= topk_min <= topk_max:
+            raise ValueError(f"need 1 <= topk_min <= topk_max, got {topk_min} and {topk_max}")
         self.topk = topk
         self.alpha = alpha
         self.beta = beta
+        self.topk_mode = topk_mode
+        self.topk_min, self.topk_max = topk_min, topk_max
 
     @torch.no_grad()
     def forward(
@@ -205,7 +255,7 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         out = _empty_result(bs, na, nc, gt_bboxes.dtype, pd_scores.device)
         if gt_bboxes.shape[1] == 0 or na == 0:
             return out
-        k = min(self.topk, na)
+        k = min(self.topk_max if self.topk_mode == "dynamic" else self.topk, na)  # top-k width of every chunk
         anc = anc_points.float()
         for b in range(bs):
             valid = mask_gt[b, :, 0].nonzero().squeeze(1)  # (n,) real GTs of this image
@@ -249,6 +299,9 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         cand_u = iou.gather(1, cand)  # (c, k)
         del iou, metric
         pos = (cand_t > 0) & centers_inside(anc[cand], g[:, None])  # (c, k)
+        if self.topk_mode == "dynamic":  # topk is sorted: a GT keeps its first k_g columns
+            k_g = dynamic_topk((g[:, 2:] - g[:, :2]).clamp(min=0).prod(-1).sqrt(), self.topk_min, self.topk_max)
+            pos &= torch.arange(k, device=g.device)[None] < k_g[:, None]  # (c, k)
         gt_ids = torch.arange(start, start + c, device=g.device)[:, None].expand(c, k)
         return gt_ids[pos], cand[pos], cand_u[pos], cand_t[pos]
 

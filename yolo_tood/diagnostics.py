@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -100,6 +100,8 @@ class AlignmentResult:
             above it. A fixed threshold favours a detector whose negatives score low (calibration); an equal budget
             compares what each detector's most confident boxes are.
         metrics (dict): Optional extra metrics (e.g. the validator's mAP) filled by ``evaluate_alignment``.
+        score_iou (torch.Tensor, optional): (N, 2) class score and IoU of each object's top-k (50) predictions, the
+            pairs ``pcc_top50`` is computed from (for ``yolo_tood.plots``); not serialised by ``to_dict``.
     """
 
     pcc_top50: float
@@ -114,10 +116,13 @@ class AlignmentResult:
     num_images: int
     budget: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    score_iou: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the result as a JSON-serialisable dict (NaN becomes None)."""
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        """Return the result as a JSON-serialisable dict (NaN becomes None), without ``score_iou``."""
+        d = asdict(replace(self, score_iou=None))
+        d.pop("score_iou")
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
 def rank_correlation(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -174,6 +179,7 @@ def object_alignment(
     gt_cls: torch.Tensor,
     topk_pcc: int = 50,
     topk_iou: int = 10,
+    pairs: list[torch.Tensor] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Compute per-object rank correlation (top-k PCC) and top-k mean IoU on pre-NMS predictions of one image.
 
@@ -184,6 +190,8 @@ def object_alignment(
         gt_cls (torch.Tensor): GT classes, shape (G,).
         topk_pcc (int): Number of most confident predictions per object for the rank correlation.
         topk_iou (int): Number of most confident predictions per object for the mean IoU.
+        pairs (list[torch.Tensor], optional): If given, the (k, 2) score and IoU of each object's ``topk_pcc``
+            predictions (the data of its correlation) are appended to it.
 
     Returns:
         pcc (list[float]): One rank correlation per object, NaN where undefined (see module docstring).
@@ -207,6 +215,8 @@ def object_alignment(
         order = cls_scores.argsort(descending=True)  # most confident first
         top = order[:topk_pcc]
         pcc.append(rank_correlation(cls_scores[top], best_iou[related[top]]))
+        if pairs is not None:
+            pairs.append(torch.stack((cls_scores[top], best_iou[related[top]]), 1).float().cpu())
         mean_iou.append(float(best_iou[related[order[:topk_iou]]].mean()))
     return pcc, mean_iou
 
@@ -392,6 +402,7 @@ class AlignmentAccumulator:
         self.conf, self.iou, self.max_det, self.agnostic = conf, iou, max_det, agnostic
         self.pcc: list[float] = []
         self.mean_iou: list[float] = []
+        self.pairs: list[torch.Tensor] = []  # (k, 2) score and IoU of each object's top-k_pcc predictions
         self.records: list[NMSRecord] = []  # at min(conf, BUDGET_BASE_CONF), so counts can be taken at any budget
         self.num_images = 0
 
@@ -422,7 +433,9 @@ class AlignmentAccumulator:
             scores = scores_from_conf_cls(scores, pred_cls, nc)
         gt_cls = gt_cls.view(-1)
         self.num_images += 1
-        pcc, mean_iou = object_alignment(boxes, scores, gt_boxes, gt_cls, self.topk_pcc, self.topk_iou)
+        pcc, mean_iou = object_alignment(
+            boxes, scores, gt_boxes, gt_cls, self.topk_pcc, self.topk_iou, pairs=self.pairs
+        )
         self.pcc += pcc
         self.mean_iou += mean_iou
         base_conf = min(self.conf, BUDGET_BASE_CONF)
@@ -449,6 +462,7 @@ class AlignmentAccumulator:
             pcc_objects=len(valid),
             num_images=self.num_images,
             budget=budget,
+            score_iou=torch.cat(self.pairs) if self.pairs else torch.zeros(0, 2),
             **self.counts(self.conf),
         )
 

@@ -14,7 +14,8 @@ from ultralytics.utils import LOGGER
 
 __all__ = ("TOODHyp", "check_warmup")
 
-_INT_KEYS = {"tal_topk": 1, "atss_topk": 1, "atss_epochs": 0}  # key -> minimum value
+_INT_KEYS = {"tal_topk": 1, "tal_topk_min": 1, "tal_topk_max": 1, "atss_topk": 1, "atss_epochs": 0}  # key -> minimum
+TOPK_MODES = ("fixed", "dynamic")
 _FLOAT_KEYS = ("tal_alpha", "tal_beta", "qfl_beta", "focal_gamma", "focal_alpha", "box_gain", "cls_gain", "dfl_gain")
 
 
@@ -34,6 +35,12 @@ class TOODHyp:
         atss_epochs (int): number of warm-up epochs trained with the ATSS assigner and Focal loss before TAL
             (mmdet ``initial_epoch=4``). The authors report 41.8 AP without and 42.3 AP with the warm-up
             (fcjian/TOOD#11). 0 disables the warm-up.
+        tal_topk_mode (str): "fixed" (default, the paper's: m = tal_topk for every GT) or "dynamic": m per GT from its
+            size, from tal_topk_max for small GTs down to tal_topk_min for large ones (an opt-in addition, see
+            ``yolo_tood.assigner.dynamic_topk`` for the rule).
+        tal_topk_min (int): smallest m of the dynamic mode (for GTs of sqrt(w*h) >= 96 px). Default 5.
+        tal_topk_max (int): largest m of the dynamic mode (for GTs of sqrt(w*h) <= 8 px). Default 21; 5..21 is the
+            range over which the paper found AP flat.
         atss_topk (int): ATSS candidates per level per ground truth during the warm-up (mmdet ATSSAssigner topk=9).
         qfl_beta (float): beta of the Quality Focal Loss used with TAL (mmdet QualityFocalLoss beta=2.0).
         focal_gamma (float): gamma of the warm-up Focal loss (mmdet FocalLoss gamma=2.0).
@@ -54,6 +61,9 @@ class TOODHyp:
     tal_topk: int = 13
     tal_alpha: float = 1.0
     tal_beta: float = 6.0
+    tal_topk_mode: str = "fixed"
+    tal_topk_min: int = 5
+    tal_topk_max: int = 21
     atss_epochs: int = 4
     atss_topk: int = 9
     qfl_beta: float = 2.0
@@ -75,6 +85,12 @@ class TOODHyp:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"TOOD: '{key}' must be a finite number >= 0, got {value!r}")
             object.__setattr__(self, key, float(value))  # frozen: normalise ints such as `tal_beta: 6`
+        if self.tal_topk_mode not in TOPK_MODES:
+            raise ValueError(f"TOOD: 'tal_topk_mode' must be one of {TOPK_MODES}, got {self.tal_topk_mode!r}")
+        if self.tal_topk_min > self.tal_topk_max:
+            raise ValueError(
+                f"TOOD: 'tal_topk_min' ({self.tal_topk_min}) must not exceed 'tal_topk_max' ({self.tal_topk_max})"
+            )
         if self.focal_alpha > 1:
             raise ValueError(f"TOOD: 'focal_alpha' must be in [0, 1], got {self.focal_alpha!r}")
 

@@ -26,6 +26,7 @@ from ultralytics.utils.tal import bbox2dist, make_anchors
 
 from .assigner import AssignResult, ATSSAssigner, TOODTaskAlignedAssigner
 from .hyp import TOODHyp
+from .tal_stats import TALStats
 
 __all__ = ("TOODLoss", "centerness", "focal_loss_prob", "quality_focal_loss_prob")
 
@@ -127,10 +128,18 @@ class TOODLoss(v8DetectionLoss):
         self.no = self.nc + self.reg_max * 4
         self.use_dfl = self.reg_max > 1
         self.loss_names = "box_loss", "cls_loss", "dfl_loss" if self.use_dfl else "l1_loss"
-        self.assigner = TOODTaskAlignedAssigner(self.hyp.tal_topk, self.hyp.tal_alpha, self.hyp.tal_beta)
+        self.assigner = TOODTaskAlignedAssigner(
+            self.hyp.tal_topk,
+            self.hyp.tal_alpha,
+            self.hyp.tal_beta,
+            topk_mode=self.hyp.tal_topk_mode,
+            topk_min=self.hyp.tal_topk_min,
+            topk_max=self.hyp.tal_topk_max,
+        )
         self.atss_assigner = ATSSAssigner(self.hyp.atss_topk)
         self.dfl_loss = DFLoss(self.reg_max) if self.use_dfl else None
         self.proj = torch.arange(self.reg_max, dtype=torch.float, device=self.device)  # used by bbox_decode
+        self.tal_stats = TALStats()  # positives per GT of the training batches, read by yolo_tood.tal_stats' callbacks
 
     def in_warmup(self) -> bool:
         """Return True while the head's current epoch is inside the ATSS warm-up (``epoch < atss_epochs``)."""
@@ -172,6 +181,9 @@ class TOODLoss(v8DetectionLoss):
                 gt_bboxes,
                 mask_gt,
             )
+
+        if self.head.training:  # validation losses (EMA head in eval mode) stay out of the training statistics
+            self.tal_stats.update(res, gt_bboxes, mask_gt, "ATSS" if warmup else "TAL")
 
         loss = torch.zeros(3, device=self.device)  # box, cls, dfl
         loss[1] = self._cls_loss(pred_scores, res, warmup)

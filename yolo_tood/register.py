@@ -11,7 +11,8 @@ edits ultralytics' files; it wraps four process-wide entry points:
    and parse_model builds it with width-scaled channels exactly as it builds ``Detect``.
 2. ``DetectionModel.init_criterion``: models whose head is a ``TOODDetect`` get ``TOODLoss``.
 3. ``default_callbacks`` (copied into every trainer): tells the head the trainer's epoch, which selects the ATSS
-   warm-up or TAL in the loss, also after ``resume=True`` and for the validation losses.
+   warm-up or TAL in the loss, also after ``resume=True`` and for the validation losses; writes the assignment
+   statistics of each epoch (``yolo_tood.tal_stats``).
 4. ``tasks.yaml_model_load`` (and the name ``ultralytics.engine.model`` imported from it): ultralytics finds the file
    of a scaled name (``yolov8n-tood.yaml`` -> ``yolov8-tood.yaml``) with a regex over the *whole* path string, so a
    directory such as ``/tmp/run1s/`` or ``~/exp2m/`` is rewritten instead of the file name and the YAML is "not
@@ -214,11 +215,14 @@ def on_train_epoch_start(trainer: Any) -> None:
 def _add_callbacks() -> None:
     from ultralytics.utils.callbacks.base import default_callbacks
 
+    from . import tal_stats
     from .export import on_export_start
 
     for event, fn in (
         ("on_train_start", on_train_start),
         ("on_train_epoch_start", on_train_epoch_start),
+        ("on_train_epoch_end", tal_stats.on_train_epoch_end),  # tal_stats.jsonl, before the epoch's validation
+        ("on_train_end", tal_stats.on_train_end),  # tal_stats.png
         ("on_export_start", on_export_start),
     ):
         if fn not in default_callbacks[event]:

@@ -1,0 +1,116 @@
+"""Assignment statistics (yolo_tood.tal_stats): hand-made assignments, the loss hook, the callbacks and the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_loss import FakeHead, FakeModel, random_batch, random_preds
+
+from yolo_tood.assigner import AssignResult
+from yolo_tood.tal_stats import SIZE_LABELS, TALStats, gt_sizes, on_train_end, on_train_epoch_end, plot_tal_stats
+
+
+def assign(gt_idx: list[list[int]]) -> AssignResult:
+    """An AssignResult whose only meaningful field is gt_idx (B, A)."""
+    g = torch.tensor(gt_idx)
+    z = torch.zeros(g.shape)
+    return AssignResult(g >= 0, g, g.clamp(min=0), torch.zeros(*g.shape, 4), z, z)
+
+
+def boxes_of_size(sizes: list[list[float]]) -> torch.Tensor:
+    """(B, n, 4) square xyxy boxes of side ``size`` at the origin (sqrt(w*h) = size)."""
+    s = torch.tensor(sizes)
+    return torch.stack((torch.zeros_like(s), torch.zeros_like(s), s, s), -1)
+
+
+def test_gt_sizes_and_bucket_edges():
+    assert gt_sizes(torch.tensor([[0.0, 0.0, 4.0, 16.0], [5.0, 5.0, 3.0, 9.0]])).tolist() == [8.0, 0.0]
+    stats = TALStats()
+    # sizes on the edges fall in the upper bucket: 7.9 -> <8, 8 -> 8-16, 16 -> 16-32, 32 -> 32-96, 96 -> >=96
+    gt = boxes_of_size([[7.9, 8.0, 16.0, 32.0, 96.0]])
+    stats.update(assign([[0, 1, 1, 2, 2, 2, 4, -1]]), gt, torch.ones(1, 5, 1), "TAL")
+    s = stats.summary()
+    assert [s["by_size"][k]["gts"] for k in SIZE_LABELS] == [1, 1, 1, 1, 1]
+    assert [s["by_size"][k]["pos_per_gt"] for k in SIZE_LABELS] == [1.0, 2.0, 3.0, 0.0, 1.0]
+    assert [s["by_size"][k]["zero_pos_share"] for k in SIZE_LABELS] == [0.0, 0.0, 0.0, 1.0, 0.0]
+    assert (s["gts"], s["pos_per_gt"], s["zero_pos_share"], s["phase"]) == (5, 7 / 5, 1 / 5, "TAL")
+
+
+def test_padding_is_ignored_and_images_are_kept_apart():
+    stats = TALStats()
+    # image 0: 2 real GTs (sizes 10, 50) + 1 padded slot; image 1: 1 real GT (size 10), gt_idx 0 means ITS GT 0
+    gt = boxes_of_size([[10.0, 50.0, 10.0], [10.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])[..., None]
+    stats.update(assign([[0, 0, 0, -1], [0, -1, -1, -1]]), gt, mask, "ATSS")
+    stats.update(assign([[1, -1, -1, -1], [-1, -1, -1, -1]]), gt, mask, "TAL")  # a second batch accumulates
+    s = stats.summary()
+    assert s["gts"] == 6 and s["pos_per_gt"] == pytest.approx(5 / 6)
+    assert s["by_size"]["8-16"] == {"gts": 4, "pos_per_gt": 1.0, "zero_pos_share": 0.5}
+    assert s["by_size"]["32-96"] == {"gts": 2, "pos_per_gt": 0.5, "zero_pos_share": 0.5}
+    assert s["by_size"]["<8"] == {"gts": 0, "pos_per_gt": None, "zero_pos_share": None}
+    assert s["phase"] == "ATSS/TAL"
+    stats.reset()
+    assert stats.summary()["gts"] == 0 and stats.summary()["phase"] is None
+
+
+def test_loss_counts_only_in_training_mode_and_matches_the_assignment(monkeypatch):
+    from yolo_tood.loss import TOODLoss
+
+    head = FakeHead(nc=3)
+    criterion = TOODLoss(FakeModel(head))
+    results = []
+    original = criterion.assigner.forward
+    monkeypatch.setattr(criterion.assigner, "forward", lambda *a: results.append(original(*a)) or results[-1])
+    batch = random_batch([3, 0, 5], nc=3)
+    _, _, preds = random_preds(3, 3, 16, 64)
+    head.eval()  # a validation loss call: not counted
+    criterion(preds(), batch)
+    assert criterion.tal_stats.summary()["gts"] == 0
+    head.train()
+    criterion(preds(), batch)
+    s = criterion.tal_stats.summary()
+    assert s["gts"] == 8 and s["phase"] == "TAL"
+    assert s["pos_per_gt"] * 8 == pytest.approx(float(results[-1].fg_mask.sum()))
+
+
+def fake_trainer(tmp_path: Path, criterion, epoch: int, plots: bool = True) -> SimpleNamespace:
+    model = SimpleNamespace(criterion=criterion)
+    return SimpleNamespace(model=model, epoch=epoch, save_dir=tmp_path, args=SimpleNamespace(plots=plots))
+
+
+def test_callbacks_write_one_line_per_epoch_and_the_plot(tmp_path):
+    from yolo_tood.loss import TOODLoss
+
+    criterion = TOODLoss(FakeModel(FakeHead()))
+    gt = boxes_of_size([[4.0, 40.0]])
+    for epoch, phase in ((0, "ATSS"), (1, "TAL"), (2, "TAL")):
+        criterion.tal_stats.update(assign([[0, 0, 1, -1]] if epoch else [[0, -1, -1, -1]]), gt, torch.ones(1, 2), phase)
+        on_train_epoch_end(fake_trainer(tmp_path, criterion, epoch))
+        assert criterion.tal_stats.summary()["gts"] == 0  # reset after writing
+    lines = [json.loads(x) for x in (tmp_path / "tal_stats.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3] and [x["phase"] for x in lines] == ["ATSS", "TAL", "TAL"]
+    assert lines[0]["zero_pos_share"] == 0.5 and lines[1]["pos_per_gt"] == 1.5
+    on_train_end(fake_trainer(tmp_path, criterion, 2, plots=False))
+    assert not (tmp_path / "tal_stats.png").exists()  # plots=False writes no PNG, as ultralytics
+    on_train_end(fake_trainer(tmp_path, criterion, 2))
+    assert (tmp_path / "tal_stats.png").stat().st_size > 0
+    data = plot_tal_stats(tmp_path / "tal_stats.jsonl", tmp_path / "again.png")
+    assert data["pos_per_gt/<8"] == [1.0, 2.0, 2.0] and data["zero_pos_share/32-96"] == [1.0, 0.0, 0.0]
+
+
+def test_callbacks_ignore_models_without_tood_loss(tmp_path):
+    on_train_epoch_end(fake_trainer(tmp_path, criterion=None, epoch=0))
+    assert not (tmp_path / "tal_stats.jsonl").exists()
+
+
+def test_resumed_epoch_written_twice_keeps_the_last_line(tmp_path):
+    rows = [{"epoch": e, "phase": "TAL", "gts": 1, "pos_per_gt": float(v), "zero_pos_share": 0.0,
+             "by_size": {k: {"gts": 0, "pos_per_gt": None, "zero_pos_share": None} for k in SIZE_LABELS}}
+            for e, v in ((1, 1), (2, 2), (2, 5))]  # fmt: skip
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = plot_tal_stats(tmp_path / "s.jsonl", tmp_path / "s.png")
+    assert data["epoch"] == [1, 2] and data["pos_per_gt/all"] == [1.0, 5.0]

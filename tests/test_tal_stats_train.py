@@ -1,0 +1,32 @@
+"""End to end: a 2-epoch TOOD training at 64 px writes one tal_stats.jsonl line per epoch, and tal_stats.png."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from test_diagnostics import REPO, make_dataset
+
+from yolo_tood.tal_stats import SIZE_LABELS
+
+
+def test_training_writes_tal_stats(tmp_path):
+    from ultralytics import YOLO
+
+    d = yaml.safe_load((REPO / "cfg" / "yolov8-tood.yaml").read_text())
+    d["atss_epochs"] = 1  # epoch 1 ATSS, epoch 2 TAL
+    cfg = tmp_path / "yolov8n-tood.yaml"
+    cfg.write_text(yaml.safe_dump(d, sort_keys=False))
+    data = make_dataset(tmp_path / "data", n_train=4, n_val=2)
+    model = YOLO(str(cfg))
+    model.train(data=str(data), epochs=2, imgsz=64, batch=4, workers=0, device="cpu", plots=True,
+                project=str(tmp_path), name="run", val=True)  # fmt: skip
+    run = tmp_path / "run"
+    lines = [json.loads(x) for x in (run / "tal_stats.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2] and [x["phase"] for x in lines] == ["ATSS", "TAL"]
+    for x in lines:
+        assert set(x) == {"epoch", "phase", "gts", "pos_per_gt", "zero_pos_share", "by_size"}
+        assert list(x["by_size"]) == list(SIZE_LABELS)
+        assert x["gts"] == sum(b["gts"] for b in x["by_size"].values()) > 0  # mosaic may add or crop boxes
+        assert x["pos_per_gt"] >= 0 and 0 <= x["zero_pos_share"] <= 1
+    assert (run / "tal_stats.png").stat().st_size > 0 and (run / "results.png").exists()
