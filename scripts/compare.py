@@ -89,7 +89,7 @@ def parse_variant(model: str) -> dict[str, Any]:
 
     from yolo_tood.hyp import TOODHyp
 
-    hyp_types = {f.name: f.type for f in fields(TOODHyp)}  # "int" / "float" (postponed annotations)
+    hyp_types = {f.name: f.type for f in fields(TOODHyp)}  # "int" / "int | None" / "float" (postponed annotations)
     hyp_keys = set(hyp_types)
     overrides: dict[str, Any] = {}
     for pair in filter(None, model.split(":", 1)[1].split(",")):
@@ -98,7 +98,8 @@ def parse_variant(model: str) -> dict[str, Any]:
             known = ", ".join(sorted(hyp_keys | set(HEAD_KEYS)))
             raise ValueError(f"bad TOOD variant item {pair!r} in {model!r}: use key=value with a key from {known}")
         try:
-            overrides[key] = int(value) if key in HEAD_KEYS or hyp_types[key] == "int" else float(value)
+            is_int = key in HEAD_KEYS or hyp_types[key].split(" | ")[0] == "int"
+            overrides[key] = int(value) if is_int else float(value)
         except ValueError:
             raise ValueError(f"bad value {value!r} for {key} in {model!r}") from None
     if not overrides:

@@ -25,6 +25,7 @@ class FakeHead(nn.Module):
         self.nc, self.reg_max = nc, reg_max
         self.stride = torch.tensor(STRIDES)
         self.epoch = None
+        self.atss_epochs = 4  # the warm-up as the callbacks resolve it (a third of 12 epochs)
         self.dummy = nn.Parameter(torch.zeros(1))  # gives the model a device
 
 
@@ -280,10 +281,13 @@ def _spy(calls: list, name: str, fn):
 
 
 def test_phase_follows_head_epoch(monkeypatch):
-    """epoch < atss_epochs -> ATSS + Focal; epoch >= atss_epochs -> TAL + QFL; None -> TAL. The epoch is read at
-    every call, so a criterion built before a resume (or used by the validator) follows the head."""
+    """epoch < warm-up -> ATSS + Focal; epoch >= warm-up -> TAL + QFL; None -> TAL. The epoch and the warm-up the
+    callbacks resolved are read at every call, so a criterion built before a resume (or used by the validator)
+    follows the head. A YAML warm-up fraction (here 0.5, which the callbacks would resolve for 8 epochs) is not read
+    by the loss: the head's resolved value is."""
     head = FakeHead(nc=3, reg_max=16)
-    criterion = TOODLoss(FakeModel(head, atss_epochs=4))
+    head.atss_epochs = 4
+    criterion = TOODLoss(FakeModel(head, atss_fraction=0.5))
     calls = []
     for name in ("assigner", "atss_assigner"):
         module = getattr(criterion, name)
@@ -303,10 +307,24 @@ def test_phase_follows_head_epoch(monkeypatch):
 
 
 def test_atss_epochs_zero_disables_warmup():
-    """atss_epochs: 0 -> TAL from epoch 0."""
+    """atss_epochs: 0 -> TAL from epoch 0 (an explicit count needs no resolution by the callbacks)."""
     head = FakeHead()
-    head.epoch = 0
+    head.epoch, head.atss_epochs = 0, None
     assert not TOODLoss(FakeModel(head, atss_epochs=0)).in_warmup()
+    head.atss_epochs = 0  # resolved, e.g. atss_fraction 1/3 of 1 epoch
+    assert not TOODLoss(FakeModel(head)).in_warmup()
+
+
+def test_explicit_atss_epochs_without_callbacks_and_unresolved_fraction():
+    """A head whose epoch is set by hand: an explicit atss_epochs is used; a fraction cannot be resolved without the
+    run's epochs, which is one clear error rather than a silent phase."""
+    head = FakeHead()
+    head.epoch, head.atss_epochs = 3, None
+    assert TOODLoss(FakeModel(head, atss_epochs=4)).in_warmup()
+    with pytest.raises(RuntimeError, match="atss_epochs"):
+        TOODLoss(FakeModel(head)).in_warmup()
+    head.epoch = None
+    assert not TOODLoss(FakeModel(head)).in_warmup()  # outside training: TAL, nothing to resolve
 
 
 def test_tuple_predictions_and_missing_epoch_attribute():
@@ -328,6 +346,7 @@ def test_with_the_real_head():
     head = head_module.TOODDetect(nc=3, feat_channels=16, stacked_convs=2, ch=(8, 16, 32))
     head.stride = torch.tensor(STRIDES)
     head.train()
+    head.atss_epochs = 1  # as the callbacks resolve it
     criterion = TOODLoss(FakeModel(head))
     x = [torch.randn(2, c, 64 // int(s), 64 // int(s)) for c, s in zip((8, 16, 32), STRIDES)]
     for epoch in (0, None):
@@ -352,7 +371,8 @@ def test_hyp_defaults_and_yaml():
     assert hyp == TOODHyp(tal_beta=4.0, atss_epochs=0)
     assert isinstance(hyp.tal_beta, float)
     d = TOODHyp.from_yaml(None)
-    assert (d.tal_topk, d.tal_alpha, d.tal_beta, d.atss_epochs, d.atss_topk) == (13, 1.0, 6.0, 4, 9)
+    assert (d.tal_topk, d.tal_alpha, d.tal_beta, d.atss_epochs, d.atss_topk) == (13, 1.0, 6.0, None, 9)
+    assert d.atss_fraction == 1 / 3
     assert (d.qfl_beta, d.focal_gamma, d.focal_alpha) == (2.0, 2.0, 0.25)
     assert (d.box_gain, d.cls_gain, d.dfl_gain) == (2.0, 1.0, 0.5)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -369,6 +389,12 @@ def test_hyp_defaults_and_yaml():
         ("atss_topk", -1),
         ("atss_epochs", -1),
         ("atss_epochs", 1.5),
+        ("atss_fraction", 1.0),
+        ("atss_fraction", -0.1),
+        ("atss_fraction", "0.3"),
+        ("atss_fraction", None),
+        ("atss_fraction", True),
+        ("atss_fraction", float("nan")),
         ("tal_alpha", -0.5),
         ("tal_beta", "6"),
         ("tal_beta", float("nan")),
@@ -393,22 +419,60 @@ def test_hyp_from_yaml_rejects_a_non_dict():
         TOODHyp.from_yaml([1, 2])
 
 
+@pytest.mark.parametrize(
+    "yaml_keys, epochs, expected",
+    [
+        ({}, 1, 0),  # short runs (tests, demo): round(1/3) = 0, no warm-up
+        ({}, 10, 3),
+        ({}, 12, 4),  # the paper's 4 of 12
+        ({}, 60, 20),
+        ({"atss_fraction": 0.333}, 60, 20),  # the YAML's value
+        ({"atss_fraction": 0}, 60, 0),
+        ({"atss_fraction": 0.5}, 5, 3),  # halves round up
+        ({"atss_fraction": 0.5}, 3, 2),
+        ({"atss_fraction": 1 / 6}, 60, 10),
+        ({"atss_epochs": 4}, 60, 4),  # an explicit count overrides the fraction
+        ({"atss_epochs": 4, "atss_fraction": 0.5}, 60, 4),
+        ({"atss_epochs": None}, 60, 20),  # YAML null: the fraction
+    ],
+)
+def test_warmup_epochs_resolution(yaml_keys, epochs, expected):
+    assert TOODHyp.from_yaml(yaml_keys).warmup_epochs(epochs) == expected
+
+
+def test_describe_warmup():
+    assert TOODHyp(atss_fraction=0.333).describe_warmup(60) == (
+        "TOOD: ATSS warm-up for epochs 1-20 of 60 (atss_fraction 0.333), then TAL"
+    )
+    assert (
+        TOODHyp(atss_epochs=4).describe_warmup(60)
+        == "TOOD: ATSS warm-up for epochs 1-4 of 60 (atss_epochs 4), then TAL"
+    )
+    assert TOODHyp().describe_warmup(1) == "TOOD: no ATSS warm-up (atss_fraction 0.333 of 1 epochs), TAL from epoch 1"
+
+
 def test_check_warmup(monkeypatch):
-    """A warning when the ATSS warm-up is at least as long as the training, none otherwise."""
+    """A warning when the resolved ATSS warm-up is at least as long as the training, none otherwise."""
     messages = []
     monkeypatch.setattr(hyp_module.LOGGER, "warning", lambda msg, *a, **k: messages.append(msg))
     assert check_warmup(TOODHyp(atss_epochs=4), epochs=100)
+    assert check_warmup(TOODHyp(), epochs=1)
     assert not messages
     assert not check_warmup(TOODHyp(atss_epochs=4), epochs=4)
-    assert len(messages) == 1 and "atss_epochs=4" in messages[0]
+    assert len(messages) == 1 and "atss_epochs=4" in messages[0] and "epochs=4" in messages[0]
+    assert not check_warmup(TOODHyp(atss_fraction=0.9), epochs=1)  # round(0.9) = 1: the whole run
+    assert len(messages) == 2 and "atss_fraction=0.9" in messages[1]
 
 
-def test_check_warmup_reports_a_short_warm_up(monkeypatch):
-    """A warm-up shorter than the paper's third of the schedule is logged as information, 0 (disabled) is not."""
+def test_check_warmup_reports_a_short_explicit_warm_up(monkeypatch):
+    """An explicit warm-up shorter than a third of the schedule is logged as information (pointing to the default
+    fraction); the fraction itself and 0 (disabled) are not."""
     infos = []
     monkeypatch.setattr(hyp_module.LOGGER, "info", lambda msg, *a, **k: infos.append(msg))
     assert check_warmup(TOODHyp(atss_epochs=4), epochs=60)
-    assert len(infos) == 1 and "4 of 60 epochs" in infos[0]
-    for atss_epochs, epochs in ((20, 60), (4, 12), (0, 60)):
-        assert check_warmup(TOODHyp(atss_epochs=atss_epochs), epochs=epochs)
+    assert len(infos) == 1 and "4 of 60 epochs" in infos[0] and "atss_fraction" in infos[0]
+    for hyp, epochs in ((TOODHyp(atss_epochs=20), 60), (TOODHyp(atss_epochs=4), 12), (TOODHyp(atss_epochs=0), 60)):
+        assert check_warmup(hyp, epochs=epochs)
+    for fraction in (0.1, 1 / 6, 1 / 3):
+        assert check_warmup(TOODHyp(atss_fraction=fraction), epochs=60)
     assert len(infos) == 1

@@ -3,7 +3,8 @@
 ``TOODLoss(model)`` replaces ``v8DetectionLoss`` for a DetectionModel whose last module is ``TOODDetect``. As
 MMDetection's ``TOODHead.loss_by_feat``:
 
-- epochs ``< atss_epochs`` (warm-up): ATSS assignment, Focal loss on the probabilities against hard labels, box loss
+- epochs below the resolved warm-up (``head.atss_epochs``, by default a third of the run, see ``TOODHyp``): ATSS
+  assignment, Focal loss on the probabilities against hard labels, box loss
   weighted by the centerness of the anchor point in its GT; cls loss / number of positives, box loss / sum of
   centerness.
 - afterwards (and when ``head.epoch`` is None): TAL assignment, Quality Focal Loss on the probabilities against
@@ -132,10 +133,30 @@ class TOODLoss(v8DetectionLoss):
         self.dfl_loss = DFLoss(self.reg_max) if self.use_dfl else None
         self.proj = torch.arange(self.reg_max, dtype=torch.float, device=self.device)  # used by bbox_decode
 
+    def warmup_epochs(self) -> int:
+        """Return the ATSS warm-up length in epochs: the head's ``atss_epochs``, resolved by the training callbacks.
+
+        The default warm-up is a fraction of the run's ``epochs``, which only the trainer knows, so the callbacks
+        resolve it and set it on the head (and its EMA copy) like ``head.epoch``. Without them (a head whose
+        ``epoch`` was set by hand), an explicit ``atss_epochs`` from the YAML is used.
+
+        Raises:
+            RuntimeError: If the head has an epoch but neither a resolved warm-up nor an explicit ``atss_epochs``.
+        """
+        warmup = getattr(self.head, "atss_epochs", None)
+        if warmup is None:
+            warmup = self.hyp.atss_epochs
+        if warmup is None:
+            raise RuntimeError(
+                "TOOD: head.epoch is set but the ATSS warm-up length is not resolved; set head.atss_epochs "
+                "(the training callbacks do, from the trainer's epochs) or 'atss_epochs' in the model YAML"
+            )
+        return warmup
+
     def in_warmup(self) -> bool:
-        """Return True while the head's current epoch is inside the ATSS warm-up (``epoch < atss_epochs``)."""
+        """Return True while the head's current epoch is inside the ATSS warm-up (``epoch < warm-up epochs``)."""
         epoch = getattr(self.head, "epoch", None)
-        return epoch is not None and epoch < self.hyp.atss_epochs
+        return epoch is not None and epoch < self.warmup_epochs()
 
     def loss(self, preds: dict[str, Any], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         """Return (sum of the gain-scaled losses * batch size, dict of the detached items) like v8DetectionLoss.
