@@ -100,11 +100,14 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20, help="measured steps per model (after 3 warm-up steps)")
-    parser.add_argument("--epoch", type=int, default=None, help="TOOD phase: epoch < atss_epochs is the warm-up")
+    parser.add_argument("--epoch", type=int, default=None, help="TOOD phase: epoch < warm-up epochs is the warm-up")
+    parser.add_argument("--epochs", type=int, default=60, help="run length from which the warm-up is resolved")
     args = parser.parse_args()
 
     import torch
     from ultralytics.data.utils import check_det_dataset
+
+    from yolo_tood.hyp import TOODHyp
 
     nc = check_det_dataset(args.data)["nc"]
     data = batches(args.data, args.imgsz, args.batch, 4)
@@ -113,6 +116,8 @@ def main() -> None:
         "tood": build(str(CFG / f"yolov8{args.scale}-tood.yaml"), nc),
     }
     models["tood"].model[-1].epoch = args.epoch
+    hyp = TOODHyp.from_yaml(models["tood"].yaml)
+    models["tood"].model[-1].atss_epochs = hyp.warmup_epochs(args.epochs)  # as the training callbacks resolve it
     optims = {k: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(3 + args.steps):

@@ -93,7 +93,7 @@ def parse_variant(model: str) -> dict[str, Any]:
 
     from yolo_tood.hyp import TOODHyp
 
-    hyp_types = {f.name: f.type for f in fields(TOODHyp)}  # "int" / "float" (postponed annotations)
+    hyp_types = {f.name: f.type for f in fields(TOODHyp)}  # "int" / "int | None" / "float" (postponed annotations)
     hyp_keys = set(hyp_types)
     overrides: dict[str, Any] = {}
     for pair in filter(None, model.split(":", 1)[1].split(",")):
@@ -102,7 +102,7 @@ def parse_variant(model: str) -> dict[str, Any]:
             known = ", ".join(sorted(hyp_keys | set(HEAD_KEYS)))
             raise ValueError(f"bad TOOD variant item {pair!r} in {model!r}: use key=value with a key from {known}")
         try:
-            kind = "int" if key in HEAD_KEYS else hyp_types[key]
+            kind = "int" if key in HEAD_KEYS else hyp_types[key].split(" | ")[0]
             overrides[key] = value if kind == "str" else int(value) if kind == "int" else float(value)
         except ValueError:
             raise ValueError(f"bad value {value!r} for {key} in {model!r}") from None

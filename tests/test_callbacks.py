@@ -1,4 +1,5 @@
-"""Trainer callbacks: the epoch reaches both heads, the ATSS->TAL switch is logged, ignored gains are warned."""
+"""Trainer callbacks: the epoch and the resolved warm-up reach both heads, the ATSS->TAL switch is logged, ignored
+gains are warned."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER
@@ -34,8 +36,8 @@ def log():
     LOGGER.removeHandler(handler)
 
 
-def fake_trainer(epochs: int = 10, start_epoch: int = 0, **args) -> SimpleNamespace:
-    model = DetectionModel(str(CFG), nc=3, verbose=False)
+def fake_trainer(epochs: int = 10, start_epoch: int = 0, cfg: Path = CFG, **args) -> SimpleNamespace:
+    model = DetectionModel(str(cfg), nc=3, verbose=False)
     ema = SimpleNamespace(ema=copy.deepcopy(model))
     return SimpleNamespace(
         model=model, ema=ema, epochs=epochs, start_epoch=start_epoch, epoch=start_epoch, args=get_cfg(overrides=args)
@@ -43,26 +45,56 @@ def fake_trainer(epochs: int = 10, start_epoch: int = 0, **args) -> SimpleNamesp
 
 
 def test_epoch_reaches_model_and_ema_heads_and_switch_is_logged_once(log):
-    trainer = fake_trainer(start_epoch=0)
+    trainer = fake_trainer(epochs=12, start_epoch=0)
     on_train_start(trainer)
+    assert "TOOD: ATSS warm-up for epochs 1-4 of 12 (atss_fraction 0.333), then TAL" in log
     assert any("epoch 1 in the ATSS warm-up phase" in m for m in log)
     for epoch in range(6):
         trainer.epoch = epoch
         on_train_epoch_start(trainer)
-        assert trainer.model.model[-1].epoch == epoch and trainer.ema.ema.model[-1].epoch == epoch
+        for head in (trainer.model.model[-1], trainer.ema.ema.model[-1]):
+            assert head.epoch == epoch and head.atss_epochs == 4
     assert sum("switching to Task Alignment Learning at epoch 5" in m for m in log) == 1
+    assert sum("ATSS warm-up for epochs" in m for m in log) == 1  # stated once
+
+
+@pytest.mark.parametrize("epochs, warmup", [(1, 0), (10, 3), (60, 20)])
+def test_warmup_follows_the_schedule(epochs, warmup, log):
+    """The default warm-up is a third of the trainer's epochs, set on the model's and the EMA's heads."""
+    trainer = fake_trainer(epochs=epochs)
+    on_train_start(trainer)
+    assert trainer.model.model[-1].atss_epochs == warmup and trainer.ema.ema.model[-1].atss_epochs == warmup
+    phase = "ATSS warm-up" if warmup else "TAL"
+    assert any(f"epoch 1 in the {phase} phase" in m for m in log)
+    if not warmup:
+        assert "TOOD: no ATSS warm-up (atss_fraction 0.333 of 1 epochs), TAL from epoch 1" in log
 
 
 def test_resume_after_warmup_starts_in_tal(log):
-    trainer = fake_trainer(start_epoch=6)
+    """A 30-epoch run (warm-up 10) resumed at epoch 11: the warm-up is resolved from the restored epochs."""
+    trainer = fake_trainer(epochs=30, start_epoch=10)
     on_train_start(trainer)
     on_train_epoch_start(trainer)
-    assert any("epoch 7 in the TAL phase" in m for m in log)
+    assert any("epoch 11 in the TAL phase" in m for m in log)
     assert not any("switching" in m for m in log)  # the switch happened before the interruption
-    assert trainer.ema.ema.model[-1].epoch == 6
+    assert trainer.ema.ema.model[-1].epoch == 10 and trainer.ema.ema.model[-1].atss_epochs == 10
 
 
-def test_warmup_longer_than_training_and_changed_stock_gains_are_warned(log):
-    on_train_start(fake_trainer(epochs=3, box=5.0, dfl=2.0))
-    assert any("atss_epochs=4 >= epochs=3" in m for m in log)
+def test_changed_epochs_during_training_are_followed(log):
+    """``time=`` training recomputes trainer.epochs after the first epoch: the warm-up follows, and says so."""
+    trainer = fake_trainer(epochs=30)
+    on_train_start(trainer)
+    trainer.epoch, trainer.epochs = 1, 60
+    on_train_epoch_start(trainer)
+    assert trainer.model.model[-1].atss_epochs == 20
+    assert any("epochs 1-20 of 60" in m and "changed" in m for m in log)
+
+
+def test_warmup_longer_than_training_and_changed_stock_gains_are_warned(log, tmp_path):
+    d = yaml.safe_load(CFG.with_name("yolov8-tood.yaml").read_text())
+    d["atss_epochs"] = 4
+    cfg = tmp_path / "yolov8n-tood.yaml"
+    cfg.write_text(yaml.safe_dump(d, sort_keys=False))
+    on_train_start(fake_trainer(epochs=3, cfg=cfg, box=5.0, dfl=2.0))
+    assert any("atss_epochs=4 gives an ATSS warm-up of 4 epochs >= epochs=3" in m for m in log)
     assert any("{'box': 5.0, 'dfl': 2.0}" in m and "box_gain" in m for m in log)

@@ -366,6 +366,9 @@ def test_compare_tood_variants(tmp_path):
 
     model = DetectionModel(str(path), nc=3, verbose=False)
     assert model.model[-1].feat_channels == 128  # 512 x width 0.25 at scale n
-    for bad in ("tood:", "tood:atss_epochs", "tood:lr=0.1", "tood:box_gain=abc", "tood:atss_epochs=-1"):
+    # the warm-up keys: atss_epochs (int | None in TOODHyp) stays an int, atss_fraction is a float
+    assert compare.parse_variant("tood:atss_fraction=0.5,atss_epochs=3") == {"atss_fraction": 0.5, "atss_epochs": 3}
+    bad_items = ("tood:atss_epochs=2.5", "tood:atss_fraction=1", "tood:atss_fraction=-0.1")
+    for bad in ("tood:", "tood:atss_epochs", "tood:lr=0.1", "tood:box_gain=abc", "tood:atss_epochs=-1", *bad_items):
         with pytest.raises(ValueError):
             compare.parse_variant(bad)

@@ -1,4 +1,5 @@
-"""Unit tests of the T-Head: shapes, the TaskDecomposition and re-sampling equivalences, and the score gradient."""
+"""Unit tests of the T-Head: shapes, the TaskDecomposition and re-sampling equivalences, TAP's faithful box
+re-sampling (an integer offset borrows the neighbour's edge), the invalid-box fallback, and the score gradient."""
 
 from __future__ import annotations
 
@@ -6,8 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
+from ultralytics.nn.modules import Detect
+from ultralytics.utils.ops import xywh2xyxy
 
-from yolo_tood.head import TaskDecomposition, TOODDetect, aligned_score, keep_valid_boxes, resample_by_offsets
+from yolo_tood.head import (
+    TaskDecomposition,
+    TOODDetect,
+    aligned_score,
+    keep_valid_boxes,
+    offset_distances,
+    resample_by_offsets,
+    side_shifts,
+)
 
 
 def make_head(nc: int = 3, reg_max: int = 16, ch=(16, 32, 64), feat_channels: int = 32, stacked_convs: int = 3):
@@ -27,11 +38,13 @@ def test_head_output_shapes_per_level(reg_max):
     anchors = sum(t.shape[2] * t.shape[3] for t in x)  # 64 + 16 + 4
     out = head.train()(x)
     assert out["boxes"].shape == (2, 4 * reg_max, anchors)
+    assert out["offsets"].shape == (2, 8, anchors)
     assert out["scores"].shape == (2, 3, anchors)
     assert [f.shape for f in out["feats"]] == [t.shape for t in x]
     for level, t in enumerate(x):
-        boxes, scores = head.forward_level(t, level)
+        boxes, offsets, scores = head.forward_level(t, level)
         assert boxes.shape == (2, 4 * reg_max, *t.shape[2:]) and scores.shape == (2, 3, *t.shape[2:])
+        assert offsets.shape == (2, 8, *t.shape[2:])
     y, preds = head.eval()(x)
     assert y.shape == (2, 4 + 3, anchors)
     assert 0 <= y[:, 4:].min() and y[:, 4:].max() <= 1  # aligned scores are probabilities, not re-sigmoided
@@ -89,35 +102,139 @@ def test_resampling_with_zero_offsets_is_identity_and_integer_offsets_shift():
     torch.testing.assert_close(out[0, 2:], pred[0, 2:])
 
 
+def test_side_shifts_and_offset_distances_pick_each_sides_own_axis():
+    """Offsets (dy, dx) per side in mmcv's layout: left and right move along x, top and bottom along y."""
+    offsets = torch.tensor([10.0, 1.0, 2.0, 20.0, 30.0, 5.0, 6.0, 40.0]).view(1, 8, 1, 1)  # dy_l dx_l dy_t dx_t ...
+    torch.testing.assert_close(side_shifts(offsets).flatten(), torch.tensor([1.0, 2.0, 5.0, 6.0]))
+    torch.testing.assert_close(offset_distances(offsets).flatten(), torch.tensor([-1.0, -2.0, 5.0, 6.0]))
+
+
 def test_keep_valid_boxes_hand_case():
-    """Location 0: re-sampled box valid, kept. Location 1: left + right < 0 after re-sampling, original comes back."""
+    """Location 0: faithful box valid, kept with its offsets. Location 1: left + right < 0, the un-resampled
+    prediction comes back with zero offsets."""
     original = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]).view(1, 4, 1, 2)
     resampled = torch.tensor([[2.0, -3.0], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]).view(1, 4, 1, 2)
-    out = keep_valid_boxes(resampled, original)
-    torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([2.0, 0.5, 0.5, 0.5]))
-    torch.testing.assert_close(out[0, :, 0, 1], torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    offsets = torch.full((1, 8, 1, 2), 0.25)
+    boxes, kept = keep_valid_boxes(resampled, resampled, offsets, original)
+    torch.testing.assert_close(boxes[0, :, 0, 0], torch.tensor([2.0, 0.5, 0.5, 0.5]))
+    torch.testing.assert_close(boxes[0, :, 0, 1], torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    torch.testing.assert_close(kept[0, :, 0], torch.full((8, 2), 0.25) * torch.tensor([1.0, 0.0]))
+
+
+def single_level_head(reg_max: int, seed: int = 0) -> TOODDetect:
+    """A one-level head whose box prediction varies across locations, with a zeroed offset conv."""
+    torch.manual_seed(seed)
+    head = TOODDetect(nc=3, feat_channels=32, stacked_convs=2, reg_max=reg_max, ch=(16,))
+    head.stride = torch.tensor([8.0])
+    with torch.no_grad():
+        if reg_max == 1:  # plain distances 4 +- 0.5: every box valid, also with a one-cell offset
+            torch.nn.init.normal_(head.tood_reg.weight, std=0.01)
+            head.tood_reg.bias.fill_(4.0)
+        else:  # bin logits that differ from location to location
+            torch.nn.init.normal_(head.tood_reg.weight, std=0.3)
+        head.reg_offset[-1].weight.zero_()  # offsets = the conv's bias, the same at every location
+        head.reg_offset[-1].bias.zero_()
+    return head.eval()
+
+
+def decode_xyxy(head: TOODDetect, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Return the head's inference boxes as (B, 4, H, W) xyxy pixels, and its prediction dict."""
+    with torch.no_grad():
+        y, preds = head([x])
+    b, _, h, w = x.shape
+    return xywh2xyxy(y[:, :4].transpose(1, 2)).transpose(1, 2).reshape(b, 4, h, w), preds
+
+
+@pytest.mark.parametrize("reg_max", [16, 1])
+@pytest.mark.parametrize(
+    "coord, channel, value, dy, dx",
+    [
+        (0, 1, 1.0, 0, 1),  # left side, dx = +1: x1 of the neighbour to the right
+        (1, 2, 1.0, 1, 0),  # top side, dy = +1: y1 of the neighbour below
+        (2, 5, -1.0, 0, -1),  # right side, dx = -1: x2 of the neighbour to the left
+        (3, 6, -1.0, -1, 0),  # bottom side, dy = -1: y2 of the neighbour above
+    ],
+)
+def test_integer_offset_borrows_the_neighbours_edge(reg_max, coord, channel, value, dy, dx):
+    """As MMDetection's TAP (decode, then re-sample the edges): with a one-cell offset for side k, side k of the box
+    at every interior location is exactly the edge its neighbour decodes with zero offsets; other sides unchanged."""
+    head = single_level_head(reg_max)
+    x = torch.randn(2, 16, 6, 7)
+    ref, ref_preds = decode_xyxy(head, x)  # zero offsets
+    with torch.no_grad():
+        head.reg_offset[-1].bias[channel] = value
+    out, preds = decode_xyxy(head, x)
+    assert (preds["offsets"][:, channel] == value).all()  # no box fell back to the un-resampled prediction
+    h, w = x.shape[2:]
+    rows, cols = slice(max(-dy, 0), h - max(dy, 0)), slice(max(-dx, 0), w - max(dx, 0))  # interior for this shift
+    neighbour = ref[:, coord, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)]
+    torch.testing.assert_close(out[:, coord, rows, cols], neighbour, rtol=0, atol=1e-4)
+    assert (out[:, coord, rows, cols] - ref[:, coord, rows, cols]).abs().max() > 0.5  # the edge did move
+    others = [c for c in range(4) if c != coord]
+    torch.testing.assert_close(out[:, others], ref[:, others], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("reg_max", [16, 1])
+def test_zero_offsets_decode_as_stock_detect(reg_max):
+    """With zero offsets, TAP is the identity: the boxes are ultralytics' Detect decode of the un-resampled
+    prediction (re-sampling at zero offset returns its input, see the re-sampling tests)."""
+    head = single_level_head(reg_max)
+    x = torch.randn(2, 16, 6, 7)
+    with torch.no_grad():
+        y, preds = head([x])
+        torch.testing.assert_close(y[:, :4], Detect._get_decode_boxes(head, preds), rtol=0, atol=0)
+    assert (preds["offsets"] == 0).all()
+
+
+def test_dfl_head_falls_back_where_the_faithful_box_is_invalid():
+    """DFL distances are >= 0, but the offset term can make a side negative: a left side measured from one cell to
+    the right of a near-zero-width box gives x1 > x2, so the un-resampled prediction and zero offsets are used."""
+    head = single_level_head(16)
+    x = torch.randn(1, 16, 5, 6)
+    with torch.no_grad():
+        head.tood_reg.weight.zero_()
+        head.tood_reg.bias.zero_()
+        head.tood_reg.bias[0::16] = 20.0  # every side's distribution at bin 0: l = t = r = b = 0 (to 1e-7)
+    ref, _ = decode_xyxy(head, x)
+    with torch.no_grad():
+        head.reg_offset[-1].bias[1] = 1.0  # faithful l = 0 - 1 < 0 = -r: invalid, except in the last column
+    out, preds = decode_xyxy(head, x)
+    offsets = preds["offsets"].view(1, 8, 5, 6)
+    assert (offsets[..., :-1] == 0).all()
+    torch.testing.assert_close(out[..., :-1], ref[..., :-1])
+    # the last column samples beyond the border: zero-padded logits, a uniform distribution, l = 7.5 - 1 >= 0: valid
+    assert (offsets[:, 1, :, -1] == 1.0).all()
+    torch.testing.assert_close(out[:, 0, :, -1], ref[:, 0, :, -1] - (7.5 - 1.0) * 8.0)
+    with torch.no_grad():
+        head.reg_offset[-1].bias[1] = -1.0  # faithful l = 0 + 1: valid, x1 one cell (8 px) to the left
+    out, preds = decode_xyxy(head, x)
+    assert (preds["offsets"][:, 1] == -1.0).all()
+    torch.testing.assert_close(out[:, 0, :, 1:], ref[:, 0, :, 1:] - 8.0)  # the left neighbour's x1
+    torch.testing.assert_close(out[:, 0, :, 0], ref[:, 0, :, 0] - 8.5 * 8.0)  # padding: l = 7.5 + 1
 
 
 def test_plain_distance_head_applies_the_fallback():
-    """With reg_max 1, an offset that moves the left side onto a far-left-reaching prediction is undone."""
+    """With reg_max 1, only locations whose faithful box is invalid fall back (here a zero-padded border sample)."""
     head = make_head(reg_max=1).train()
     x = level_inputs(batch=1)
     with torch.no_grad():
         for conv in (head.tood_reg, head.reg_offset[-1]):
             conv.weight.zero_()
             conv.bias.zero_()
-        head.tood_reg.bias.copy_(torch.tensor([-0.5, 1.0, 1.0, 1.0]))  # valid un-resampled: left + right = 0.5
-        head.reg_offset[-1].bias[1] = 0.5  # side 0 samples half a pixel right: zero padding at the last column
-    boxes, _ = head.forward_level(x[0], 0)
-    # interior: left stays -0.5 (constant field), valid; last column: 0.5 * -0.5 = -0.25, still valid
-    torch.testing.assert_close(boxes[0, 0, :, :-1], torch.full_like(boxes[0, 0, :, :-1], -0.5))
-    torch.testing.assert_close(boxes[0, 0, :, -1], torch.full_like(boxes[0, 0, :, -1], -0.25))
-    with torch.no_grad():
-        head.tood_reg.bias.copy_(torch.tensor([1.0, 1.0, -0.4, 1.0]))  # left + right = 0.6: valid un-resampled
-        head.reg_offset[-1].bias[1] = 0.9  # last column: left = 0.1 * 1.0 after zero padding, 0.1 - 0.4 < 0
-    boxes, _ = head.forward_level(x[0], 0)
-    torch.testing.assert_close(boxes[0, 0], torch.ones_like(boxes[0, 0]))  # interior re-sampled 1.0, border fell back
-    torch.testing.assert_close(boxes[0, 2], torch.full_like(boxes[0, 2], -0.4))
+        head.tood_reg.bias.copy_(torch.tensor([0.5, 1.0, 0.6, 1.0]))  # l = 0.5, r = 0.6
+        head.reg_offset[-1].bias[1] = 0.9  # left side measured 0.9 cell to the right
+    boxes, offsets, _ = head.forward_level(x[0], 0)
+    # interior: l = 0.5 - 0.9 = -0.4, l + r = 0.2 >= 0, kept. Last column: the sample at w - 0.1 reads 0.1 * 0.5
+    # (zero padding), l = 0.05 - 0.9 = -0.85, l + r = -0.25 < 0: the un-resampled l = 0.5 and zero offsets
+    torch.testing.assert_close(boxes[0, 0], torch.full_like(boxes[0, 0], 0.5))
+    torch.testing.assert_close(offsets[0, 1, :, :-1], torch.full_like(offsets[0, 1, :, :-1], 0.9))
+    assert (offsets[0, :, :, -1] == 0).all()
+    head.eval()
+    y, _ = head(x)
+    anchors_x = (torch.arange(x[0].shape[3]) + 0.5) * 8.0
+    x1 = xywh2xyxy(y[0, :4, : x[0].shape[2] * x[0].shape[3]].T)[:, 0].view(x[0].shape[2:])
+    torch.testing.assert_close(x1[:, :-1], (anchors_x[:-1] + 0.4 * 8.0).expand_as(x1[:, :-1]))  # ax - l * stride
+    torch.testing.assert_close(x1[:, -1], (anchors_x[-1] - 0.5 * 8.0).expand_as(x1[:, -1]))
 
 
 def test_aligned_score_value_and_finite_gradient_when_saturated():

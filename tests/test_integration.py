@@ -79,17 +79,21 @@ m.train(data=r'{COCO128}', epochs=2, imgsz=64, batch=16, workers=0, device='cpu'
 
 @needs_coco128
 def test_resume_continues_in_the_right_phase(tmp_path):
-    """A run with a 1-epoch warm-up, killed after epoch 1, resumes at epoch 2 in the TAL phase."""
+    """A 2-epoch run whose warm-up is half the schedule (1 epoch), killed after epoch 1, resumes at epoch 2 in the TAL
+    phase: the warm-up is resolved again from the epochs that resume restores, not from a default."""
     d = yaml.safe_load((ROOT / "cfg" / "yolov8-tood.yaml").read_text())
-    d["atss_epochs"] = 1
+    assert d["atss_epochs"] is None  # the default YAML follows the fraction
+    d["atss_fraction"] = 0.5
     cfg = tmp_path / "yolov8n-tood.yaml"
     cfg.write_text(yaml.safe_dump(d, sort_keys=False))
-    run([sys.executable, "-c", _interrupting_trainer_script(cfg, tmp_path)], tmp_path)
+    proc = run([sys.executable, "-c", _interrupting_trainer_script(cfg, tmp_path)], tmp_path)
+    assert "TOOD: ATSS warm-up for epoch 1 of 2 (atss_fraction 0.5), then TAL" in proc.stdout + proc.stderr
     last = tmp_path / "resume" / "weights" / "last.pt"
     assert last.exists()
     proc = run([str(YOLO_CLI), "train", "resume=True", f"model={last}"], tmp_path)
     log = proc.stdout + proc.stderr
     assert "Resuming training" in log
+    assert "TOOD: ATSS warm-up for epoch 1 of 2 (atss_fraction 0.5), then TAL" in log
     assert "TOOD: starting at epoch 2 in the TAL phase" in log
     rows = (tmp_path / "resume" / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + epochs 1 and 2

@@ -11,6 +11,7 @@ from torch import nn
 
 from yolo_tood import hyp as hyp_module
 from yolo_tood import loss as loss_module
+from yolo_tood.head import side_shifts
 from yolo_tood.hyp import TOODHyp, check_warmup
 from yolo_tood.loss import TOODLoss, centerness, focal_loss_prob, quality_focal_loss_prob
 
@@ -25,6 +26,7 @@ class FakeHead(nn.Module):
         self.nc, self.reg_max = nc, reg_max
         self.stride = torch.tensor(STRIDES)
         self.epoch = None
+        self.atss_epochs = 4  # the warm-up as the callbacks resolve it (a third of 12 epochs)
         self.dummy = nn.Parameter(torch.zeros(1))  # gives the model a device
 
 
@@ -42,8 +44,11 @@ def feats_for(bs: int, imgsz: int) -> list[torch.Tensor]:
     return [torch.zeros(bs, 1, imgsz // int(s), imgsz // int(s)) for s in STRIDES]
 
 
-def random_preds(bs: int, nc: int, reg_max: int, imgsz: int, seed: int = 0):
-    """Return leaf tensors (box outputs, score logits) and a function building the head's training dict from them."""
+def random_preds(bs: int, nc: int, reg_max: int, imgsz: int, seed: int = 0, offset_std: float = 0.0):
+    """Return leaf tensors (box outputs, score logits) and a function building the head's training dict from them.
+
+    TAP's offsets are zero unless ``offset_std`` > 0 (then normal, in grid units).
+    """
     g = torch.Generator().manual_seed(seed)
     na = sum((imgsz // int(s)) ** 2 for s in STRIDES)
     boxes = torch.randn(bs, 4 * reg_max, na, generator=g)
@@ -51,8 +56,9 @@ def random_preds(bs: int, nc: int, reg_max: int, imgsz: int, seed: int = 0):
         boxes = boxes.abs() + 0.5
     boxes.requires_grad_(True)
     logits = (torch.randn(bs, nc, na, generator=g) - 2).requires_grad_(True)
+    offsets = torch.randn(bs, 8, na, generator=g) * offset_std
     feats = feats_for(bs, imgsz)
-    return boxes, logits, lambda: {"boxes": boxes, "scores": logits.sigmoid(), "feats": feats}
+    return boxes, logits, lambda: {"boxes": boxes, "offsets": offsets, "scores": logits.sigmoid(), "feats": feats}
 
 
 def random_batch(counts: list[int], nc: int, seed: int = 0) -> dict:
@@ -156,7 +162,8 @@ def test_tal_loss_hand_computed():
     box = torch.tensor([8.0, 8.0, 24.0, 40.0])
     ltrb = torch.cat((anc - box[:2], box[2:] - anc), 1) / stride  # (84, 4) distances to B' in stride units
     ltrb[~inside] = 0
-    preds = {"boxes": ltrb.t()[None], "scores": torch.full((1, 1, 84), 0.5), "feats": feats}
+    preds = {"boxes": ltrb.t()[None], "offsets": torch.zeros(1, 8, 84), "scores": torch.full((1, 1, 84), 0.5)}
+    preds["feats"] = feats
     batch = {"batch_idx": torch.zeros(1), "cls": torch.zeros(1, 1), "bboxes": torch.tensor([[0.375, 0.375, 0.5, 0.5]])}
     loss, items = criterion(preds, batch)
     assert list(items) == ["box_loss", "cls_loss", "l1_loss"]
@@ -168,15 +175,16 @@ def test_loss_normalisation_and_gains_match_the_assignment():
 
     Warm-up: cls = sum Focal / max(#pos, 1), box = sum (1 - GIoU) * centerness / max(sum centerness, 1).
     TAL: cls = sum QFL(label, t_hat) / max(sum t_hat, 1), box = sum (1 - GIoU) * t_hat / max(sum t_hat, 1).
-    DFL is weighted and normalised like the box loss.
+    DFL is weighted and normalised like the box loss. With TAP's offsets, written out per side: x1 = ax + dx_l - l,
+    y1 = ay + dy_t - t, x2 = ax + dx_r + r, y2 = ay + dy_b + b, and the DFL targets are measured from those points.
     """
     from ultralytics.utils.loss import DFLoss
     from ultralytics.utils.metrics import bbox_iou
-    from ultralytics.utils.tal import bbox2dist, make_anchors
+    from ultralytics.utils.tal import make_anchors
 
     head = FakeHead(nc=3, reg_max=16)
     criterion = TOODLoss(FakeModel(head, box_gain=3.0, cls_gain=1.5, dfl_gain=0.25))
-    boxes, logits, build = random_preds(2, 3, 16, 128, seed=1)
+    boxes, logits, build = random_preds(2, 3, 16, 128, seed=1, offset_std=0.5)
     batch = random_batch([3, 5], 3, seed=2)
     for epoch, warmup in ((0, True), (None, False)):
         head.epoch = epoch
@@ -186,7 +194,12 @@ def test_loss_normalisation_and_gains_match_the_assignment():
         anc, stride = make_anchors(preds["feats"], head.stride, 0.5)
         gt_labels, gt_bboxes, mask_gt = criterion._targets(batch, 2, torch.tensor([128.0, 128.0]))
         dist = preds["boxes"].permute(0, 2, 1).view(2, -1, 4, 16)
-        pred_boxes = criterion.bbox_decode(anc, preds["boxes"].permute(0, 2, 1))  # grid units
+        ltrb = dist.softmax(-1) @ torch.arange(16.0)  # (2, A, 4) expected distances
+        o = preds["offsets"].permute(0, 2, 1)  # (2, A, 8): dy_l, dx_l, dy_t, dx_t, dy_r, dx_r, dy_b, dx_b
+        start = torch.stack(
+            (anc[:, 0] + o[..., 1], anc[:, 1] + o[..., 2], anc[:, 0] + o[..., 5], anc[:, 1] + o[..., 6]), -1
+        )
+        pred_boxes = start + ltrb * torch.tensor([-1.0, -1.0, 1.0, 1.0])  # (2, A, 4) xyxy grid units
         scores = preds["scores"].permute(0, 2, 1)
         if warmup:
             res = criterion.atss_assigner(anc * stride, stride, gt_labels, gt_bboxes, mask_gt, 3)
@@ -205,10 +218,69 @@ def test_loss_normalisation_and_gains_match_the_assignment():
         w = centerness(pts, tbox) if warmup else res.metrics[fg]
         giou = bbox_iou(pred_boxes[fg], tbox, xywh=False, GIoU=True).squeeze(-1)
         box = ((1 - giou) * w).sum() / w.sum().clamp(min=1)
-        dfl = DFLoss(16)(dist[fg].reshape(-1, 16), bbox2dist(pts, tbox, 15)).squeeze(-1)
+        dfl_target = ((start[fg] - tbox) * torch.tensor([1.0, 1.0, -1.0, -1.0])).clamp(0, 15 - 0.01)
+        dfl = DFLoss(16)(dist[fg].reshape(-1, 16), dfl_target).squeeze(-1)
         dfl = (dfl * w).sum() / w.sum().clamp(min=1)
         expected = torch.stack((box * 3.0, cls * 1.5, dfl * 0.25)) * 2
         torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dfl_target_is_measured_from_the_shifted_point():
+    """Hand case: one positive at grid point (2.5, 2.5) (stride 8, pixel (20, 20)), GT [8, 8, 40, 40] px = [1, 1, 5, 5]
+    grid. Offsets dx_l = +0.5, dy_t = +0.25, dx_r = -0.5, dy_b = +1.0 move the points the sides are measured from to
+    x 3.0 (left), y 2.75 (top), x 2.0 (right), y 3.5 (bottom): DFL targets (2.0, 1.75, 3.0, 1.5) instead of the
+    anchor's (1.5, 1.5, 2.5, 2.5). The dy of the left side and the dx of the top side etc. do not matter."""
+    from yolo_tood.assigner import AssignResult
+
+    criterion = TOODLoss(FakeModel(FakeHead(nc=1, reg_max=16)))
+    targets = []
+    dfl = criterion.dfl_loss
+    criterion.dfl_loss = lambda pred, target: (targets.append(target.clone()), dfl(pred, target))[1]
+    anchor_points, stride = torch.tensor([[2.5, 2.5]]), torch.tensor([[8.0]])
+    res = AssignResult(
+        fg_mask=torch.tensor([[True]]),
+        gt_idx=torch.tensor([[0]]),
+        labels=torch.tensor([[0]]),
+        bboxes=torch.tensor([[[8.0, 8.0, 40.0, 40.0]]]),
+        metrics=torch.tensor([[1.0]]),
+        ious=torch.tensor([[1.0]]),
+    )
+    pred_distri = torch.zeros(1, 1, 64)
+    for offsets, expected in (
+        ([9.0, 0.5, 0.25, 9.0, 9.0, -0.5, 1.0, 9.0], [2.0, 1.75, 3.0, 1.5]),  # (dy, dx) per side; 9 = off-axis
+        ([0.0] * 8, [1.5, 1.5, 2.5, 2.5]),
+    ):
+        shifts = side_shifts(torch.tensor(offsets).view(1, 8, 1)).permute(0, 2, 1)  # (1, A, 4)
+        pred_bboxes = torch.tensor([[[1.0, 1.0, 5.0, 5.0]]])
+        criterion._box_loss(
+            pred_distri, pred_bboxes, shifts, anchor_points, stride, torch.tensor([64.0, 64]), res, False
+        )
+        torch.testing.assert_close(targets[-1], torch.tensor([expected]))
+
+
+@pytest.mark.parametrize("epoch", [0, None])
+def test_faithful_prediction_of_the_gt_has_zero_box_loss(epoch):
+    """reg_max 1 with random offsets: distances measured from each side's shifted point to the GT edges decode to the
+    GT itself, so the GIoU and L1 losses are 0 in both phases; read from the anchors instead, they are not."""
+    from ultralytics.utils.tal import make_anchors
+
+    head = FakeHead(nc=1, reg_max=1)
+    head.epoch = epoch
+    head.atss_epochs = 1
+    criterion = TOODLoss(FakeModel(head, tal_topk=13))
+    feats = feats_for(1, 64)
+    anc, stride = make_anchors(feats, head.stride, 0.5)  # (84, 2) grid units
+    gt = torch.tensor([8.0, 8.0, 40.0, 40.0])
+    offsets = torch.randn(1, 8, 84, generator=torch.Generator().manual_seed(0)) * 0.3
+    o = offsets[0].t()  # (84, 8)
+    start = torch.stack((anc[:, 0] + o[:, 1], anc[:, 1] + o[:, 2], anc[:, 0] + o[:, 5], anc[:, 1] + o[:, 6]), -1)
+    dist = (start - gt / stride) * torch.tensor([1.0, 1.0, -1.0, -1.0])  # (84, 4) from the shifted points
+    batch = {"batch_idx": torch.zeros(1), "cls": torch.zeros(1, 1), "bboxes": torch.tensor([[0.375, 0.375, 0.5, 0.5]])}
+    scores = torch.full((1, 1, 84), 0.5)
+    loss, _ = criterion({"boxes": dist.t()[None], "offsets": offsets, "scores": scores, "feats": feats}, batch)
+    assert loss[0].abs() < 1e-5 and loss[2].abs() < 1e-6 and loss[1] > 0
+    loss, _ = criterion({"boxes": dist.t()[None], "offsets": offsets * 0, "scores": scores, "feats": feats}, batch)
+    assert loss[0] > 1e-2 and loss[2] > 1e-3
 
 
 @pytest.mark.parametrize("reg_max", [16, 1])
@@ -280,10 +352,13 @@ def _spy(calls: list, name: str, fn):
 
 
 def test_phase_follows_head_epoch(monkeypatch):
-    """epoch < atss_epochs -> ATSS + Focal; epoch >= atss_epochs -> TAL + QFL; None -> TAL. The epoch is read at
-    every call, so a criterion built before a resume (or used by the validator) follows the head."""
+    """epoch < warm-up -> ATSS + Focal; epoch >= warm-up -> TAL + QFL; None -> TAL. The epoch and the warm-up the
+    callbacks resolved are read at every call, so a criterion built before a resume (or used by the validator)
+    follows the head. A YAML warm-up fraction (here 0.5, which the callbacks would resolve for 8 epochs) is not read
+    by the loss: the head's resolved value is."""
     head = FakeHead(nc=3, reg_max=16)
-    criterion = TOODLoss(FakeModel(head, atss_epochs=4))
+    head.atss_epochs = 4
+    criterion = TOODLoss(FakeModel(head, atss_fraction=0.5))
     calls = []
     for name in ("assigner", "atss_assigner"):
         module = getattr(criterion, name)
@@ -303,10 +378,24 @@ def test_phase_follows_head_epoch(monkeypatch):
 
 
 def test_atss_epochs_zero_disables_warmup():
-    """atss_epochs: 0 -> TAL from epoch 0."""
+    """atss_epochs: 0 -> TAL from epoch 0 (an explicit count needs no resolution by the callbacks)."""
     head = FakeHead()
-    head.epoch = 0
+    head.epoch, head.atss_epochs = 0, None
     assert not TOODLoss(FakeModel(head, atss_epochs=0)).in_warmup()
+    head.atss_epochs = 0  # resolved, e.g. atss_fraction 1/3 of 1 epoch
+    assert not TOODLoss(FakeModel(head)).in_warmup()
+
+
+def test_explicit_atss_epochs_without_callbacks_and_unresolved_fraction():
+    """A head whose epoch is set by hand: an explicit atss_epochs is used; a fraction cannot be resolved without the
+    run's epochs, which is one clear error rather than a silent phase."""
+    head = FakeHead()
+    head.epoch, head.atss_epochs = 3, None
+    assert TOODLoss(FakeModel(head, atss_epochs=4)).in_warmup()
+    with pytest.raises(RuntimeError, match="atss_epochs"):
+        TOODLoss(FakeModel(head)).in_warmup()
+    head.epoch = None
+    assert not TOODLoss(FakeModel(head)).in_warmup()  # outside training: TAL, nothing to resolve
 
 
 def test_tuple_predictions_and_missing_epoch_attribute():
@@ -328,6 +417,7 @@ def test_with_the_real_head():
     head = head_module.TOODDetect(nc=3, feat_channels=16, stacked_convs=2, ch=(8, 16, 32))
     head.stride = torch.tensor(STRIDES)
     head.train()
+    head.atss_epochs = 1  # as the callbacks resolve it
     criterion = TOODLoss(FakeModel(head))
     x = [torch.randn(2, c, 64 // int(s), 64 // int(s)) for c, s in zip((8, 16, 32), STRIDES)]
     for epoch in (0, None):
@@ -352,7 +442,8 @@ def test_hyp_defaults_and_yaml():
     assert hyp == TOODHyp(tal_beta=4.0, atss_epochs=0)
     assert isinstance(hyp.tal_beta, float)
     d = TOODHyp.from_yaml(None)
-    assert (d.tal_topk, d.tal_alpha, d.tal_beta, d.atss_epochs, d.atss_topk) == (13, 1.0, 6.0, 4, 9)
+    assert (d.tal_topk, d.tal_alpha, d.tal_beta, d.atss_epochs, d.atss_topk) == (13, 1.0, 6.0, None, 9)
+    assert d.atss_fraction == 1 / 3
     assert (d.qfl_beta, d.focal_gamma, d.focal_alpha) == (2.0, 2.0, 0.25)
     assert (d.box_gain, d.cls_gain, d.dfl_gain) == (2.0, 1.0, 0.5)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -369,6 +460,12 @@ def test_hyp_defaults_and_yaml():
         ("atss_topk", -1),
         ("atss_epochs", -1),
         ("atss_epochs", 1.5),
+        ("atss_fraction", 1.0),
+        ("atss_fraction", -0.1),
+        ("atss_fraction", "0.3"),
+        ("atss_fraction", None),
+        ("atss_fraction", True),
+        ("atss_fraction", float("nan")),
         ("tal_alpha", -0.5),
         ("tal_beta", "6"),
         ("tal_beta", float("nan")),
@@ -393,22 +490,60 @@ def test_hyp_from_yaml_rejects_a_non_dict():
         TOODHyp.from_yaml([1, 2])
 
 
+@pytest.mark.parametrize(
+    "yaml_keys, epochs, expected",
+    [
+        ({}, 1, 0),  # short runs (tests, demo): round(1/3) = 0, no warm-up
+        ({}, 10, 3),
+        ({}, 12, 4),  # the paper's 4 of 12
+        ({}, 60, 20),
+        ({"atss_fraction": 0.333}, 60, 20),  # the YAML's value
+        ({"atss_fraction": 0}, 60, 0),
+        ({"atss_fraction": 0.5}, 5, 3),  # halves round up
+        ({"atss_fraction": 0.5}, 3, 2),
+        ({"atss_fraction": 1 / 6}, 60, 10),
+        ({"atss_epochs": 4}, 60, 4),  # an explicit count overrides the fraction
+        ({"atss_epochs": 4, "atss_fraction": 0.5}, 60, 4),
+        ({"atss_epochs": None}, 60, 20),  # YAML null: the fraction
+    ],
+)
+def test_warmup_epochs_resolution(yaml_keys, epochs, expected):
+    assert TOODHyp.from_yaml(yaml_keys).warmup_epochs(epochs) == expected
+
+
+def test_describe_warmup():
+    assert TOODHyp(atss_fraction=0.333).describe_warmup(60) == (
+        "TOOD: ATSS warm-up for epochs 1-20 of 60 (atss_fraction 0.333), then TAL"
+    )
+    assert (
+        TOODHyp(atss_epochs=4).describe_warmup(60)
+        == "TOOD: ATSS warm-up for epochs 1-4 of 60 (atss_epochs 4), then TAL"
+    )
+    assert TOODHyp().describe_warmup(1) == "TOOD: no ATSS warm-up (atss_fraction 0.333 of 1 epochs), TAL from epoch 1"
+
+
 def test_check_warmup(monkeypatch):
-    """A warning when the ATSS warm-up is at least as long as the training, none otherwise."""
+    """A warning when the resolved ATSS warm-up is at least as long as the training, none otherwise."""
     messages = []
     monkeypatch.setattr(hyp_module.LOGGER, "warning", lambda msg, *a, **k: messages.append(msg))
     assert check_warmup(TOODHyp(atss_epochs=4), epochs=100)
+    assert check_warmup(TOODHyp(), epochs=1)
     assert not messages
     assert not check_warmup(TOODHyp(atss_epochs=4), epochs=4)
-    assert len(messages) == 1 and "atss_epochs=4" in messages[0]
+    assert len(messages) == 1 and "atss_epochs=4" in messages[0] and "epochs=4" in messages[0]
+    assert not check_warmup(TOODHyp(atss_fraction=0.9), epochs=1)  # round(0.9) = 1: the whole run
+    assert len(messages) == 2 and "atss_fraction=0.9" in messages[1]
 
 
-def test_check_warmup_reports_a_short_warm_up(monkeypatch):
-    """A warm-up shorter than the paper's third of the schedule is logged as information, 0 (disabled) is not."""
+def test_check_warmup_reports_a_short_explicit_warm_up(monkeypatch):
+    """An explicit warm-up shorter than a third of the schedule is logged as information (pointing to the default
+    fraction); the fraction itself and 0 (disabled) are not."""
     infos = []
     monkeypatch.setattr(hyp_module.LOGGER, "info", lambda msg, *a, **k: infos.append(msg))
     assert check_warmup(TOODHyp(atss_epochs=4), epochs=60)
-    assert len(infos) == 1 and "4 of 60 epochs" in infos[0]
-    for atss_epochs, epochs in ((20, 60), (4, 12), (0, 60)):
-        assert check_warmup(TOODHyp(atss_epochs=atss_epochs), epochs=epochs)
+    assert len(infos) == 1 and "4 of 60 epochs" in infos[0] and "atss_fraction" in infos[0]
+    for hyp, epochs in ((TOODHyp(atss_epochs=20), 60), (TOODHyp(atss_epochs=4), 12), (TOODHyp(atss_epochs=0), 60)):
+        assert check_warmup(hyp, epochs=epochs)
+    for fraction in (0.1, 1 / 6, 1 / 3):
+        assert check_warmup(TOODHyp(atss_fraction=fraction), epochs=60)
     assert len(infos) == 1

@@ -22,10 +22,14 @@ __all__ = (
     "aligned_score",
     "keep_topk_scores",
     "keep_valid_boxes",
+    "offset_distances",
     "resample_by_offsets",
+    "side_shifts",
 )
 
 PRIOR_PROB = 0.01  # cls and probability-map bias prior, as MMDetection's TOOD head
+# Offset channels along each side's own axis in the (dy, dx) x (left, top, right, bottom) layout: dx_l, dy_t, dx_r, dy_b
+SIDE_SHIFT_CHANNELS = (1, 2, 5, 6)
 # Candidates per image kept before NMS at inference (MMDetection's TOOD: nms_pre=1000 per level). See keep_topk_scores.
 NMS_PRE = 1000
 
@@ -94,7 +98,8 @@ def resample_by_offsets(pred: torch.Tensor, offsets: torch.Tensor, groups: int =
     """Bilinearly re-sample each channel group of ``pred`` at (location + that group's offset).
 
     This is TAP's spatial re-sampling of the box prediction: MMDetection applies a 1x1 deformable convolution with a
-    unit kernel per box side, which equals bilinear interpolation with zero padding. ``F.grid_sample`` computes the
+    unit kernel per box side, which equals bilinear interpolation with zero padding. (The re-sampled side is then
+    measured from the sample point, see ``offset_distances``.) ``F.grid_sample`` computes the
     same thing with standard ops, so the head exports to ONNX (GridSample, opset >= 16) and needs no mmcv.
 
     Args:
@@ -123,22 +128,61 @@ def resample_by_offsets(pred: torch.Tensor, offsets: torch.Tensor, groups: int =
     return out.view(b, c, h, w)
 
 
-def keep_valid_boxes(resampled: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Return ``resampled`` distances, except where their box is invalid (x1 > x2 or y1 > y2): there ``original``.
+def side_shifts(offsets: torch.Tensor) -> torch.Tensor:
+    """Return how far each box side's measuring point moves along that side's axis: (dx_l, dy_t, dx_r, dy_b).
 
-    As MMDetection's TOOD head (PR #7567), which keeps the un-resampled box where re-sampling made it invalid,
-    because such boxes gave a negative GIoU loss. In distance form (left, top, right, bottom) a box is invalid
-    when left + right < 0 or top + bottom < 0.
+    TAP measures side k of the box at location a from the point a + O_k (MMDetection decodes the boxes first and
+    re-samples the edges, so side k IS the edge that location a + O_k predicted). Only the offset component along the
+    side's axis moves the edge, so in xyxy the faithful box is the box decoded around the anchor from the re-sampled
+    distances, plus these shifts.
 
     Args:
-        resampled (torch.Tensor): Re-sampled distances (B, 4, H, W).
-        original (torch.Tensor): Un-resampled distances (B, 4, H, W).
+        offsets (torch.Tensor): Offsets (B, 8, ...) in feature-map pixels, (dy, dx) per side (left, top, right,
+            bottom), mmcv's layout.
 
     Returns:
-        (torch.Tensor): Distances (B, 4, H, W), all four sides taken from one or the other per location.
+        (torch.Tensor): (B, 4, ...) shifts of (x1, y1, x2, y2) in feature-map pixels.
+
+    Examples:
+        >>> side_shifts(torch.arange(8.0).view(1, 8)).tolist()
+        [[1.0, 2.0, 5.0, 6.0]]
     """
-    valid = (resampled[:, 0:1] + resampled[:, 2:3] >= 0) & (resampled[:, 1:2] + resampled[:, 3:4] >= 0)
-    return torch.where(valid, resampled, original)
+    return offsets[:, list(SIDE_SHIFT_CHANNELS)]
+
+
+def offset_distances(offsets: torch.Tensor) -> torch.Tensor:
+    """Return the offset term of TAP's distances, (-dx_l, -dy_t, dx_r, dy_b), in feature-map pixels (B, 4, ...).
+
+    With re-sampled distances d(a + O_k) (each side at its own offset), the distances of the faithful box from the
+    anchor a are d(a + O_k) + this term: l_a = l(a+O_l) - dx_l, t_a = t(a+O_t) - dy_t, r_a = r(a+O_r) + dx_r,
+    b_a = b(a+O_b) + dy_b.
+    """
+    return side_shifts(offsets) * offsets.new_tensor([-1.0, -1.0, 1.0, 1.0]).view(1, 4, *([1] * (offsets.dim() - 2)))
+
+
+def keep_valid_boxes(
+    distances: torch.Tensor, resampled: torch.Tensor, offsets: torch.Tensor, original: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return TAP's box prediction and offsets, except where the faithful box is invalid: there un-resampled ones.
+
+    As MMDetection's TOOD head (PR #7567), which keeps the un-resampled box where re-sampling made it invalid
+    (x1 > x2 or y1 > y2), because such boxes gave a negative GIoU loss. In distance form (left, top, right, bottom)
+    a box is invalid when left + right < 0 or top + bottom < 0. With the offset term a DFL side can be negative, so
+    this applies to DFL heads too. The fallback is the prediction with zero offsets: the box decoded around the
+    anchor, whose DFL targets are then measured from the anchor itself.
+
+    Args:
+        distances (torch.Tensor): Faithful distances (B, 4, H, W) of the re-sampled prediction, offset term included.
+        resampled (torch.Tensor): Re-sampled box prediction (B, 4 * reg_max, H, W).
+        offsets (torch.Tensor): Its offsets (B, 8, H, W).
+        original (torch.Tensor): Un-resampled box prediction (B, 4 * reg_max, H, W).
+
+    Returns:
+        boxes (torch.Tensor): (B, 4 * reg_max, H, W), all sides from ``resampled`` or from ``original`` per location.
+        offsets (torch.Tensor): (B, 8, H, W), zero where the original prediction was taken.
+    """
+    valid = (distances[:, 0:1] + distances[:, 2:3] >= 0) & (distances[:, 1:2] + distances[:, 3:4] >= 0)
+    return torch.where(valid, resampled, original), torch.where(valid, offsets, torch.zeros_like(offsets))
 
 
 class DFLExpectation(DFL):
@@ -244,7 +288,7 @@ class TOODDetect(Detect):
         feat -> TaskDecomposition(cls) -> cls_conv (3x3) -> cls logits      \\
         feat -> cls_prob (1x1, ReLU, 3x3) -> M                               -> score = sqrt(sig(cls) * sig(M))
         feat -> TaskDecomposition(reg) -> reg_conv (3x3) -> Scale_l -> box  \\
-        feat -> reg_offset (1x1, ReLU, 3x3) -> 4 x (dy, dx)                  -> box re-sampled per side
+        feat -> reg_offset (1x1, ReLU, 3x3) -> 4 x (dy, dx)                  -> side k measured from a + O_k
 
     Deviations from MMDetection's TOOD head, for YOLOv8:
         - YOLOv8's neck levels have different widths, so a per-level 1x1 ``adapters`` conv maps them to one width
@@ -252,11 +296,17 @@ class TOODDetect(Detect):
         - Box regression is ultralytics' DFL distribution (4 x reg_max logits, in stride units) so that ultralytics'
           decoding, validator and exporter work unchanged; with ``reg_max: 1`` it is the plain distance, as YOLOv8.
           The per-level ``Scale`` multiplies that output: the reference's distance scale when reg_max is 1, a
-          per-level temperature of the bin logits otherwise (initialised at 1, the identity).
-        - The re-sampling moves each side's regression channels (distribution logits or distance) rather than
-          the decoded box coordinates, because ultralytics decodes boxes after the head. As the reference, a
-          re-sampled box that is invalid (x1 > x2 or y1 > y2) keeps the un-resampled prediction; with DFL the
-          distances are non-negative, so this can only happen when reg_max is 1.
+          per-level temperature of the bin logits otherwise (initialised at 1, the identity). With DFL, a
+          fractional offset blends the neighbours' bin logits bilinearly (then the expectation is taken), where the
+          reference blends their decoded edges; at integer offsets the two are the same.
+
+    TAP's box re-sampling is the reference's: MMDetection decodes the boxes first and re-samples the edges, so side k
+    of the box at location a is the edge that location a + O_k predicted. Ultralytics decodes boxes after the head,
+    so here each side's regression channels (DFL logits or distance) are re-sampled at a + O_k and the side is then
+    measured from that point, not from a: the training dict carries the offsets ("offsets"), the loss decodes boxes
+    and builds DFL targets from the shifted points, and inference adds the offset term to the distances
+    (``offset_distances``). An integer offset borrows the neighbour's edge exactly. As the reference, where the box
+    is invalid (x1 > x2 or y1 > y2) the un-resampled prediction with zero offsets is kept (``keep_valid_boxes``).
 
     Args:
         nc (int): Number of classes.
@@ -276,6 +326,7 @@ class TOODDetect(Detect):
 
     epoch: int | None = None  # trainer's current 0-based epoch, set by yolo_tood's callbacks; None outside training
     nms_pre: int = NMS_PRE  # inference candidates per image before NMS (keep_topk_scores); 0 keeps all
+    atss_epochs: int | None = None  # warm-up length resolved from the trainer's epochs by the callbacks
 
     def __init__(
         self,
@@ -372,7 +423,7 @@ class TOODDetect(Detect):
         nn.init.constant_(self.tood_cls.bias, prior_bias)
         nn.init.constant_(self.cls_prob[-1].bias, prior_bias)
 
-    def forward_level(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_level(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the T-Head on one level.
 
         Args:
@@ -380,7 +431,9 @@ class TOODDetect(Detect):
             level (int): Pyramid level index, selecting the adapter and the scale.
 
         Returns:
-            boxes (torch.Tensor): Re-sampled box prediction (B, 4 * reg_max, H, W).
+            boxes (torch.Tensor): Box prediction (B, 4 * reg_max, H, W), side k re-sampled at location + O_k.
+            offsets (torch.Tensor): The offsets O (B, 8, H, W) in feature-map pixels, (dy, dx) per side; zero where
+                the faithful box was invalid and ``boxes`` is the un-resampled prediction.
             scores (torch.Tensor): Aligned scores in [0, 1], (B, nc, H, W).
         """
         x = self.adapters[level](x)
@@ -398,28 +451,44 @@ class TOODDetect(Detect):
             scores = (cls_logits.sigmoid() * prob_logits.sigmoid()).sqrt()
 
         reg = self.scales[level](self.tood_reg(self.reg_decomp(feat, avg_feat)))  # (B, 4*reg_max, H, W)
-        boxes = resample_by_offsets(reg, self.reg_offset(feat))
-        if self.reg_max == 1:  # DFL distances are >= 0, so only plain distances can give an invalid box
-            boxes = keep_valid_boxes(boxes, reg)
-        return boxes, scores
+        offsets = self.reg_offset(feat)  # (B, 8, H, W)
+        boxes = resample_by_offsets(reg, offsets)
+        b, _, h, w = boxes.shape
+        # the validity test needs the distances only as values: detached, so it adds nothing to the backward pass
+        dist = self.dfl(boxes.detach().view(b, 4 * self.reg_max, h * w)).view(b, 4, h, w)
+        boxes, offsets = keep_valid_boxes(dist + offset_distances(offsets.detach()), boxes, offsets, reg)
+        return boxes, offsets, scores
 
     def forward_head(self, x: list[torch.Tensor], **kwargs) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """Return the training dict of ultralytics' Detect contract.
+        """Return the training dict of ultralytics' Detect contract, plus TAP's offsets.
 
         Returns:
-            (dict): ``boxes`` (B, 4 * reg_max, A), ``scores`` (B, nc, A) aligned scores (probabilities, not logits),
-                ``feats`` the input levels.
+            (dict): ``boxes`` (B, 4 * reg_max, A) re-sampled box prediction, ``offsets`` (B, 8, A) the offsets it was
+                re-sampled with ((dy, dx) per side, feature-map pixels), ``scores`` (B, nc, A) aligned scores
+                (probabilities, not logits), ``feats`` the input levels.
         """
         bs = x[0].shape[0]
-        boxes, scores = zip(*(self.forward_level(xi, i) for i, xi in enumerate(x)))
+        boxes, offsets, scores = zip(*(self.forward_level(xi, i) for i, xi in enumerate(x)))
         return {
             "boxes": torch.cat([b.view(bs, 4 * self.reg_max, -1) for b in boxes], -1),
+            "offsets": torch.cat([o.view(bs, 8, -1) for o in offsets], -1),
             "scores": torch.cat([s.view(bs, self.nc, -1) for s in scores], -1),
             "feats": x,
         }
 
+    def _get_decode_boxes(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decode as ``Detect`` does, with side k measured from (anchor + O_k) as TAP's re-sampled box.
+
+        ``Detect`` decodes ``dist2bbox(DFL(boxes), anchors) * strides``; the faithful distances add the offset term
+        (``offset_distances``), and ``dist2bbox`` is linear in its distances, so the decode of that term around a zero
+        anchor is added to Detect's boxes (xywh or xyxy alike).
+        """
+        boxes = super()._get_decode_boxes(x)  # (B, 4, A) pixels; also sets self.anchors and self.strides
+        delta = offset_distances(x["offsets"])  # (B, 4, A) feature-map pixels = stride units
+        return boxes + self.decode_bboxes(delta, self.anchors.new_zeros(1, 2, 1)) * self.strides
+
     def _inference(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Decode boxes as ``Detect`` does; the scores are already probabilities, so no sigmoid.
+        """Decode boxes as ``Detect`` does (with TAP's offsets); the scores are already probabilities, so no sigmoid.
 
         Only the ``nms_pre`` best (anchor, class) scores of each image stay non-zero (``keep_topk_scores``).
         """

@@ -15,6 +15,7 @@ from ultralytics.utils import LOGGER
 __all__ = ("TOODHyp", "check_warmup")
 
 _INT_KEYS = {"tal_topk": 1, "tal_topk_min": 1, "tal_topk_max": 1, "atss_topk": 1, "atss_epochs": 0}  # key -> minimum
+_OPTIONAL_KEYS = frozenset({"atss_epochs"})  # None (YAML null) allowed: the warm-up then follows atss_fraction
 TOPK_MODES = ("fixed", "dynamic")
 _FLOAT_KEYS = ("tal_alpha", "tal_beta", "qfl_beta", "focal_gamma", "focal_alpha", "box_gain", "cls_gain", "dfl_gain")
 
@@ -32,8 +33,13 @@ class TOODHyp:
         tal_alpha (float): alpha in t = s^alpha * u^beta (s: score of the GT's class, u: IoU). Default 1.0.
         tal_beta (float): beta in t = s^alpha * u^beta. Default 6.0. Paper ablation (alpha, beta) -> AP:
             (0.5, 2) 42.4, (0.5, 6) 41.7, (1, 6) 42.5, (1.5, 8) 41.5.
-        atss_epochs (int): number of warm-up epochs trained with the ATSS assigner and Focal loss before TAL
-            (mmdet ``initial_epoch=4``). The authors report 41.8 AP without and 42.3 AP with the warm-up
+        atss_fraction (float): length of the ATSS + Focal loss warm-up before TAL as a fraction of the run's
+            ``epochs``, in [0, 1); resolved as round(atss_fraction * epochs), halves up (1/3: 1 epoch -> 0, 10 -> 3,
+            12 -> 4, 60 -> 20). Default one third, the proportion of every TAL detector with an ATSS warm-up: TOOD 4 of
+            12 epochs (mmdet ``initial_epoch=4``), PP-YOLOE 100 of 300, PP-YOLOE+ 30 of 80. A literal 4 epochs is a
+            few dozen iterations on a small set (52 on BCCD) and measured the same as none. 0 disables the warm-up.
+        atss_epochs (int | None): an explicit number of warm-up epochs, overriding ``atss_fraction``; None (the
+            default) uses the fraction. The authors report 41.8 AP without and 42.3 AP with the warm-up
             (fcjian/TOOD#11). 0 disables the warm-up.
         tal_topk_mode (str): "fixed" (default, the paper's: m = tal_topk for every GT) or "dynamic": m per GT from its
             size, from tal_topk_max for small GTs down to tal_topk_min for large ones (an opt-in addition, see
@@ -64,7 +70,8 @@ class TOODHyp:
     tal_topk_mode: str = "fixed"
     tal_topk_min: int = 5
     tal_topk_max: int = 21
-    atss_epochs: int = 4
+    atss_fraction: float = 1 / 3
+    atss_epochs: int | None = None
     atss_topk: int = 9
     qfl_beta: float = 2.0
     focal_gamma: float = 2.0
@@ -77,6 +84,8 @@ class TOODHyp:
         """Validate every field, raising one ValueError line that names the key, the rule and the bad value."""
         for key, minimum in _INT_KEYS.items():
             value = getattr(self, key)
+            if value is None and key in _OPTIONAL_KEYS:
+                continue
             # bool is an int subclass, but `tal_topk: true` in a YAML is certainly a mistake
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"TOOD: '{key}' must be an integer >= {minimum}, got {value!r}")
@@ -93,6 +102,51 @@ class TOODHyp:
             )
         if self.focal_alpha > 1:
             raise ValueError(f"TOOD: 'focal_alpha' must be in [0, 1], got {self.focal_alpha!r}")
+        value = self.atss_fraction
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            # < 1: a warm-up of the whole run would never reach TAL; use atss_epochs for an explicit count
+            raise ValueError(f"TOOD: 'atss_fraction' must be a number in [0, 1), got {value!r}")
+        object.__setattr__(self, "atss_fraction", float(value))
+
+    def warmup_epochs(self, epochs: int) -> int:
+        """Return the number of ATSS warm-up epochs of a run of ``epochs`` epochs.
+
+        ``atss_epochs`` when given, else round(atss_fraction * epochs) with halves rounded up (Python's ``round``
+        would round 2.5 down to 2 but 3.5 up to 4).
+
+        Args:
+            epochs (int): The run's number of epochs (the trainer's ``epochs``, which ``resume`` restores).
+
+        Returns:
+            (int): Warm-up epochs; the epochs with 0-based index below it use ATSS.
+
+        Examples:
+            >>> [TOODHyp().warmup_epochs(e) for e in (1, 10, 12, 60)]
+            [0, 3, 4, 20]
+            >>> TOODHyp(atss_epochs=4).warmup_epochs(60)
+            4
+        """
+        if self.atss_epochs is not None:
+            return self.atss_epochs
+        return math.floor(self.atss_fraction * epochs + 0.5)
+
+    def describe_warmup(self, epochs: int) -> str:
+        """Return the resolved warm-up as one log line, e.g. "ATSS warm-up for epochs 1-20 of 60 (...), then TAL".
+
+        Examples:
+            >>> TOODHyp(atss_fraction=0.333).describe_warmup(60)
+            'TOOD: ATSS warm-up for epochs 1-20 of 60 (atss_fraction 0.333), then TAL'
+        """
+        n = self.warmup_epochs(epochs)
+        source = (
+            f"atss_epochs {self.atss_epochs}"
+            if self.atss_epochs is not None
+            else (f"atss_fraction {self.atss_fraction:.3g}")
+        )
+        if n == 0:
+            return f"TOOD: no ATSS warm-up ({source} of {epochs} epochs), TAL from epoch 1"
+        span = "epoch 1" if n == 1 else f"epochs 1-{n}"
+        return f"TOOD: ATSS warm-up for {span} of {epochs} ({source}), then TAL"
 
     @classmethod
     def from_yaml(cls, d: dict[str, Any] | None) -> TOODHyp:
@@ -110,6 +164,8 @@ class TOODHyp:
         Examples:
             >>> TOODHyp.from_yaml({"atss_epochs": 0}).atss_epochs
             0
+            >>> TOODHyp.from_yaml({"atss_epochs": None, "atss_fraction": 0.5}).warmup_epochs(60)
+            30
         """
         if d is None:
             d = {}
@@ -119,9 +175,10 @@ class TOODHyp:
 
 
 def check_warmup(hyp: TOODHyp, epochs: int) -> bool:
-    """Warn when the ATSS warm-up is as long as or longer than the whole training, so TAL would never run.
+    """Warn when the resolved ATSS warm-up is as long as or longer than the whole training, so TAL would never run.
 
-    A warm-up shorter than a third of the training (the paper's proportion, 4 of 12 epochs) is logged as information.
+    An explicit ``atss_epochs`` shorter than a third of the training (the default ``atss_fraction``, the paper's
+    proportion) is logged as information.
 
     Args:
         hyp (TOODHyp): The TOOD hyper-parameters.
@@ -134,16 +191,20 @@ def check_warmup(hyp: TOODHyp, epochs: int) -> bool:
         >>> check_warmup(TOODHyp(), epochs=100)
         True
     """
-    if hyp.atss_epochs >= epochs:
+    warmup = hyp.warmup_epochs(epochs)
+    if warmup >= epochs:
+        key = "atss_epochs" if hyp.atss_epochs is not None else "atss_fraction"
+        value = hyp.atss_epochs if hyp.atss_epochs is not None else f"{hyp.atss_fraction:.3g}"
         LOGGER.warning(
-            f"TOOD: atss_epochs={hyp.atss_epochs} >= epochs={epochs}, so the whole training uses the ATSS warm-up "
-            "(Focal loss) and Task Alignment Learning never starts; set 'atss_epochs' in the model YAML below epochs."
+            f"TOOD: {key}={value} gives an ATSS warm-up of {warmup} epochs >= epochs={epochs}, so the whole training "
+            f"uses the ATSS warm-up (Focal loss) and Task Alignment Learning never starts; lower '{key}' in the model "
+            "YAML."
         )
         return False
-    if 0 < 3 * hyp.atss_epochs < epochs:
+    if hyp.atss_epochs is not None and 0 < 3 * warmup < epochs:
         LOGGER.info(
-            f"TOOD: ATSS warm-up {hyp.atss_epochs} of {epochs} epochs. The paper warms up for a third of its schedule "
-            "(4 of 12); on BCCD a third (20 of 60) beat 4 by ~2 mAP50-95 points (BENCHMARKS.md). Set 'atss_epochs' in "
-            "the model YAML to change it."
+            f"TOOD: atss_epochs={warmup} is an ATSS warm-up of {warmup} of {epochs} epochs. The paper warms up for a "
+            "third of its schedule (4 of 12), which the default atss_fraction does when 'atss_epochs' is removed from "
+            "the model YAML; on BCCD a third (20 of 60) beat 4 by ~2 mAP50-95 points (BENCHMARKS.md)."
         )
     return True

@@ -3,7 +3,8 @@
 ``TOODLoss(model)`` replaces ``v8DetectionLoss`` for a DetectionModel whose last module is ``TOODDetect``. As
 MMDetection's ``TOODHead.loss_by_feat``:
 
-- epochs ``< atss_epochs`` (warm-up): ATSS assignment, Focal loss on the probabilities against hard labels, box loss
+- epochs below the resolved warm-up (``head.atss_epochs``, by default a third of the run, see ``TOODHyp``): ATSS
+  assignment, Focal loss on the probabilities against hard labels, box loss
   weighted by the centerness of the anchor point in its GT; cls loss / number of positives, box loss / sum of
   centerness.
 - afterwards (and when ``head.epoch`` is None): TAL assignment, Quality Focal Loss on the probabilities against
@@ -25,6 +26,7 @@ from ultralytics.utils.metrics import bbox_iou
 from ultralytics.utils.tal import bbox2dist, make_anchors
 
 from .assigner import AssignResult, ATSSAssigner, TOODTaskAlignedAssigner
+from .head import side_shifts
 from .hyp import TOODHyp
 from .tal_stats import TALStats
 
@@ -141,16 +143,37 @@ class TOODLoss(v8DetectionLoss):
         self.proj = torch.arange(self.reg_max, dtype=torch.float, device=self.device)  # used by bbox_decode
         self.tal_stats = TALStats()  # positives per GT of the training batches, read by yolo_tood.tal_stats' callbacks
 
+    def warmup_epochs(self) -> int:
+        """Return the ATSS warm-up length in epochs: the head's ``atss_epochs``, resolved by the training callbacks.
+
+        The default warm-up is a fraction of the run's ``epochs``, which only the trainer knows, so the callbacks
+        resolve it and set it on the head (and its EMA copy) like ``head.epoch``. Without them (a head whose
+        ``epoch`` was set by hand), an explicit ``atss_epochs`` from the YAML is used.
+
+        Raises:
+            RuntimeError: If the head has an epoch but neither a resolved warm-up nor an explicit ``atss_epochs``.
+        """
+        warmup = getattr(self.head, "atss_epochs", None)
+        if warmup is None:
+            warmup = self.hyp.atss_epochs
+        if warmup is None:
+            raise RuntimeError(
+                "TOOD: head.epoch is set but the ATSS warm-up length is not resolved; set head.atss_epochs "
+                "(the training callbacks do, from the trainer's epochs) or 'atss_epochs' in the model YAML"
+            )
+        return warmup
+
     def in_warmup(self) -> bool:
-        """Return True while the head's current epoch is inside the ATSS warm-up (``epoch < atss_epochs``)."""
+        """Return True while the head's current epoch is inside the ATSS warm-up (``epoch < warm-up epochs``)."""
         epoch = getattr(self.head, "epoch", None)
-        return epoch is not None and epoch < self.hyp.atss_epochs
+        return epoch is not None and epoch < self.warmup_epochs()
 
     def loss(self, preds: dict[str, Any], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         """Return (sum of the gain-scaled losses * batch size, dict of the detached items) like v8DetectionLoss.
 
         Args:
-            preds (dict): The head's training output: "boxes" (B, 4*reg_max, A), "scores" (B, nc, A) probabilities,
+            preds (dict): The head's training output: "boxes" (B, 4*reg_max, A) re-sampled box prediction,
+                "offsets" (B, 8, A) TAP's offsets ((dy, dx) per side, grid units), "scores" (B, nc, A) probabilities,
                 "feats" list of (B, C, H_l, W_l).
             batch (dict): Ultralytics batch with "batch_idx" (N,), "cls" (N, 1), "bboxes" (N, 4) normalised xywh.
 
@@ -166,7 +189,9 @@ class TOODLoss(v8DetectionLoss):
         imgsz = torch.tensor(feats[0].shape[2:], device=self.device, dtype=pred_scores.dtype) * self.stride[0]
 
         gt_labels, gt_bboxes, mask_gt = self._targets(batch, batch_size, imgsz)
-        pred_bboxes = self.bbox_decode(anchor_points, pred_distri)  # (B, A, 4) xyxy grid units
+        # TAP measures side k from (anchor + O_k): decode around the anchor, then move each edge with its point
+        shifts = side_shifts(preds["offsets"]).permute(0, 2, 1)  # (B, A, 4) dx_l, dy_t, dx_r, dy_b in grid units
+        pred_bboxes = self.bbox_decode(anchor_points, pred_distri) + shifts  # (B, A, 4) xyxy grid units
 
         if warmup:
             res = self.atss_assigner(
@@ -187,7 +212,9 @@ class TOODLoss(v8DetectionLoss):
 
         loss = torch.zeros(3, device=self.device)  # box, cls, dfl
         loss[1] = self._cls_loss(pred_scores, res, warmup)
-        loss[0], loss[2] = self._box_loss(pred_distri, pred_bboxes, anchor_points, stride_tensor, imgsz, res, warmup)
+        loss[0], loss[2] = self._box_loss(
+            pred_distri, pred_bboxes, shifts, anchor_points, stride_tensor, imgsz, res, warmup
+        )
         loss[0] *= self.hyp.box_gain
         loss[1] *= self.hyp.cls_gain
         loss[2] *= self.hyp.dfl_gain
@@ -228,6 +255,7 @@ class TOODLoss(v8DetectionLoss):
         self,
         pred_distri: torch.Tensor,
         pred_bboxes: torch.Tensor,
+        shifts: torch.Tensor,
         anchor_points: torch.Tensor,
         stride_tensor: torch.Tensor,
         imgsz: torch.Tensor,
@@ -238,7 +266,10 @@ class TOODLoss(v8DetectionLoss):
 
         Box weights are the centerness of the anchor point in its GT (warm-up) or t_hat (TAL), as mmdet's
         ``pos_bbox_weight``; both terms are divided by sum(weights) clamped at 1 (mmdet's ``bbox_avg_factor``).
-        Boxes are in grid (stride) units, where GIoU is unchanged and the DFL bins live.
+        Boxes are in grid (stride) units, where GIoU is unchanged and the DFL bins live. The distance of side k is
+        predicted from the point (anchor + O_k) (TAP), so its DFL / L1 target is the distance from that point to the
+        GT edge: ``shifts`` (B, A, 4) move the points. They are detached there: a target is a constant, and the
+        offsets learn from the GIoU of the decoded boxes, as in the reference, and through the re-sampling.
         """
         fg = res.fg_mask.nonzero(as_tuple=True)  # index once
         points = anchor_points[fg[1]]  # (P, 2) grid units
@@ -251,13 +282,18 @@ class TOODLoss(v8DetectionLoss):
         giou = bbox_iou(pred_bboxes[fg], target, xywh=False, GIoU=True).squeeze(-1)  # (P,)
         loss_box = ((1.0 - giou) * weight).sum() / norm
 
+        shift = shifts[fg].detach().to(points.dtype)  # (P, 4)
+        points_lt, points_rb = points + shift[:, :2], points + shift[:, 2:]  # (P, 2): where l, t and r, b start
         if self.dfl_loss is not None:
-            target_ltrb = bbox2dist(points, target, self.reg_max - 1)  # (P, 4) clamped to the bins
+            reg_max = self.reg_max - 1  # clamped into the bins as bbox2dist does for v8DetectionLoss
+            lt, rb = bbox2dist(points_lt, target, reg_max)[:, :2], bbox2dist(points_rb, target, reg_max)[:, 2:]
+            target_ltrb = torch.cat((lt, rb), 1)  # (P, 4)
             dfl = self.dfl_loss(pred_distri[fg].view(-1, self.reg_max), target_ltrb).squeeze(-1)  # (P,)
             loss_dfl = (dfl * weight).sum() / norm
         else:  # reg_max == 1: ultralytics' L1 on the (l, t, r, b) distances normalised by the image size
             scale = (stride / imgsz[[1, 0, 1, 0]]).to(pred_distri.dtype)  # (P, 4)
-            target_ltrb = bbox2dist(points, target) * scale
+            target_ltrb = torch.cat((bbox2dist(points_lt, target)[:, :2], bbox2dist(points_rb, target)[:, 2:]), 1)
+            target_ltrb = target_ltrb * scale
             l1 = F.l1_loss(pred_distri[fg] * scale, target_ltrb, reduction="none").mean(-1)  # (P,)
             loss_dfl = (l1 * weight).sum() / norm
         return loss_box, loss_dfl

@@ -10,9 +10,10 @@ edits ultralytics' files; it wraps four process-wide entry points:
    ``TOODDetect`` row the wrapper binds the global ``Detect`` to ``TOODDetect`` for the duration of that one call,
    and parse_model builds it with width-scaled channels exactly as it builds ``Detect``.
 2. ``DetectionModel.init_criterion``: models whose head is a ``TOODDetect`` get ``TOODLoss``.
-3. ``default_callbacks`` (copied into every trainer): tells the head the trainer's epoch, which selects the ATSS
-   warm-up or TAL in the loss, also after ``resume=True`` and for the validation losses; writes the assignment
-   statistics of each epoch (``yolo_tood.tal_stats``).
+3. ``default_callbacks`` (copied into every trainer): tells the head the trainer's epoch and the warm-up length
+   resolved from the trainer's ``epochs``, which select the ATSS warm-up or TAL in the loss, also after
+   ``resume=True`` and for the validation losses; writes the assignment statistics of each epoch
+   (``yolo_tood.tal_stats``).
 4. ``tasks.yaml_model_load`` (and the name ``ultralytics.engine.model`` imported from it): ultralytics finds the file
    of a scaled name (``yolov8n-tood.yaml`` -> ``yolov8-tood.yaml``) with a regex over the *whole* path string, so a
    directory such as ``/tmp/run1s/`` or ``~/exp2m/`` is rewritten instead of the file name and the YAML is "not
@@ -165,20 +166,41 @@ def _tood_heads(trainer: Any) -> list:
     return [h for h in heads if isinstance(h, TOODDetect)]
 
 
-def on_train_start(trainer: Any) -> None:
-    """Check the TOOD settings against the train arguments and say which phase training starts in.
+def _resolve_warmup(trainer: Any, heads: list) -> tuple[Any, int]:
+    """Resolve the ATSS warm-up length from the model YAML and the trainer's ``epochs``; set it on ``heads``.
 
-    Warns when the ATSS warm-up is not shorter than the training, and when the stock loss gains (``box``, ``cls``,
+    ``trainer.epochs`` is the run's length, which ``resume=True`` restores from the checkpoint (and ``time=`` may
+    recompute after the first epoch), so the resolved value is the same for a resumed run as for an uninterrupted one.
+
+    Returns:
+        (tuple): The TOODHyp and the number of warm-up epochs.
+    """
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    from .hyp import TOODHyp
+
+    hyp = TOODHyp.from_yaml(unwrap_model(trainer.model).yaml)
+    warmup = hyp.warmup_epochs(trainer.epochs)
+    for head in heads:
+        head.atss_epochs = warmup
+    return hyp, warmup
+
+
+def on_train_start(trainer: Any) -> None:
+    """Resolve the ATSS warm-up, check the TOOD settings against the train arguments and say which phase starts.
+
+    Logs the resolved warm-up once ("TOOD: ATSS warm-up for epochs 1-20 of 60 (atss_fraction 0.333), then TAL"),
+    warns when the warm-up is not shorter than the training, and when the stock loss gains (``box``, ``cls``,
     ``dfl``) were changed: they belong to v8DetectionLoss, TOOD's gains are keys of the model YAML.
     """
     if heads := _tood_heads(trainer):
         from ultralytics.cfg import DEFAULT_CFG_DICT
         from ultralytics.utils import LOGGER
-        from ultralytics.utils.torch_utils import unwrap_model
 
-        from .hyp import TOODHyp, check_warmup
+        from .hyp import check_warmup
 
-        hyp = TOODHyp.from_yaml(unwrap_model(trainer.model).yaml)
+        hyp, warmup = _resolve_warmup(trainer, heads)
+        LOGGER.info(hyp.describe_warmup(trainer.epochs))
         check_warmup(hyp, trainer.epochs)
         if changed := {
             k: getattr(trainer.args, k)
@@ -189,26 +211,28 @@ def on_train_start(trainer: Any) -> None:
                 f"TOOD: train arguments {changed} are gains of ultralytics' v8DetectionLoss and do not apply to TOOD "
                 "models; set box_gain, cls_gain and dfl_gain in the model YAML instead"
             )
-        warmup = f"ATSS for epochs 1-{hyp.atss_epochs}, then TAL" if hyp.atss_epochs else "no ATSS warm-up"
-        phase = "ATSS warm-up" if trainer.start_epoch < hyp.atss_epochs else "TAL"
-        LOGGER.info(f"TOOD: starting at epoch {trainer.start_epoch + 1} in the {phase} phase ({warmup})")
+        phase = "ATSS warm-up" if trainer.start_epoch < warmup else "TAL"
+        LOGGER.info(f"TOOD: starting at epoch {trainer.start_epoch + 1} in the {phase} phase")
         for head in heads:
             head.epoch = trainer.start_epoch
 
 
 def on_train_epoch_start(trainer: Any) -> None:
-    """Set the trainer's epoch on the TOOD heads, and log the switch from ATSS to TAL once."""
+    """Set the trainer's epoch and the resolved warm-up on the TOOD heads; log the switch from ATSS to TAL once.
+
+    The warm-up is resolved again because ``time=`` training recomputes ``trainer.epochs`` after the first epoch; a
+    change is logged.
+    """
     if heads := _tood_heads(trainer):
-        from ultralytics.utils.torch_utils import unwrap_model
+        from ultralytics.utils import LOGGER
 
-        from .hyp import TOODHyp
-
+        before = heads[0].atss_epochs
+        hyp, warmup = _resolve_warmup(trainer, heads)
+        if before is not None and warmup != before:
+            LOGGER.info(f"{hyp.describe_warmup(trainer.epochs)} (epochs changed during training)")
         for head in heads:
             head.epoch = trainer.epoch
-        atss_epochs = TOODHyp.from_yaml(unwrap_model(trainer.model).yaml).atss_epochs
-        if trainer.epoch == atss_epochs and atss_epochs > 0 and trainer.epoch != trainer.start_epoch:
-            from ultralytics.utils import LOGGER
-
+        if trainer.epoch == warmup and warmup > 0 and trainer.epoch != trainer.start_epoch:
             LOGGER.info(f"TOOD: ATSS warm-up done, switching to Task Alignment Learning at epoch {trainer.epoch + 1}")
 
 
