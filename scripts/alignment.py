@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD checkpoints and YAMLs load
-from yolo_tood.diagnostics import AlignmentResult, alignment_table, evaluate_alignment
+from yolo_tood.analysis.diagnostics import AlignmentResult, alignment_table, evaluate_alignment
 
 
 def run(

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD YAMLs and checkpoints load
-from yolo_tood.diagnostics import AlignmentResult, alignment_table, evaluate_alignment
+from yolo_tood.analysis.diagnostics import AlignmentResult, alignment_table, evaluate_alignment
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_RECORD = "compare_run.json"  # written into a run dir once its training has finished
@@ -87,7 +87,7 @@ def parse_variant(model: str) -> dict[str, Any]:
     """
     from dataclasses import fields
 
-    from yolo_tood.hyp import TOODHyp
+    from yolo_tood.train.hyp import TOODHyp
 
     hyp_types = {f.name: f.type for f in fields(TOODHyp)}  # "int" / "float" (postponed annotations)
     hyp_keys = set(hyp_types)

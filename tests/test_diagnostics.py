@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_tood.diagnostics import (
+from yolo_tood.analysis.diagnostics import (
     AlignmentAccumulator,
     AlignmentResult,
     alignment_stats,
@@ -302,7 +302,7 @@ def test_evaluate_alignment_smoke(cfg, tiny_data, tmp_path):
 
 
 def test_alignment_table_renders_one_row_per_model():
-    from yolo_tood.diagnostics import alignment_table
+    from yolo_tood.analysis.diagnostics import alignment_table
 
     res = AlignmentResult(0.5, 0.25, 3, 2, 1, 4, 20, 5, 4, 2, metrics={"metrics/mAP50-95(B)": 0.125})
     empty = AlignmentAccumulator().result()

@@ -20,8 +20,8 @@ import torch
 from ultralytics import YOLO
 from ultralytics.nn.modules import DFL
 
-from yolo_tood.export import check_export_args, nonstandard_ops, on_export_start, onnx_op_types
-from yolo_tood.head import TOODDetect
+from yolo_tood.integration.export import check_export_args, nonstandard_ops, on_export_start, onnx_op_types
+from yolo_tood.nn.head import TOODDetect
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path("/work/shared/datasets")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
-from yolo_tood.head import TaskDecomposition, TOODDetect, aligned_score, keep_valid_boxes, resample_by_offsets
+from yolo_tood.nn.head import TaskDecomposition, TOODDetect, aligned_score, keep_valid_boxes, resample_by_offsets
 
 
 def make_head(nc: int = 3, reg_max: int = 16, ch=(16, 32, 64), feat_channels: int = 32, stacked_convs: int = 3):

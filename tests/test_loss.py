@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from yolo_tood import hyp as hyp_module
-from yolo_tood import loss as loss_module
-from yolo_tood.hyp import TOODHyp, check_warmup
-from yolo_tood.loss import TOODLoss, centerness, focal_loss_prob, quality_focal_loss_prob
+from yolo_tood.train import hyp as hyp_module
+from yolo_tood.train import loss as loss_module
+from yolo_tood.train.hyp import TOODHyp, check_warmup
+from yolo_tood.train.loss import TOODLoss, centerness, focal_loss_prob, quality_focal_loss_prob
 
 STRIDES = (8.0, 16.0, 32.0)
 
@@ -323,7 +323,7 @@ def test_tuple_predictions_and_missing_epoch_attribute():
 
 def test_with_the_real_head():
     """TOODLoss on yolo_tood.head.TOODDetect's training output: finite loss and head gradients in both phases."""
-    head_module = pytest.importorskip("yolo_tood.head")
+    head_module = pytest.importorskip("yolo_tood.nn.head")
     torch.manual_seed(0)
     head = head_module.TOODDetect(nc=3, feat_channels=16, stacked_convs=2, ch=(8, 16, 32))
     head.stride = torch.tensor(STRIDES)

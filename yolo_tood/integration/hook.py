@@ -26,7 +26,7 @@ class _RegisteringLoader:
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
-        from yolo_tood.register import register
+        from yolo_tood.integration.register import register
 
         register()
 
@@ -51,7 +51,7 @@ class _UltralyticsFinder:
 def install() -> None:
     """Install the finder once, or register at once if ultralytics' tasks module is already imported."""
     if TARGET in sys.modules:
-        from yolo_tood.register import register
+        from yolo_tood.integration.register import register
 
         register()
     elif not any(isinstance(f, _UltralyticsFinder) for f in sys.meta_path):

@@ -48,7 +48,7 @@ ONNX_FORMATS = {
 
 def _has_tood_head(model: Any) -> bool:
     """Return True when ``model`` (an ``nn.Module``, possibly wrapped by the exporter) contains a ``TOODDetect``."""
-    from .head import TOODDetect
+    from ..nn.head import TOODDetect
 
     modules = getattr(model, "modules", None)
     return callable(modules) and any(isinstance(m, TOODDetect) for m in modules())

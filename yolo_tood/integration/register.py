@@ -102,9 +102,9 @@ def _wrap_parse_model(tasks: Any) -> None:
         if not any(_is_tood_row(r) for r in d.get("head", [])):
             return original(d, ch, verbose)
         check_ultralytics_version()
-        from yolo_tood.hyp import TOODHyp
+        from yolo_tood.train.hyp import TOODHyp
 
-        from .head import TOODDetect
+        from ..nn.head import TOODDetect
 
         TOODHyp.from_yaml(d)  # bad hyper-parameters fail at build time, not at the first training step
         with _BIND_LOCK, _bind(tasks, "Detect", TOODDetect):
@@ -141,10 +141,10 @@ def _wrap_init_criterion(tasks: Any) -> None:
 
     def init_criterion(self):
         """Ultralytics' DetectionModel.init_criterion, returning TOODLoss for models with a TOOD head."""
-        from .head import TOODDetect
+        from ..nn.head import TOODDetect
 
         if isinstance(self.model[-1], TOODDetect):
-            from .loss import TOODLoss
+            from ..train.loss import TOODLoss
 
             return TOODLoss(self)
         return original(self)
@@ -157,7 +157,7 @@ def _tood_heads(trainer: Any) -> list:
     """Return the TOOD heads of the trainer's model and of its EMA copy (used for the validation losses)."""
     from ultralytics.utils.torch_utils import unwrap_model
 
-    from .head import TOODDetect
+    from ..nn.head import TOODDetect
 
     models = [trainer.model, getattr(getattr(trainer, "ema", None), "ema", None)]
     heads = [unwrap_model(m).model[-1] for m in models if m is not None and hasattr(unwrap_model(m), "model")]
@@ -175,7 +175,7 @@ def on_train_start(trainer: Any) -> None:
         from ultralytics.utils import LOGGER
         from ultralytics.utils.torch_utils import unwrap_model
 
-        from .hyp import TOODHyp, check_warmup
+        from ..train.hyp import TOODHyp, check_warmup
 
         hyp = TOODHyp.from_yaml(unwrap_model(trainer.model).yaml)
         check_warmup(hyp, trainer.epochs)
@@ -200,7 +200,7 @@ def on_train_epoch_start(trainer: Any) -> None:
     if heads := _tood_heads(trainer):
         from ultralytics.utils.torch_utils import unwrap_model
 
-        from .hyp import TOODHyp
+        from ..train.hyp import TOODHyp
 
         for head in heads:
             head.epoch = trainer.epoch
@@ -229,7 +229,7 @@ def _allow_safe_load() -> None:
     """Allow the head's classes under ``ULTRALYTICS_SAFE_LOAD=1`` (``torch.load(weights_only=True)``)."""
     import torch
 
-    from .head import DFLExpectation, Scale, TaskDecomposition, TOODDetect
+    from ..nn.head import DFLExpectation, Scale, TaskDecomposition, TOODDetect
 
     torch.serialization.add_safe_globals([TOODDetect, TaskDecomposition, Scale, DFLExpectation])
 
@@ -248,10 +248,10 @@ def register() -> None:
         check_ultralytics_version()
     except RuntimeError:
         return
-    head = sys.modules.get("yolo_tood.head")
+    head = sys.modules.get("yolo_tood.nn.head")
     if head is not None and not hasattr(head, "TOODDetect"):
         return  # yolo_tood.head is mid-import (it imported ultralytics first); it calls register() when done
-    from .head import TOODDetect
+    from ..nn.head import TOODDetect
 
     if getattr(tasks, "TOODDetect", None) is TOODDetect:
         return

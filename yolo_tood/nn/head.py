@@ -390,7 +390,7 @@ class TOODDetect(Detect):
 
 def _finish_registration() -> None:
     """Complete ``register()`` when this module imported ultralytics first (e.g. when unpickling a checkpoint)."""
-    from .register import register
+    from ..integration.register import register
 
     register()
 

@@ -33,7 +33,7 @@ leaves them informal):
   readings are available.
 
 Examples:
-    >>> from yolo_tood.diagnostics import evaluate_alignment
+    >>> from yolo_tood.analysis.diagnostics import evaluate_alignment
     >>> result = evaluate_alignment("runs/detect/train/weights/best.pt", "data.yaml", split="val", imgsz=320)
     >>> print(result.pcc_top50, result.iou_top10, result.correct, result.duplicate, result.error)
 """
