@@ -25,6 +25,7 @@ _LAZY = {
     "TOODLoss": "yolo_tood.train.loss",
     "TOODHyp": "yolo_tood.train.hyp",
     "register": "yolo_tood.integration.register",
+    "unregister": "yolo_tood.integration.register",
     "check_ultralytics_version": "yolo_tood.integration.register",
 }
 __all__ = ("__version__", *_LAZY)

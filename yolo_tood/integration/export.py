@@ -3,7 +3,7 @@
 The head re-samples its box predictions with ``F.grid_sample``, which ONNX has as ``GridSample`` from opset 16 on.
 Without a check, ``opset=13`` would fail deep inside ``torch.onnx.export`` with an unsupported-operator trace, after
 the exporter has already started writing. ``on_export_start`` (registered into ultralytics' ``default_callbacks`` by
-``yolo_tood.register``) raises one clear line instead, before any export work.
+``yolo_tood.integration.register``) raises one clear line instead, before any export work.
 
 Examples:
     >>> from ultralytics import YOLO
@@ -17,6 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .compat import ONNX_FORMATS
+from .heads import is_tood_head
+
 __all__ = (
     "MIN_ONNX_OPSET",
     "ONNX_FORMATS",
@@ -28,30 +31,11 @@ __all__ = (
 
 MIN_ONNX_OPSET = 16  # ONNX GridSample, used by the head's re-sampling (resample_by_offsets)
 
-# Formats that ultralytics 8.4.190's Exporter builds from an ONNX export (export_onnx() runs first); for those that
-# pin their own opset when none is given, the value they pin. The others use the exporter's best opset (>= 17).
-ONNX_FORMATS = {
-    "onnx": None,
-    "engine": None,
-    "saved_model": None,
-    "pb": None,
-    "edgetpu": None,
-    "mnn": None,
-    "rknn": 19,
-    "ascend": 17,
-    "deepx": None,
-    "qnn": None,
-    "xilinx": 17,
-    "hailo": 11,  # forced, whatever opset is requested
-}
-
 
 def _has_tood_head(model: Any) -> bool:
     """Return True when ``model`` (an ``nn.Module``, possibly wrapped by the exporter) contains a ``TOODDetect``."""
-    from ..nn.head import TOODDetect
-
     modules = getattr(model, "modules", None)
-    return callable(modules) and any(isinstance(m, TOODDetect) for m in modules())
+    return callable(modules) and any(is_tood_head(m) for m in modules())
 
 
 def check_export_args(fmt: str, opset: int | None) -> None:

@@ -1,22 +1,51 @@
-"""Lazy start-up hook: run ``yolo_tood.register()`` right after ultralytics imports ``ultralytics.nn.tasks``.
+"""Lazy start-up hook: import-time actions, so that no yolo-tood module has to import the registration itself.
 
 Installed into every interpreter by ``yolo_tood.pth`` (so the stock ``yolo`` command needs no extra import), it
-must stay cheap: it imports only ``sys`` (about 2 ms per interpreter start for the package), and a process that
-never imports ultralytics never imports torch or ultralytics because of it.
+must stay cheap: it imports only ``sys`` and ``importlib`` (about 2 ms per interpreter start for the package), and a
+process that never imports ultralytics never imports torch or ultralytics because of it. One meta-path finder:
+
+- right after ``ultralytics.nn.tasks`` executes, it runs ``yolo_tood.register()``;
+- right after a head module (``yolo_tood.nn.head``) executes, it allows the head's classes for safe loading, so
+  unpickling a checkpoint registers what it needs in a fresh process whichever of the two is imported first;
+- it serves the module paths before the layer folders (``OLD_MODULES``), which
+  checkpoints pickled then name, as thin modules re-exporting the new ones.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.util
 import sys
 
 TARGET = "ultralytics.nn.tasks"
+HEAD_MODULES = ("yolo_tood.nn.head",)  # heads.HEADS' modules; kept literal so the hook imports nothing more
+# Module paths before the layer folders; checkpoints pickled then name their classes through them.
+OLD_MODULES = {
+    "yolo_tood.head": "yolo_tood.nn.head",
+    "yolo_tood.loss": "yolo_tood.train.loss",
+    "yolo_tood.assigner": "yolo_tood.train.assigner",
+    "yolo_tood.hyp": "yolo_tood.train.hyp",
+    "yolo_tood.export": "yolo_tood.integration.export",
+    "yolo_tood.diagnostics": "yolo_tood.analysis.diagnostics",
+}
+
+
+def _after_exec(name: str, module) -> None:
+    from yolo_tood.integration import register
+
+    if name == TARGET:
+        register.register()
+    else:
+        register.allow_safe_load(module)
 
 
 class _RegisteringLoader:
-    """Delegate to the real loader, then register yolo-tood with the freshly executed module."""
+    """Delegate to the real loader, then run the after-import action of the freshly executed module."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, name: str):
         self._loader = loader
+        self._name = name
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
@@ -26,16 +55,33 @@ class _RegisteringLoader:
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
-        from yolo_tood.integration.register import register
+        _after_exec(self._name, module)
 
-        register()
+
+class _AliasLoader(importlib.abc.Loader):
+    """Load an old module path as a thin module re-exporting the module it moved to."""
+
+    def __init__(self, target: str):
+        self._target = target
+
+    def create_module(self, spec):
+        return None  # a plain module
+
+    def exec_module(self, module) -> None:
+        target = importlib.import_module(self._target)
+        names = getattr(target, "__all__", None) or [n for n in vars(target) if not n.startswith("_")]
+        module.__dict__.update({n: getattr(target, n) for n in names}, __all__=tuple(names))
+        module.__doc__ = f"Old path of ``{self._target}``, kept so that checkpoints pickled before the move load."
+        module.__getattr__ = lambda name: getattr(target, name)  # the rest (private names) from the real module
 
 
 class _UltralyticsFinder:
-    """A meta-path finder that only intercepts ``ultralytics.nn.tasks`` and defers finding to the other finders."""
+    """A meta-path finder for the modules above; every other import is left to the other finders."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TARGET:
+        if fullname in OLD_MODULES:
+            return importlib.util.spec_from_loader(fullname, _AliasLoader(OLD_MODULES[fullname]))
+        if fullname != TARGET and fullname not in HEAD_MODULES:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -43,16 +89,16 @@ class _UltralyticsFinder:
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _RegisteringLoader(spec.loader)
+                    spec.loader = _RegisteringLoader(spec.loader, fullname)
                 return spec
         return None
 
 
 def install() -> None:
-    """Install the finder once, or register at once if ultralytics' tasks module is already imported."""
+    """Install the finder once; register at once if ultralytics' tasks module is already imported."""
+    if not any(isinstance(f, _UltralyticsFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _UltralyticsFinder())
     if TARGET in sys.modules:
         from yolo_tood.integration.register import register
 
         register()
-    elif not any(isinstance(f, _UltralyticsFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _UltralyticsFinder())

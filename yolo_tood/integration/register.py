@@ -1,15 +1,14 @@
-"""The one place where yolo-tood touches ultralytics: registration of the TOOD head, its loss and its callbacks.
+"""Registration of the TOOD heads, their losses and callbacks with ultralytics, and its exact undo.
 
-Everything ultralytics-version-specific lives here, so a new ultralytics release is a change to this file only.
-``register()`` runs once, right after ``ultralytics.nn.tasks`` is imported (see ``yolo_tood._hook``). It never
-edits ultralytics' files; it wraps four process-wide entry points:
+``register()`` runs right after ``ultralytics.nn.tasks`` is imported (see ``yolo_tood.integration.hook``); it never
+edits ultralytics' files, and ``unregister()`` restores everything it changed. The ultralytics internals involved are
+listed in ``yolo_tood.integration.compat``; the heads in ``yolo_tood.integration.heads``. It wraps:
 
-1. ``tasks.parse_model`` (looked up as a module attribute by ``DetectionModel``): ultralytics resolves YAML names with
-   ``globals()[name]`` and gives a head its input channels only when the class is a member of a frozenset built
-   *inside* parse_model from the global name ``Detect``; a ``Detect`` subclass is not a member. So for a YAML with a
-   ``TOODDetect`` row the wrapper binds the global ``Detect`` to ``TOODDetect`` for the duration of that one call,
-   and parse_model builds it with width-scaled channels exactly as it builds ``Detect``.
-2. ``DetectionModel.init_criterion``: models whose head is a ``TOODDetect`` get ``TOODLoss``.
+1. ``tasks.parse_model``: for a YAML with a TOOD head row, ultralytics' own parse_model runs on a private copy of its
+   globals in which ``Detect`` is the TOOD head (``compat.parse_model_with``), so the head gets width-scaled channels
+   exactly as ``Detect``; the ``ultralytics.nn.tasks`` module itself is never rebound, so a stock model built by
+   another thread at the same time gets a stock head.
+2. ``DetectionModel.init_criterion``: models whose head is a TOOD head get that head's criterion.
 3. ``default_callbacks`` (copied into every trainer): tells the head the trainer's epoch, which selects the ATSS
    warm-up or TAL in the loss, also after ``resume=True`` and for the validation losses.
 4. ``tasks.yaml_model_load`` (and the name ``ultralytics.engine.model`` imported from it): ultralytics finds the file
@@ -20,155 +19,147 @@ edits ultralytics' files; it wraps four process-wide entry points:
 
 from __future__ import annotations
 
-import contextlib
-import re
 import sys
-import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-SUPPORTED_ULTRALYTICS = ">=8.4.190,<8.5"
-HEAD_NAMES = frozenset({"TOODDetect"})
+from ..checks import check_int
+from .compat import SCALE_IN_NAME, SUPPORTED_ULTRALYTICS, check_ultralytics_version, parse_model_with
+from .heads import HEADS, is_tood_head, tood_row_spec
+from .hook import OLD_MODULES
+
+__all__ = ("SUPPORTED_ULTRALYTICS", "check_ultralytics_version", "is_registered", "register", "unregister")
+
 _PATCHED = "_yolo_tood_original"  # attribute marking a wrapped ultralytics function, holding the original
-_BIND_LOCK = threading.RLock()
-_SCALE_IN_NAME = re.compile(r"(\d+)([nslmx])(.+)?$")  # ultralytics' yaml_model_load rewrite, yolov8n-x -> yolov8-x
+_MISSING = object()
 
 
-def check_ultralytics_version(version: str | None = None) -> None:
-    """Raise a one-line RuntimeError when ultralytics is outside the range yolo-tood is tested with.
+@dataclass
+class _Patch:
+    """One ultralytics attribute replaced by a wrapper: enough to put the original back."""
 
-    Args:
-        version (str, optional): Version to check; defaults to the installed ``ultralytics.__version__``.
-    """
-    import ultralytics
-    from ultralytics.utils.checks import check_version
+    owner: Any
+    name: str
+    original: Any  # the value in owner.__dict__ before, or _MISSING when it was inherited
+    wrapper: Any
 
-    version = version or ultralytics.__version__
-    if not check_version(version, SUPPORTED_ULTRALYTICS):
-        raise RuntimeError(
-            f"yolo-tood supports ultralytics{SUPPORTED_ULTRALYTICS} but ultralytics {version} is installed; "
-            f"run: pip install 'ultralytics{SUPPORTED_ULTRALYTICS}'"
-        )
+
+_PATCHES: list[_Patch] = []
+_CALLBACKS: list[tuple[str, Callable]] = []
+
+
+def _patch(owner: Any, name: str, make_wrapper: Callable[[Any], Any]) -> None:
+    """Replace ``owner.name`` by ``make_wrapper(current value)`` and remember how to undo it."""
+    current = getattr(owner, name)
+    wrapper = make_wrapper(current)
+    setattr(wrapper, _PATCHED, current)
+    _PATCHES.append(_Patch(owner, name, vars(owner).get(name, _MISSING), wrapper))
+    setattr(owner, name, wrapper)
 
 
 def _is_tood_row(row: list) -> bool:
-    return len(row) == 4 and row[2] in HEAD_NAMES
+    return tood_row_spec(row) is not None
 
 
-def _head_args(args: list, depth: float, width: float, max_channels: float) -> list:
-    """Validate a TOODDetect row's ``[nc, feat_channels, stacked_convs]`` and scale width and depth as the model."""
+def _head_args(spec: Any, args: list, depth: float, width: float, max_channels: float) -> list:
+    """Validate a TOOD head row's ``[nc, *spec.yaml_args]`` and scale width and depth as parse_model scales the model.
+
+    The first argument after ``nc`` is a width (scaled like a conv width), the second a depth (scaled like repeats).
+    """
     from ultralytics.utils.ops import make_divisible
 
-    if not isinstance(args, list) or not 1 <= len(args) <= 3:
-        raise ValueError(f"TOODDetect YAML args must be [nc, feat_channels, stacked_convs], got {args!r}")
-    nc, feat_channels, stacked_convs = (list(args) + [256, 6][len(args) - 1 :])[:3]  # reference defaults 256, 6
-    for name, value in (("feat_channels", feat_channels), ("stacked_convs", stacked_convs)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"TOODDetect YAML arg '{name}' must be a positive int, got {value!r}")
+    names, defaults = zip(*spec.yaml_args)
+    if not isinstance(args, list) or not 1 <= len(args) <= 1 + len(names):
+        raise ValueError(f"{spec.name} YAML args must be [nc, {', '.join(names)}], got {args!r}")
+    nc, feat_channels, stacked_convs = (list(args) + list(defaults)[len(args) - 1 :])[: 1 + len(names)]
+    for name, value in zip(names, (feat_channels, stacked_convs)):
+        check_int(value, name, f"{spec.name} YAML arg")
     feat_channels = make_divisible(min(feat_channels, max_channels) * width, 8)  # as parse_model scales conv widths
     # As parse_model scales repeats, but at least 2: layer attention over a single layer would be a constant
     stacked_convs = max(round(stacked_convs * depth), min(stacked_convs, 2))
     return [nc, feat_channels, stacked_convs]
 
 
-def _scaled_copy(d: dict) -> dict:
-    """Return a copy of the model dict whose TOOD rows carry scaled head arguments; ``d`` itself is not changed."""
+def _scaled_copy(d: dict) -> tuple[dict, Any]:
+    """Return a copy of the model dict whose TOOD rows carry scaled head arguments, and the head's spec.
+
+    ``d`` itself is not changed.
+    """
     depth, width, max_channels = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0), float("inf")
     if scales := d.get("scales"):  # the same scale choice as parse_model makes
         depth, width, max_channels = scales[d.get("scale") or next(iter(scales))]
     rows = d.get("backbone", []) + d.get("head", [])
-    if names := {r[2] for r in rows if len(r) == 4 and isinstance(r[2], str) and r[2].endswith("Detect")} - HEAD_NAMES:
-        raise ValueError(f"a model YAML with TOODDetect cannot also contain {sorted(names)}")
-    head = [[*r[:3], _head_args(r[3], depth, width, max_channels)] if _is_tood_row(r) else r for r in d["head"]]
-    return {**d, "head": head}
+    specs = {tood_row_spec(r) for r in d["head"]} - {None}
+    if len(specs) > 1:
+        raise ValueError(f"a model YAML can contain one kind of TOOD head, got {sorted(s.name for s in specs)}")
+    (spec,) = specs
+    others = {r[2] for r in rows if len(r) == 4 and isinstance(r[2], str) and r[2].endswith(spec.stands_for)}
+    if names := others - {spec.name}:
+        raise ValueError(f"a model YAML with {spec.name} cannot also contain {sorted(names)}")
+    head = [[*r[:3], _head_args(spec, r[3], depth, width, max_channels)] if _is_tood_row(r) else r for r in d["head"]]
+    return {**d, "head": head}, spec
 
 
-@contextlib.contextmanager
-def _bind(module: Any, name: str, value: Any):
-    """Temporarily rebind ``module.name`` to ``value``."""
-    original = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
-
-
-def _wrap_parse_model(tasks: Any) -> None:
-    original = tasks.parse_model
-
+def _wrap_parse_model(original: Callable) -> Callable:
     def parse_model(d: dict, ch: int, verbose: bool = True):
-        """Ultralytics' parse_model, able to build a TOODDetect row (see the module docstring)."""
+        """Ultralytics' parse_model, able to build a TOOD head row (see the module docstring)."""
         if not any(_is_tood_row(r) for r in d.get("head", [])):
             return original(d, ch, verbose)
         check_ultralytics_version()
-        from yolo_tood.train.hyp import TOODHyp
-
-        from ..nn.head import TOODDetect
+        from ..train.hyp import TOODHyp
 
         TOODHyp.from_yaml(d)  # bad hyper-parameters fail at build time, not at the first training step
-        with _BIND_LOCK, _bind(tasks, "Detect", TOODDetect):
-            return original(_scaled_copy(d), ch, verbose)
+        scaled, spec = _scaled_copy(d)
+        head = spec.cls
+        return parse_model_with(original, {spec.stands_for: head, spec.name: head})(scaled, ch, verbose)
 
-    setattr(parse_model, _PATCHED, original)
-    tasks.parse_model = parse_model
-
-
-def _wrap_yaml_model_load(tasks: Any) -> None:
-    original = tasks.yaml_model_load
-
-    def yaml_model_load(path):
-        """Ultralytics' yaml_model_load, resolving a scaled TOOD name in its own folder (see the module docstring)."""
-        path = Path(path)
-        unified = path.with_name(_SCALE_IN_NAME.sub(r"\1\3", path.name))
-        if path.exists() or unified == path or not unified.exists():
-            return original(path)
-        d = original(unified)
-        if not any(_is_tood_row(r) for r in d.get("head", [])):
-            return original(path)  # stock YAMLs keep ultralytics' own behaviour
-        d["scale"], d["yaml_file"] = tasks.guess_model_scale(path), str(path)
-        return d
-
-    setattr(yaml_model_load, _PATCHED, original)
-    tasks.yaml_model_load = yaml_model_load
-    engine_model = sys.modules.get("ultralytics.engine.model")  # imported the name before registration, if at all
-    if engine_model is not None and getattr(engine_model, "yaml_model_load", None) is original:
-        engine_model.yaml_model_load = yaml_model_load
+    return parse_model
 
 
-def _wrap_init_criterion(tasks: Any) -> None:
-    original = tasks.DetectionModel.init_criterion
+def _wrap_yaml_model_load(tasks: Any) -> Callable[[Callable], Callable]:
+    def make(original: Callable) -> Callable:
+        def yaml_model_load(path):
+            """Ultralytics' yaml_model_load, resolving a scaled TOOD name in its own folder (see the docstring)."""
+            path = Path(path)
+            unified = path.with_name(SCALE_IN_NAME.sub(r"\1\3", path.name))
+            if path.exists() or unified == path or not unified.exists():
+                return original(path)
+            d = original(unified)
+            if not any(_is_tood_row(r) for r in d.get("head", [])):
+                return original(path)  # stock YAMLs keep ultralytics' own behaviour
+            d["scale"], d["yaml_file"] = tasks.guess_model_scale(path), str(path)
+            return d
 
+        return yaml_model_load
+
+    return make
+
+
+def _wrap_init_criterion(original: Callable) -> Callable:
     def init_criterion(self):
-        """Ultralytics' DetectionModel.init_criterion, returning TOODLoss for models with a TOOD head."""
-        from ..nn.head import TOODDetect
+        """Ultralytics' DetectionModel.init_criterion, returning the TOOD criterion for models with a TOOD head."""
+        spec = is_tood_head(self.model[-1])
+        return spec.criterion_for(self) if spec is not None else original(self)
 
-        if isinstance(self.model[-1], TOODDetect):
-            from ..train.loss import TOODLoss
-
-            return TOODLoss(self)
-        return original(self)
-
-    setattr(init_criterion, _PATCHED, original)
-    tasks.DetectionModel.init_criterion = init_criterion
+    return init_criterion
 
 
 def _tood_heads(trainer: Any) -> list:
     """Return the TOOD heads of the trainer's model and of its EMA copy (used for the validation losses)."""
     from ultralytics.utils.torch_utils import unwrap_model
 
-    from ..nn.head import TOODDetect
-
     models = [trainer.model, getattr(getattr(trainer, "ema", None), "ema", None)]
     heads = [unwrap_model(m).model[-1] for m in models if m is not None and hasattr(unwrap_model(m), "model")]
-    return [h for h in heads if isinstance(h, TOODDetect)]
+    return [h for h in heads if is_tood_head(h)]
 
 
 def on_train_start(trainer: Any) -> None:
     """Check the TOOD settings against the train arguments and say which phase training starts in.
 
-    Warns when the ATSS warm-up is not shorter than the training, and when the stock loss gains (``box``, ``cls``,
-    ``dfl``) were changed: they belong to v8DetectionLoss, TOOD's gains are keys of the model YAML.
+    Warns when the ATSS warm-up is not shorter than the training, when the stock loss gains (``box``, ``cls``,
+    ``dfl``) were changed (they belong to v8DetectionLoss, TOOD's gains are keys of the model YAML), and when class
+    weights were asked for (``cls_pw``; v8DetectionLoss weighs its BCE with them, TOOD's losses have no counterpart).
     """
     if heads := _tood_heads(trainer):
         from ultralytics.cfg import DEFAULT_CFG_DICT
@@ -187,6 +178,11 @@ def on_train_start(trainer: Any) -> None:
             LOGGER.warning(
                 f"TOOD: train arguments {changed} are gains of ultralytics' v8DetectionLoss and do not apply to TOOD "
                 "models; set box_gain, cls_gain and dfl_gain in the model YAML instead"
+            )
+        if getattr(trainer.args, "cls_pw", 0) != DEFAULT_CFG_DICT.get("cls_pw", 0):
+            LOGGER.warning(
+                f"TOOD: train argument cls_pw={trainer.args.cls_pw} weighs ultralytics' v8DetectionLoss classes and "
+                "has no effect on TOOD models (their QFL/Focal losses are not class-weighted)"
             )
         warmup = f"ATSS for epochs 1-{hyp.atss_epochs}, then TAL" if hyp.atss_epochs else "no ATSS warm-up"
         phase = "ATSS warm-up" if trainer.start_epoch < hyp.atss_epochs else "TAL"
@@ -223,40 +219,81 @@ def _add_callbacks() -> None:
     ):
         if fn not in default_callbacks[event]:
             default_callbacks[event].append(fn)
+            _CALLBACKS.append((event, fn))
 
 
-def _allow_safe_load() -> None:
-    """Allow the head's classes under ``ULTRALYTICS_SAFE_LOAD=1`` (``torch.load(weights_only=True)``)."""
+def allow_safe_load(module: Any) -> None:
+    """Allow a head module's classes under ``ULTRALYTICS_SAFE_LOAD=1`` (``torch.load(weights_only=True)``).
+
+    Run by the import hook right after a head module (``HeadSpec.module``) executes, whatever imported it. The
+    classes are also allowed under their module paths before the layer folders, which old checkpoints name. Torch's
+    allow-list only admits these classes, so ``unregister()`` leaves it alone.
+
+    Args:
+        module (module): The executed head module; its ``nn.Module`` classes in ``__all__`` are allowed.
+    """
     import torch
 
-    from ..nn.head import DFLExpectation, Scale, TaskDecomposition, TOODDetect
+    classes = [getattr(module, n) for n in getattr(module, "__all__", ())]
+    classes = [c for c in classes if isinstance(c, type) and issubclass(c, torch.nn.Module)]
+    old = [old for old, new in OLD_MODULES.items() if new == module.__name__]
+    torch.serialization.add_safe_globals(classes + [(c, f"{o}.{c.__qualname__}") for o in old for c in classes])
 
-    torch.serialization.add_safe_globals([TOODDetect, TaskDecomposition, Scale, DFLExpectation])
+
+def is_registered() -> bool:
+    """Return True while yolo-tood's wrappers are installed in ultralytics."""
+    return bool(_PATCHES)
 
 
 def register() -> None:
-    """Register TOODDetect, its loss and callbacks with ultralytics; idempotent.
+    """Register the TOOD heads, their losses and callbacks with ultralytics; idempotent, undone by ``unregister()``.
 
     With an unsupported ultralytics, only the parse_model wrapper is installed, so building a TOOD model fails with
     one clear line while stock models keep working.
     """
     import ultralytics.nn.tasks as tasks
 
-    if not hasattr(tasks.parse_model, _PATCHED):
-        _wrap_parse_model(tasks)
+    if not _PATCHES:
+        _patch(tasks, "parse_model", _wrap_parse_model)
     try:
         check_ultralytics_version()
     except RuntimeError:
         return
-    head = sys.modules.get("yolo_tood.nn.head")
-    if head is not None and not hasattr(head, "TOODDetect"):
-        return  # yolo_tood.head is mid-import (it imported ultralytics first); it calls register() when done
-    from ..nn.head import TOODDetect
-
-    if getattr(tasks, "TOODDetect", None) is TOODDetect:
+    if len(_PATCHES) > 1:
         return
-    tasks.TOODDetect = TOODDetect  # parse_model resolves YAML module names with globals()[name]
-    _wrap_init_criterion(tasks)
-    _wrap_yaml_model_load(tasks)
+    _patch(tasks.DetectionModel, "init_criterion", _wrap_init_criterion)
+    original_load = tasks.yaml_model_load
+    _patch(tasks, "yaml_model_load", _wrap_yaml_model_load(tasks))
+    engine_model = sys.modules.get("ultralytics.engine.model")  # imported the name before registration, if at all
+    if engine_model is not None and getattr(engine_model, "yaml_model_load", None) is original_load:
+        _patch(engine_model, "yaml_model_load", lambda _: tasks.yaml_model_load)
     _add_callbacks()
-    _allow_safe_load()
+    for spec in HEADS:  # a head module imported for the first time is allowed for safe loading by the import hook
+        if spec.module not in sys.modules:
+            __import__(spec.module)
+
+
+def unregister() -> None:
+    """Undo ``register()``: put back every wrapped ultralytics function and remove the callbacks.
+
+    Afterwards ultralytics behaves as if yolo-tood were not installed (a TOOD YAML no longer builds) until
+    ``register()`` is called again. A wrapper that something else has wrapped in turn cannot be taken out from under
+    it: that raises a RuntimeError naming it, and nothing is changed.
+    """
+    for p in _PATCHES:
+        if vars(p.owner).get(p.name) is not p.wrapper:
+            raise RuntimeError(
+                f"yolo-tood cannot unregister: {p.owner.__name__}.{p.name} was replaced after register()"
+            )
+    from ultralytics.utils.callbacks.base import default_callbacks
+
+    for p in reversed(_PATCHES):
+        if p.original is _MISSING:
+            delattr(p.owner, p.name)
+        else:
+            setattr(p.owner, p.name, p.original)
+    _PATCHES.clear()
+    for event, fn in _CALLBACKS:
+        if fn in default_callbacks[event]:
+            default_callbacks[event].remove(fn)
+    _CALLBACKS.clear()

@@ -6,16 +6,55 @@ Ultralytics rejects unknown train arguments, so the TOOD-specific gains and assi
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
 
 from ultralytics.utils import LOGGER
 
-__all__ = ("TOODHyp", "check_warmup")
+from ..checks import check_int
 
-_INT_KEYS = {"tal_topk": 1, "atss_topk": 1, "atss_epochs": 0}  # key -> minimum value
-_FLOAT_KEYS = ("tal_alpha", "tal_beta", "qfl_beta", "focal_gamma", "focal_alpha", "box_gain", "cls_gain", "dfl_gain")
+__all__ = ("HypKey", "TOODHyp", "check_warmup", "hyp_schema")
+
+
+@dataclass(frozen=True)
+class HypKey:
+    """One TOOD hyper-parameter: a top-level key of the model YAML.
+
+    Attributes:
+        name (str): The YAML key and ``TOODHyp`` field.
+        type (type): ``int`` or ``float``.
+        default (int | float): Value when the key is absent.
+        minimum (int | float): Smallest allowed value.
+        maximum (float | None): Largest allowed value, None for unbounded.
+        help (str): One line on what it is.
+    """
+
+    name: str
+    type: type
+    default: int | float
+    minimum: int | float
+    maximum: float | None
+    help: str
+
+    def check(self, value: Any) -> int | float:
+        """Return ``value`` validated (and a float key's value as a float), or raise one ValueError line."""
+        if self.type is int:
+            return check_int(value, self.name, "TOOD", self.minimum)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            value_ok = False
+        else:
+            value_ok = value >= self.minimum and (self.maximum is None or value <= self.maximum)
+        if not value_ok:
+            rule = f">= {self.minimum:g}" if self.maximum is None else f"in [{self.minimum:g}, {self.maximum:g}]"
+            raise ValueError(f"TOOD: '{self.name}' must be a finite number {rule}, got {value!r}")
+        return float(value)
+
+
+def _key(default: int | float, help: str, minimum: int | float = 0, maximum: float | None = None) -> Any:
+    """A ``TOODHyp`` field with its bounds and help text (read back by ``hyp_schema``)."""
+    return field(default=default, metadata={"minimum": minimum, "maximum": maximum, "help": help})
 
 
 @dataclass(frozen=True)
@@ -51,32 +90,22 @@ class TOODHyp:
         (9, 6.0)
     """
 
-    tal_topk: int = 13
-    tal_alpha: float = 1.0
-    tal_beta: float = 6.0
-    atss_epochs: int = 4
-    atss_topk: int = 9
-    qfl_beta: float = 2.0
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.25
-    box_gain: float = 2.0
-    cls_gain: float = 1.0
-    dfl_gain: float = 0.5
+    tal_topk: int = _key(13, "m: anchors with the largest alignment metric t kept per GT", minimum=1)
+    tal_alpha: float = _key(1.0, "alpha in t = s^alpha * u^beta")
+    tal_beta: float = _key(6.0, "beta in t = s^alpha * u^beta")
+    atss_epochs: int = _key(4, "warm-up epochs with ATSS + Focal loss before TAL; 0 disables it")
+    atss_topk: int = _key(9, "ATSS candidates per level per GT during the warm-up", minimum=1)
+    qfl_beta: float = _key(2.0, "beta of the Quality Focal Loss (TAL phase)")
+    focal_gamma: float = _key(2.0, "gamma of the warm-up Focal loss")
+    focal_alpha: float = _key(0.25, "alpha of the warm-up Focal loss", maximum=1.0)
+    box_gain: float = _key(2.0, "GIoU loss weight")
+    cls_gain: float = _key(1.0, "QFL / Focal loss weight")
+    dfl_gain: float = _key(0.5, "DFL weight (L1 when reg_max is 1)")
 
     def __post_init__(self) -> None:
         """Validate every field, raising one ValueError line that names the key, the rule and the bad value."""
-        for key, minimum in _INT_KEYS.items():
-            value = getattr(self, key)
-            # bool is an int subclass, but `tal_topk: true` in a YAML is certainly a mistake
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"TOOD: '{key}' must be an integer >= {minimum}, got {value!r}")
-        for key in _FLOAT_KEYS:
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"TOOD: '{key}' must be a finite number >= 0, got {value!r}")
-            object.__setattr__(self, key, float(value))  # frozen: normalise ints such as `tal_beta: 6`
-        if self.focal_alpha > 1:
-            raise ValueError(f"TOOD: 'focal_alpha' must be in [0, 1], got {self.focal_alpha!r}")
+        for key in hyp_schema():
+            object.__setattr__(self, key.name, key.check(getattr(self, key.name)))  # frozen: float keys as floats
 
     @classmethod
     def from_yaml(cls, d: dict[str, Any] | None) -> TOODHyp:
@@ -100,6 +129,23 @@ class TOODHyp:
         if not isinstance(d, dict):
             raise ValueError(f"TOOD: the model YAML must be a dict, got {type(d).__name__}")
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@functools.cache
+def hyp_schema() -> tuple[HypKey, ...]:
+    """Return the TOOD hyper-parameters (names, types, defaults, bounds, help) in ``TOODHyp`` field order.
+
+    The one schema: the YAML validation, the README table test and ``scripts/compare.py``'s variants derive from it.
+
+    Examples:
+        >>> [k.name for k in hyp_schema()][:3]
+        ['tal_topk', 'tal_alpha', 'tal_beta']
+    """
+    types = get_type_hints(TOODHyp)
+    return tuple(
+        HypKey(f.name, types[f.name], f.default, f.metadata["minimum"], f.metadata["maximum"], f.metadata["help"])
+        for f in fields(TOODHyp)
+    )
 
 
 def check_warmup(hyp: TOODHyp, epochs: int) -> bool:
