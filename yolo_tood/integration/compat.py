@@ -149,9 +149,27 @@ RELIED_ON: tuple[Internal, ...] = (
         "skipped (it needs model.args); device, stride, nc, no, reg_max, use_dfl, proj are set by hand; "
         "class_weights (train argument cls_pw) has no TOOD counterpart and is warned about at train start",
     ),
-    Internal("ultralytics.utils.loss:v8DetectionLoss.preprocess", ("self", "targets", "batch_size", "scale_tensor")),
-    Internal("ultralytics.utils.loss:v8DetectionLoss.bbox_decode", ("self", "anchor_points", "pred_dist")),
-    Internal("ultralytics.utils.loss:v8DetectionLoss.__call__", ("self", "preds", "batch")),
+    Internal(
+        "ultralytics.utils.loss:v8DetectionLoss.preprocess",
+        ("self", "targets", "batch_size", "scale_tensor"),
+        (),
+        "train/loss.py",
+        "GT padding; reads self.device",
+    ),
+    Internal(
+        "ultralytics.utils.loss:v8DetectionLoss.bbox_decode",
+        ("self", "anchor_points", "pred_dist"),
+        (),
+        "train/loss.py",
+        "reads self.use_dfl and self.proj",
+    ),
+    Internal(
+        "ultralytics.utils.loss:v8DetectionLoss.__call__",
+        ("self", "preds", "batch"),
+        (),
+        "train/loss.py",
+        "calls self.loss(preds, batch)",
+    ),
     # analysis/
     Internal(
         "ultralytics.engine.validator:BaseValidator.match_predictions",
@@ -167,9 +185,26 @@ RELIED_ON: tuple[Internal, ...] = (
         "analysis/validator.py",
         "GT boxes of one image in letterboxed input pixels",
     ),
-    Internal("ultralytics.models.yolo.detect:DetectionValidator.postprocess", ("self", "preds"), ("end2end",)),
-    Internal("ultralytics.models.yolo.detect:DetectionValidator.update_metrics", ("self", "preds", "batch")),
-    Internal("ultralytics.models.yolo.detect:DetectionValidator.init_metrics", ("self", "model")),
+    Internal(
+        "ultralytics.models.yolo.detect:DetectionValidator.postprocess",
+        ("self", "preds"),
+        (),
+        "analysis/validator.py",
+        "overridden to keep the raw (B, 4 + nc, A) output before NMS; reads self.end2end",
+    ),
+    Internal(
+        "ultralytics.models.yolo.detect:DetectionValidator.update_metrics",
+        ("self", "preds", "batch"),
+        (),
+        "analysis/validator.py",
+    ),
+    Internal(
+        "ultralytics.models.yolo.detect:DetectionValidator.init_metrics",
+        ("self", "model"),
+        (),
+        "analysis/validator.py",
+        "overridden; reads args.iou, args.max_det, args.single_cls, args.agnostic_nms",
+    ),
     Internal(
         "ultralytics.utils.nms:non_max_suppression",
         None,

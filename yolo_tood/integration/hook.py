@@ -1,7 +1,7 @@
 """Lazy start-up hook: import-time actions, so that no yolo-tood module has to import the registration itself.
 
 Installed into every interpreter by ``yolo_tood.pth`` (so the stock ``yolo`` command needs no extra import), it
-must stay cheap: it imports only ``sys`` and ``importlib`` (about 2 ms per interpreter start for the package), and a
+must stay cheap: it imports only ``sys`` (about 2 ms per interpreter start for the package), and a
 process that never imports ultralytics never imports torch or ultralytics because of it. One meta-path finder:
 
 - right after ``ultralytics.nn.tasks`` executes, it runs ``yolo_tood.register()``;
@@ -13,9 +13,6 @@ process that never imports ultralytics never imports torch or ultralytics becaus
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.util
 import sys
 
 TARGET = "ultralytics.nn.tasks"
@@ -31,13 +28,31 @@ OLD_MODULES = {
 }
 
 
-def _after_exec(name: str, module) -> None:
-    from yolo_tood.integration import register
+def allow_safe_load(module) -> None:
+    """Allow a head module's classes under ``ULTRALYTICS_SAFE_LOAD=1`` (``torch.load(weights_only=True)``).
 
+    Run right after a head module executes, whatever imported it. The classes are also allowed under their module
+    paths before the layer folders, which old checkpoints name. Torch's allow-list then admits only these classes, so
+    ``unregister()`` leaves it alone.
+
+    Args:
+        module (module): The executed head module; its ``nn.Module`` classes in ``__all__`` are allowed.
+    """
+    import torch
+
+    classes = [getattr(module, n) for n in getattr(module, "__all__", ())]
+    classes = [c for c in classes if isinstance(c, type) and issubclass(c, torch.nn.Module)]
+    old = [old for old, new in OLD_MODULES.items() if new == module.__name__]
+    torch.serialization.add_safe_globals(classes + [(c, f"{o}.{c.__qualname__}") for o in old for c in classes])
+
+
+def _after_exec(name: str, module) -> None:
     if name == TARGET:
-        register.register()
+        from yolo_tood.integration.register import register
+
+        register()
     else:
-        register.allow_safe_load(module)
+        allow_safe_load(module)
 
 
 class _RegisteringLoader:
@@ -58,7 +73,7 @@ class _RegisteringLoader:
         _after_exec(self._name, module)
 
 
-class _AliasLoader(importlib.abc.Loader):
+class _AliasLoader:
     """Load an old module path as a thin module re-exporting the module it moved to."""
 
     def __init__(self, target: str):
@@ -68,7 +83,9 @@ class _AliasLoader(importlib.abc.Loader):
         return None  # a plain module
 
     def exec_module(self, module) -> None:
-        target = importlib.import_module(self._target)
+        from importlib import import_module
+
+        target = import_module(self._target)
         names = getattr(target, "__all__", None) or [n for n in vars(target) if not n.startswith("_")]
         module.__dict__.update({n: getattr(target, n) for n in names}, __all__=tuple(names))
         module.__doc__ = f"Old path of ``{self._target}``, kept so that checkpoints pickled before the move load."
@@ -80,7 +97,9 @@ class _UltralyticsFinder:
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname in OLD_MODULES:
-            return importlib.util.spec_from_loader(fullname, _AliasLoader(OLD_MODULES[fullname]))
+            from importlib.machinery import ModuleSpec
+
+            return ModuleSpec(fullname, _AliasLoader(OLD_MODULES[fullname]))
         if fullname != TARGET and fullname not in HEAD_MODULES:
             return None
         for finder in sys.meta_path:

@@ -27,7 +27,6 @@ from typing import Any, Callable
 from ..checks import check_int
 from .compat import SCALE_IN_NAME, SUPPORTED_ULTRALYTICS, check_ultralytics_version, parse_model_with
 from .heads import HEADS, is_tood_head, tood_row_spec
-from .hook import OLD_MODULES
 
 __all__ = ("SUPPORTED_ULTRALYTICS", "check_ultralytics_version", "is_registered", "register", "unregister")
 
@@ -222,24 +221,6 @@ def _add_callbacks() -> None:
             _CALLBACKS.append((event, fn))
 
 
-def allow_safe_load(module: Any) -> None:
-    """Allow a head module's classes under ``ULTRALYTICS_SAFE_LOAD=1`` (``torch.load(weights_only=True)``).
-
-    Run by the import hook right after a head module (``HeadSpec.module``) executes, whatever imported it. The
-    classes are also allowed under their module paths before the layer folders, which old checkpoints name. Torch's
-    allow-list only admits these classes, so ``unregister()`` leaves it alone.
-
-    Args:
-        module (module): The executed head module; its ``nn.Module`` classes in ``__all__`` are allowed.
-    """
-    import torch
-
-    classes = [getattr(module, n) for n in getattr(module, "__all__", ())]
-    classes = [c for c in classes if isinstance(c, type) and issubclass(c, torch.nn.Module)]
-    old = [old for old, new in OLD_MODULES.items() if new == module.__name__]
-    torch.serialization.add_safe_globals(classes + [(c, f"{o}.{c.__qualname__}") for o in old for c in classes])
-
-
 def is_registered() -> bool:
     """Return True while yolo-tood's wrappers are installed in ultralytics."""
     return bool(_PATCHES)
@@ -268,7 +249,7 @@ def register() -> None:
     if engine_model is not None and getattr(engine_model, "yaml_model_load", None) is original_load:
         _patch(engine_model, "yaml_model_load", lambda _: tasks.yaml_model_load)
     _add_callbacks()
-    for spec in HEADS:  # a head module imported for the first time is allowed for safe loading by the import hook
+    for spec in HEADS:  # the import hook allows a head module's classes for safe loading when it executes
         if spec.module not in sys.modules:
             __import__(spec.module)
 
