@@ -96,6 +96,7 @@ def breakdown(model, batch: dict, repeats: int = 5) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="detection data YAML (its train split feeds the batches)")
+    parser.add_argument("--family", default="yolov8", help="model family with a cfg/{family}-tood.yaml")
     parser.add_argument("--scale", default="n", choices=list("nsmlx"))
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
@@ -109,8 +110,8 @@ def main() -> None:
     nc = check_det_dataset(args.data)["nc"]
     data = batches(args.data, args.imgsz, args.batch, 4)
     models = {
-        "stock": build(f"yolov8{args.scale}.yaml", nc),
-        "tood": build(str(CFG / f"yolov8{args.scale}-tood.yaml"), nc),
+        "stock": build(f"{args.family}{args.scale}.yaml", nc),
+        "tood": build(str(CFG / f"{args.family}{args.scale}-tood.yaml"), nc),
     }
     models["tood"].model[-1].epoch = args.epoch
     optims = {k: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for k, m in models.items()}
@@ -125,7 +126,8 @@ def main() -> None:
     ips = {k: args.batch / v for k, v in med.items()}
     phase = "TAL" if not models["tood"].criterion.in_warmup() else "ATSS warm-up"
     print(
-        f"\nyolov8{args.scale}, imgsz {args.imgsz}, batch {args.batch}, torch threads {torch.get_num_threads()}, "
+        f"\n{args.family}{args.scale}, imgsz {args.imgsz}, batch {args.batch}, "
+        f"torch threads {torch.get_num_threads()}, "
         f"median of {args.steps} interleaved steps, TOOD phase: {phase}\n"
     )
     print("| model | s/step | images/s | ratio TOOD/stock |")

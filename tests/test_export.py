@@ -20,11 +20,12 @@ import torch
 from ultralytics import YOLO
 from ultralytics.nn.modules import DFL
 
+from yolo_tood.data import shared_datasets
 from yolo_tood.integration.export import check_export_args, nonstandard_ops, on_export_start, onnx_op_types
 from yolo_tood.nn.head import TOODDetect
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = Path("/work/shared/datasets")
+DATASETS = shared_datasets()
 IMAGES = (
     sorted((DATASETS / "coco128" / "images" / "train2017").glob("*.jpg"))[:2]
     + sorted((DATASETS / "bccd" / "images" / "test").glob("*.jpg"))[:1]
@@ -33,7 +34,7 @@ SIZES = (96, 160)  # two input sizes; the dynamic ONNX file serves both, and a r
 RECT = (96, 160)  # h != w: a swap of x and y in GridSample's normalised grid would show here
 SCORE_TOL, BOX_TOL = 1e-4, 1e-2  # probabilities; pixels
 
-needs_images = pytest.mark.skipif(not IMAGES, reason="real images under /work/shared/datasets are absent")
+needs_images = pytest.mark.skipif(not IMAGES, reason=f"real images under {DATASETS} (set YOLO_TOOD_SHARED) are absent")
 ort = pytest.importorskip("onnxruntime")
 
 

@@ -1,7 +1,8 @@
-"""A small synthetic detection dataset the project generates itself, so the demo and tests need no download."""
+"""Data: a small synthetic detection dataset the project generates itself, and where the shared datasets are."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -9,6 +10,21 @@ import numpy as np
 import yaml
 
 SHAPES = ("circle", "square", "triangle")
+SHARED_ENV = "YOLO_TOOD_SHARED"
+
+
+def shared_datasets() -> Path:
+    """Return the folder of the shared datasets (coco128, bccd, ...), which may not exist on this machine.
+
+    It is ``$YOLO_TOOD_SHARED/datasets``, with ``YOLO_TOOD_SHARED`` defaulting to ``../shared`` relative to the
+    repository root (the folder holding ``yolo_tood/``); tests skip and scripts stop with a clear line when absent.
+
+    Examples:
+        >>> (shared_datasets() / "coco128" / "coco128.yaml").name
+        'coco128.yaml'
+    """
+    root = Path(__file__).resolve().parents[1]
+    return (root / os.environ.get(SHARED_ENV, "../shared")).resolve() / "datasets"
 
 
 def _draw(img: np.ndarray, shape: str, cx: int, cy: int, r: int, color: tuple[int, int, int]) -> None:

@@ -24,7 +24,7 @@ OLD_MODULES = {
     "yolo_tood.assigner": "yolo_tood.train.assigner",
     "yolo_tood.hyp": "yolo_tood.train.hyp",
     "yolo_tood.export": "yolo_tood.integration.export",
-    "yolo_tood.diagnostics": "yolo_tood.analysis.diagnostics",
+    "yolo_tood.diagnostics": "yolo_tood.analysis",
 }
 
 
