@@ -109,14 +109,14 @@ RELIED_ON: tuple[Internal, ...] = (
         "dict of event -> list, copied into every trainer/exporter; on_train_start, on_train_epoch_start, "
         "on_export_start are appended",
     ),
-    Internal("ultralytics.utils.torch_utils:unwrap_model", ("m",), (), "integration/register.py"),
+    Internal("ultralytics.utils.torch_utils:unwrap_model", ("m",), (), "integration/callbacks.py"),
     Internal("ultralytics.utils.ops:make_divisible", ("x", "divisor"), (), "integration/register.py"),
     Internal("ultralytics.utils.checks:check_version", None, (), "integration/compat.py"),
     Internal(
         "ultralytics.cfg:DEFAULT_CFG_DICT",
         None,
         (),
-        "integration/register.py",
+        "integration/callbacks.py",
         "train-argument defaults (box, cls, dfl, cls_pw) compared at train start",
     ),
     # integration/export.py
