@@ -25,7 +25,7 @@ from yolo_tood.integration.export import check_export_args, on_export_start
 from yolo_tood.nn.head import TOODDetect
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = shared_datasets()
+DATASETS = shared_datasets(Path(__file__).resolve().parents[1])
 IMAGES = (
     sorted((DATASETS / "coco128" / "images" / "train2017").glob("*.jpg"))[:2]
     + sorted((DATASETS / "bccd" / "images" / "test").glob("*.jpg"))[:1]

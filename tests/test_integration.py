@@ -14,7 +14,7 @@ import yaml
 from yolo_tood.data import shared_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
-COCO128 = shared_datasets() / "coco128" / "coco128.yaml"
+COCO128 = shared_datasets(ROOT) / "coco128" / "coco128.yaml"
 YOLO_CLI = Path(sys.executable).parent / "yolo"
 needs_coco128 = pytest.mark.skipif(not COCO128.exists(), reason=f"{COCO128} is absent (set YOLO_TOOD_SHARED)")
 

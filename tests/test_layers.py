@@ -103,6 +103,20 @@ def run_python(code: str, env: dict[str, str] | None = None) -> str:
     return out.stdout
 
 
+def test_hook_and_head_table_agree():
+    """The hook keeps the head modules literal (it must stay cheap); they are the head table's."""
+    from yolo_tood.integration.heads import HEADS
+    from yolo_tood.integration.hook import HEAD_MODULES, OLD_MODULES
+
+    assert set(HEAD_MODULES) == {spec.module for spec in HEADS}
+    assert all(__import__(new, fromlist=["x"]) for new in OLD_MODULES.values())
+
+
+def test_lazy_public_names():
+    for name in yolo_tood.__all__:
+        assert getattr(yolo_tood, name) is not None, name
+
+
 def test_old_module_paths_are_the_new_modules():
     import yolo_tood.head as old_head
     import yolo_tood.hyp as old_hyp
@@ -200,3 +214,12 @@ def test_stock_model_built_while_another_thread_builds_a_tood_model(monkeypatch)
         thread.join(60)
     assert type(built["stock"].model[-1]) is Detect
     assert type(built["tood"].model[-1]) is TOODDetect
+
+
+def test_shared_datasets_come_from_one_variable(monkeypatch, tmp_path):
+    from yolo_tood.data import SHARED_ENV, shared_datasets
+
+    monkeypatch.delenv(SHARED_ENV, raising=False)
+    assert shared_datasets(tmp_path / "repo") == tmp_path / "shared" / "datasets"
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path / "elsewhere"))
+    assert shared_datasets(tmp_path / "repo") == tmp_path / "elsewhere" / "datasets"

@@ -119,6 +119,13 @@ RELIED_ON: tuple[Internal, ...] = (
         "integration/callbacks.py",
         "train-argument defaults (box, cls, dfl, cls_pw) compared at train start",
     ),
+    Internal(
+        "ultralytics.engine.trainer:BaseTrainer",
+        None,
+        ("_setup_train", "save_model"),
+        "integration/callbacks.py",
+        "callbacks read the instance attributes model, ema.ema, args, epoch, start_epoch and epochs",
+    ),
     # integration/export.py
     Internal(
         "ultralytics.engine.exporter:Exporter",
