@@ -2,7 +2,7 @@
 
 Usage:
     python scripts/alignment.py --models runs/stock/weights/best.pt runs/tood/weights/best.pt --names stock tood \
-        --data /work/shared/datasets/bccd/bccd.yaml --split val --imgsz 320 --json alignment.json
+        --data $YOLO_TOOD_SHARED/datasets/bccd/bccd.yaml --split val --imgsz 320 --json alignment.json
 
 Prints a markdown table with PCC top-50, IoU top-10 and the post-NMS correct / duplicate / error counts (plus the
 boxes NMS redundant and the validator's mAP50-95) of each model. See yolo_tood/diagnostics.py for the definitions.
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD checkpoints and YAMLs load
-from yolo_tood.diagnostics import AlignmentResult, alignment_table, evaluate_alignment
-from yolo_tood.plots import plot_distributions, plot_head_maps, plot_score_iou
+from yolo_tood.analysis import AlignmentResult, alignment_table, evaluate_alignment
+from yolo_tood.analysis.plots import plot_distributions, plot_head_maps, plot_score_iou
 
 
 def run(
@@ -91,7 +91,7 @@ def write_plots(
     """Write score_iou.png, distributions.png and maps_<image>.png (first TOOD model) into ``out``; return the paths."""
     from ultralytics import YOLO
 
-    from yolo_tood.head import TOODDetect
+    from yolo_tood.nn.head import TOODDetect
 
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "score_iou.png", out / "distributions.png"]

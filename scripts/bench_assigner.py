@@ -88,7 +88,7 @@ def worker(args: argparse.Namespace) -> None:
         assigner = TaskAlignedAssigner(topk=args.topk, num_classes=args.nc, alpha=1.0, beta=6.0)
     else:
         sys.path.insert(0, str(ROOT))
-        from yolo_tood.assigner import TOODTaskAlignedAssigner
+        from yolo_tood.train.assigner import TOODTaskAlignedAssigner
 
         assigner = TOODTaskAlignedAssigner(topk=args.topk, alpha=1.0, beta=6.0)
     inputs = make_inputs(args.images, args.gts, args.anchors_imgsz, args.nc)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD checkpoints load
-from yolo_tood.nms_guard import NMSTimeLimitGuard
+from yolo_tood.analysis.nms_guard import NMSTimeLimitGuard
 
 THRESHOLDS = (0.001, 0.05, 0.25)
 

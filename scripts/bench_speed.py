@@ -1,6 +1,7 @@
 """Inference cost of the TOOD head against stock YOLOv8: CPU latency (PyTorch and onnxruntime), params and GFLOPs.
 
-For each scale, stock ``yolov8{scale}.yaml`` and ``cfg/yolov8{scale}-tood.yaml`` are built in one process, randomly
+For each scale, stock ``{family}{scale}.yaml`` and ``cfg/{family}{scale}-tood.yaml`` (``--family``, yolov8 by
+default) are built in one process, randomly
 initialised with nc=80, fused and put in eval mode as ultralytics' predictor does (``model.fuse()``). They are timed
 at 640x640, batch 1, in interleaved rounds (each model once per round, in a shuffled order) after a warm-up, so that
 load from other processes hits all alike; the tables report medians. PyTorch runs with
@@ -94,7 +95,15 @@ def use_reference_path(yolo) -> None:
 
 
 def bench_scale(
-    scale: str, imgsz: int, runs: int, warmup: int, threads: int, opset: int, workdir: Path, reference: bool
+    scale: str,
+    imgsz: int,
+    runs: int,
+    warmup: int,
+    threads: int,
+    opset: int,
+    workdir: Path,
+    reference: bool,
+    family: str = "yolov8",
 ) -> dict:
     """Measure stock and TOOD models of one scale (and the TOOD reference path if ``reference``).
 
@@ -105,8 +114,8 @@ def bench_scale(
     import onnxruntime as ort
     from ultralytics.utils.torch_utils import get_flops, get_num_params
 
-    tood_cfg = str(ROOT / "cfg" / f"yolov8{scale}-tood.yaml")
-    yolos = {"stock": build(f"yolov8{scale}.yaml"), "tood": build(tood_cfg)}
+    tood_cfg = str(ROOT / "cfg" / f"{family}{scale}-tood.yaml")
+    yolos = {"stock": build(f"{family}{scale}.yaml"), "tood": build(tood_cfg)}
     if reference:
         yolos["tood_ref"] = build(tood_cfg)
         use_reference_path(yolos["tood_ref"])
@@ -174,7 +183,7 @@ def header(imgsz: int, runs: int, opset: int) -> str:
     )
 
 
-def table(results: dict[str, dict], threads: int, load: tuple[float, float]) -> str:
+def table(results: dict[str, dict], threads: int, load: tuple[float, float], family: str = "yolov8") -> str:
     """Format one thread count's results as a markdown table with TOOD/stock ratios."""
     lines = [
         f"### T = {threads} thread{'s' if threads > 1 else ''} (1-min load average {load[0]:.1f} before, "
@@ -183,7 +192,11 @@ def table(results: dict[str, dict], threads: int, load: tuple[float, float]) -> 
         "| model | params (M) | GFLOPs | GFLOPs incl. matmuls | PyTorch CPU (ms) | ONNX Runtime CPU (ms) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    names = {"stock": "yolov8{}", "tood": "yolov8{}-tood", "tood_ref": "yolov8{}-tood, before (reference path)"}
+    names = {
+        "stock": family + "{}",
+        "tood": family + "{}-tood",
+        "tood_ref": family + "{}-tood, before (reference path)",
+    }
     metrics = ("params", "gflops", "gflops_all", "torch_ms", "ort_ms")
     for scale, r in results.items():
         keys = [k for k in names if k in r["params"]]
@@ -217,6 +230,7 @@ Notes:
 def main() -> None:
     """Parse the command line, run the benchmark, print the tables and write them to ``--out``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--family", default="yolov8", help="model family with a cfg/{family}-tood.yaml")
     ap.add_argument("--scales", default="ns", help="model scales, e.g. 'ns'")
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--runs", type=int, default=30, help="timed runs per model and runtime (>= 20)")
@@ -239,9 +253,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for scale in args.scales:
                 results[scale] = bench_scale(
-                    scale, args.imgsz, args.runs, args.warmup, threads, args.opset, Path(tmp), args.reference
+                    scale,
+                    args.imgsz,
+                    args.runs,
+                    args.warmup,
+                    threads,
+                    args.opset,
+                    Path(tmp),
+                    args.reference,
+                    args.family,
                 )
-        sections.append(table(results, threads, (load, os.getloadavg()[0])))
+        sections.append(table(results, threads, (load, os.getloadavg()[0]), args.family))
     notes = NOTES
     if 1 in by_threads:  # more threads slower than one: they were starved by other processes, not limited by work
         one = {scale: r["torch_ms"]["stock"] for scale, r in by_threads[1].items()}

@@ -96,6 +96,7 @@ def breakdown(model, batch: dict, repeats: int = 5) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="detection data YAML (its train split feeds the batches)")
+    parser.add_argument("--family", default="yolov8", help="model family with a cfg/{family}-tood.yaml")
     parser.add_argument("--scale", default="n", choices=list("nsmlx"))
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
@@ -107,13 +108,13 @@ def main() -> None:
     import torch
     from ultralytics.data.utils import check_det_dataset
 
-    from yolo_tood.hyp import TOODHyp
+    from yolo_tood.train.hyp import TOODHyp
 
     nc = check_det_dataset(args.data)["nc"]
     data = batches(args.data, args.imgsz, args.batch, 4)
     models = {
-        "stock": build(f"yolov8{args.scale}.yaml", nc),
-        "tood": build(str(CFG / f"yolov8{args.scale}-tood.yaml"), nc),
+        "stock": build(f"{args.family}{args.scale}.yaml", nc),
+        "tood": build(str(CFG / f"{args.family}{args.scale}-tood.yaml"), nc),
     }
     models["tood"].model[-1].epoch = args.epoch
     hyp = TOODHyp.from_yaml(models["tood"].yaml)
@@ -130,7 +131,8 @@ def main() -> None:
     ips = {k: args.batch / v for k, v in med.items()}
     phase = "TAL" if not models["tood"].criterion.in_warmup() else "ATSS warm-up"
     print(
-        f"\nyolov8{args.scale}, imgsz {args.imgsz}, batch {args.batch}, torch threads {torch.get_num_threads()}, "
+        f"\n{args.family}{args.scale}, imgsz {args.imgsz}, batch {args.batch}, "
+        f"torch threads {torch.get_num_threads()}, "
         f"median of {args.steps} interleaved steps, TOOD phase: {phase}\n"
     )
     print("| model | s/step | images/s | ratio TOOD/stock |")

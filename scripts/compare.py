@@ -1,18 +1,19 @@
-"""Train stock YOLOv8 and YOLOv8-TOOD with an identical recipe and compare accuracy, cost and speed.
+"""Train a stock model and its TOOD version (YOLOv8 by default) with an identical recipe; compare accuracy, cost, speed.
 
 Usage:
     python scripts/compare.py --scale n --epochs 60 --imgsz 320 --batch 16 --seeds 0 1 2 \
-        --data /work/shared/datasets/bccd/bccd.yaml --out runs/compare --models stock tood --alignment
+        --data $YOLO_TOOD_SHARED/datasets/bccd/bccd.yaml --out runs/compare --models stock tood --alignment
 
     # ablations of the TOOD head, selected on val only
-    python scripts/compare.py --seeds 0 --val-only --alignment --data /work/shared/datasets/bccd/bccd.yaml \
+    python scripts/compare.py --seeds 0 --val-only --alignment --data $YOLO_TOOD_SHARED/datasets/bccd/bccd.yaml \
         --models tood tood:atss_epochs=0 tood:box_gain=7.5,cls_gain=0.5,dfl_gain=1.5 --out runs/ablate
 
     # tiny end-to-end check (minutes, not hours)
     python scripts/compare.py --epochs 1 --imgsz 64 --batch 8 --seeds 0 --models stock stock \
-        --data /work/shared/datasets/bccd/bccd.yaml --out /tmp/compare_tiny
+        --data $YOLO_TOOD_SHARED/datasets/bccd/bccd.yaml --out /tmp/compare_tiny
 
-Models: ``stock`` is ultralytics' ``yolov8{scale}.yaml``, ``tood`` is this repo's ``cfg/yolov8{scale}-tood.yaml`` (one
+Models (``--family`` yolov8 by default): ``stock`` is ultralytics' ``{family}{scale}.yaml``, ``tood`` is this repo's
+``cfg/{family}{scale}-tood.yaml`` (one
 YAML with ``scales:``, resolved by ultralytics' scale naming), ``tood:key=value,...`` is a TOOD variant for ablations
 (e.g. ``tood:atss_epochs=0`` or ``tood:feat_channels=512``; its YAML is written to ``--out``/cfg), and any other value
 is used as a model YAML path. Each
@@ -43,9 +44,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import platform
-import statistics
 import time
 from copy import deepcopy
 from pathlib import Path
@@ -54,9 +53,11 @@ from typing import Any
 import torch
 
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD YAMLs and checkpoints load
-from yolo_tood.diagnostics import AlignmentResult, alignment_table, evaluate_alignment
-from yolo_tood.nms_guard import NMSTimeLimitGuard
-from yolo_tood.plots import plot_score_iou
+from yolo_tood.analysis import AlignmentResult, evaluate_alignment
+from yolo_tood.analysis.nms_guard import NMSTimeLimitGuard
+from yolo_tood.analysis.plots import plot_score_iou
+from yolo_tood.analysis.report import alignment_table, fmt, json_clean, markdown_table, mean_std, plot_curves, pm
+from yolo_tood.integration.heads import HEADS
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_RECORD = "compare_run.json"  # written into a run dir once its training has finished
@@ -66,15 +67,15 @@ MAP_COLUMN = "metrics/mAP50-95(B)"
 # ----------------------------------------------------------------------------------------------------------------------
 # Models and runs
 # ----------------------------------------------------------------------------------------------------------------------
-HEAD_KEYS = ("feat_channels", "stacked_convs")  # TOODDetect row args [nc, feat_channels, stacked_convs] (unscaled)
+HEAD_KEYS = tuple(k for k, _ in HEADS[0].yaml_args)  # TOODDetect row args [nc, feat_channels, stacked_convs] (unscaled)
 
 
 def parse_variant(model: str) -> dict[str, Any]:
     """Parse a TOOD variant ``tood:key=value,key=value`` into its YAML overrides.
 
-    Keys are the TOOD YAML keys of ``yolo_tood.hyp.TOODHyp`` and the head's ``feat_channels``/``stacked_convs`` (given
-    before the scale's width/depth multipliers, like the YAML's own values). Values are validated as the model build
-    would validate them.
+    Keys are the TOOD YAML keys of ``yolo_tood.train.hyp.hyp_schema()`` and the head's YAML arguments
+    (``feat_channels``/``stacked_convs``, from ``yolo_tood.integration.heads``; given before the scale's width/depth
+    multipliers, like the YAML's own values). Values are validated as the model build would validate them.
 
     Args:
         model (str): ``tood:`` followed by comma-separated ``key=value`` pairs.
@@ -89,11 +90,9 @@ def parse_variant(model: str) -> dict[str, Any]:
         >>> parse_variant("tood:atss_epochs=0,box_gain=7.5")
         {'atss_epochs': 0, 'box_gain': 7.5}
     """
-    from dataclasses import fields
+    from yolo_tood.train.hyp import TOODHyp, hyp_schema
 
-    from yolo_tood.hyp import TOODHyp
-
-    hyp_types = {f.name: f.type for f in fields(TOODHyp)}  # "int" / "int | None" / "float" (postponed annotations)
+    hyp_types = {k.name: k.type for k in hyp_schema()}
     hyp_keys = set(hyp_types)
     overrides: dict[str, Any] = {}
     for pair in filter(None, model.split(":", 1)[1].split(",")):
@@ -102,8 +101,7 @@ def parse_variant(model: str) -> dict[str, Any]:
             known = ", ".join(sorted(hyp_keys | set(HEAD_KEYS)))
             raise ValueError(f"bad TOOD variant item {pair!r} in {model!r}: use key=value with a key from {known}")
         try:
-            kind = "int" if key in HEAD_KEYS else hyp_types[key].split(" | ")[0]
-            overrides[key] = value if kind == "str" else int(value) if kind == "int" else float(value)
+            overrides[key] = int(value) if key in HEAD_KEYS else hyp_types[key](value)
         except ValueError:
             raise ValueError(f"bad value {value!r} for {key} in {model!r}") from None
     if not overrides:
@@ -117,27 +115,28 @@ def variant_tag(overrides: dict[str, Any]) -> str:
     return "_".join(f"{k}{v}" if isinstance(v, str) else f"{k}{v:g}" for k, v in overrides.items())
 
 
-def model_cfg(model: str, scale: str, out: Path | None = None) -> str:
+def model_cfg(model: str, scale: str, out: Path | None = None, family: str = "yolov8") -> str:
     """Return the model YAML for a model name.
 
     Args:
         model (str): ``stock``, ``tood``, a TOOD variant ``tood:key=value,...`` (see ``parse_variant``) or a model YAML
             path.
-        scale (str): YOLOv8 scale, one of n/s/m/l/x.
+        scale (str): Model scale, one of n/s/m/l/x.
         out (Path, optional): Directory where a variant's YAML is written (``<out>/cfg``); required for variants.
+        family (str): Model family: ultralytics' ``{family}.yaml`` and the repo's ``cfg/{family}-tood.yaml``.
 
     Returns:
-        (str): ``yolov8{scale}.yaml`` for stock (resolved by ultralytics), the repo's TOOD YAML path for tood, a
-            written ``yolov8{scale}-tood-<tag>.yaml`` for a variant, else ``model`` unchanged.
+        (str): ``{family}{scale}.yaml`` for stock (resolved by ultralytics), the repo's TOOD YAML path for tood, a
+            written ``{family}{scale}-tood-<tag>.yaml`` for a variant, else ``model`` unchanged.
     """
     if model == "stock":
-        return f"yolov8{scale}.yaml"
+        return f"{family}{scale}.yaml"
     if model == "tood" or model.startswith("tood:"):
-        base = REPO / "cfg" / "yolov8-tood.yaml"
+        base = REPO / "cfg" / f"{family}-tood.yaml"
         if not base.exists():
-            raise FileNotFoundError(f"{base} not found")
+            raise FileNotFoundError(f"{base} not found: no TOOD YAML for family {family!r}")
         if model == "tood":
-            return str(REPO / "cfg" / f"yolov8{scale}-tood.yaml")  # ultralytics maps it to yolov8-tood.yaml + scale
+            return str(REPO / "cfg" / f"{family}{scale}-tood.yaml")  # ultralytics maps it to {family}-tood.yaml + scale
         if out is None:
             raise ValueError("a TOOD variant needs an output directory for its YAML")
         import yaml
@@ -150,7 +149,7 @@ def model_cfg(model: str, scale: str, out: Path | None = None) -> str:
             if key in overrides:
                 head_row[3][i] = overrides.pop(key)
         cfg.update(overrides)
-        path = out / "cfg" / f"yolov8{scale}-tood-{tag}.yaml"  # scale in the name, for ultralytics' scale guess
+        path = out / "cfg" / f"{family}{scale}-tood-{tag}.yaml"  # scale in the name, for ultralytics' scale guess
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return str(path)
@@ -192,7 +191,7 @@ def load_record(run_dir: Path) -> dict[str, Any] | None:
 def save_record(run_dir: Path, record: dict[str, Any]) -> None:
     """Write a run record (atomically, so an interrupted write never looks like a finished run)."""
     tmp = run_dir / (RUN_RECORD + ".tmp")
-    tmp.write_text(json.dumps(_clean(record), indent=2, default=str))
+    tmp.write_text(json.dumps(json_clean(record), indent=2, default=str))
     tmp.replace(run_dir / RUN_RECORD)
 
 
@@ -327,16 +326,6 @@ def has_split(data: str, split: str) -> bool:
 # ----------------------------------------------------------------------------------------------------------------------
 # Aggregation and reporting
 # ----------------------------------------------------------------------------------------------------------------------
-def mean_std(values: list[float | None]) -> dict[str, float | int | None]:
-    """Return ``{"mean", "std", "n"}`` of the finite values; std is the sample std (ddof=1), None for n < 2."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return {
-        "mean": statistics.fmean(values) if values else None,
-        "std": statistics.stdev(values) if len(values) > 1 else None,
-        "n": len(values),
-    }
-
-
 def speed_of(record: dict[str, Any], results: dict[str, list[float]]) -> dict[str, float]:
     """Return per-epoch time and training throughput of one run from its record and results.csv."""
     epochs = len(results.get("epoch", [])) or 1
@@ -377,35 +366,13 @@ def summarize(runs: dict[str, dict[int, dict[str, Any]]], splits: list[str]) -> 
     return summary
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    """Format a number, a dash for None/NaN."""
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _clean(obj: Any) -> Any:
-    """Replace NaN floats by None recursively so the JSON output is standard JSON."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """Render a markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def write_markdown(path: Path, args: argparse.Namespace, runs: dict, summary: dict, splits: list[str]) -> str:
     """Write compare.md: recipe, summary, per-class AP, per-seed figures and (optionally) alignment tables."""
     labels = list(runs)
     base = labels[0]
     n_seeds = len(args.seeds)
     out = [
-        f"# YOLOv8{args.scale}: {' vs '.join(labels)}",
+        f"# {args.family}{args.scale}: {' vs '.join(labels)}",
         "",
         f"Data `{args.data}`; {args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch}, optimizer {args.optimizer} "
         f"lr0 {args.lr0}, seeds {' '.join(map(str, args.seeds))}, deterministic, device {args.device}, "
@@ -426,8 +393,8 @@ def write_markdown(path: Path, args: argparse.Namespace, runs: dict, summary: di
         row = [label, f"{c['params'] / 1e6:.3f}", f"{c['gflops_thop']:.2f}", f"{c['gflops_torch']:.2f}"]
         for split in splits:
             sp = s["splits"].get(split)
-            row += [_pm2(sp["map50"]), _pm2(sp["map"])] if sp else ["-", "-"]
-        row += [_pm2(s["epoch_s"], 1), _pm2(s["train_img_per_s"], 1), _fmt(s["img_per_s_ratio_vs_" + base], 2)]
+            row += [pm(sp["map50"]), pm(sp["map"])] if sp else ["-", "-"]
+        row += [pm(s["epoch_s"], 1), pm(s["train_img_per_s"], 1), fmt(s["img_per_s_ratio_vs_" + base], 2)]
         rows.append(row)
     out += [markdown_table(header, rows), ""]
     out += [
@@ -440,7 +407,7 @@ def write_markdown(path: Path, args: argparse.Namespace, runs: dict, summary: di
         if not classes:
             continue
         out += [f"## Per-class AP (mAP50-95), {split}", ""]
-        rows = [[c] + [_pm2(summary[lb]["splits"].get(split, {}).get("per_class", {}).get(c)) for lb in labels]
+        rows = [[c] + [pm(summary[lb]["splits"].get(split, {}).get("per_class", {}).get(c)) for lb in labels]
                 for c in classes]  # fmt: skip
         out += [markdown_table(["class", *labels], rows), ""]
     out += ["## Per seed", ""]
@@ -461,7 +428,7 @@ def write_markdown(path: Path, args: argparse.Namespace, runs: dict, summary: di
         out += ["## Task alignment (TOOD paper Table 7 analysis)", ""]
         out += [
             f"Pre-NMS PCC top-50 and IoU top-10; post-NMS counts at conf {args.align_conf}, NMS IoU 0.7, max_det 300 "
-            "(definitions: yolo_tood/diagnostics.py). mAP50-95 at the validator's conf 0.001.",
+            "(definitions: yolo_tood/analysis/alignment.py). mAP50-95 at the validator's conf 0.001.",
             "",
         ]
         for split in splits:
@@ -484,52 +451,17 @@ def write_markdown(path: Path, args: argparse.Namespace, runs: dict, summary: di
     return text
 
 
-def _pm2(ms: dict[str, Any] | None, digits: int = 3) -> str:
-    """Format a ``mean_std`` dict as ``mean ± std`` (just the mean for one value, a dash for none)."""
-    if not ms or ms["mean"] is None:
-        return "-"
-    m, s = ms["mean"], ms["std"]
-    return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-def plot_map(path: Path, curves: dict[str, list[list[float]]]) -> None:
-    """Plot val mAP50-95 against epoch per model: the mean over seeds and a shaded ±1 std band.
-
-    Args:
-        path (Path): Output PNG.
-        curves (dict[str, list[list[float]]]): Per model, one mAP50-95 list per seed (from results.csv).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for label, seeds in curves.items():
-        n = min(len(c) for c in seeds)  # runs stopped early are truncated to the common length
-        y = np.array([c[:n] for c in seeds])
-        x = np.arange(1, n + 1)
-        mean = y.mean(0)
-        (line,) = ax.plot(x, mean, marker="o" if n < 20 else None, label=f"{label} (n={len(seeds)})")
-        if len(seeds) > 1:
-            std = y.std(0, ddof=1)
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val mAP50-95")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse command-line arguments."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--family",
+        default="yolov8",
+        help="model family: ultralytics' {family}{scale}.yaml vs cfg/{family}{scale}-tood.yaml",
+    )
     p.add_argument("--scale", default="n", choices=list("nsmlx"))
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--imgsz", type=int, default=320)
@@ -590,7 +522,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     curves: dict[str, list[list[float]]] = {}
     for label, model in zip(labels, args.models):
-        cfg = model_cfg(model, args.scale, args.out)
+        cfg = model_cfg(model, args.scale, args.out, args.family)
         runs[label], curves[label] = {}, []
         for seed in args.seeds:
             run_dir = args.out / "runs" / f"{label}_s{seed}"
@@ -627,8 +559,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = {"ultralytics": __import__("ultralytics").__version__, "torch": torch.__version__}
     env.update(python=platform.python_version(), machine=platform.processor() or platform.machine())
     report = {"args": vars(args), "recipe": recipe, "splits": splits, "env": env, "summary": summary, "runs": runs}
-    (args.out / "compare.json").write_text(json.dumps(_clean(report), indent=2, default=str))
-    plot_map(args.out / "compare_map.png", curves)
+    (args.out / "compare.json").write_text(json.dumps(json_clean(report), indent=2, default=str))
+    plot_curves(args.out / "compare_map.png", curves)
     outputs = ["compare.json", "compare.md", "compare_map.png"]
     if args.alignment:  # first seed of each model, val split
         seed = args.seeds[0]

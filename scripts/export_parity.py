@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from yolo_tood.data import shared_datasets
+
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = Path("/work/shared/datasets")
+DATASETS = shared_datasets(ROOT)  # $YOLO_TOOD_SHARED/datasets, default ../shared relative to the repo
 IMAGE_DIRS = (DATASETS / "coco128" / "images" / "train2017", DATASETS / "bccd" / "images" / "test")
 
 

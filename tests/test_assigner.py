@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from ultralytics.utils.metrics import bbox_iou
 from ultralytics.utils.tal import TaskAlignedAssigner, make_anchors
 
-from yolo_tood.assigner import ATSSAssigner, TOODTaskAlignedAssigner, centers_inside, resolve_claims
+from yolo_tood.train.assigner import ATSSAssigner, TOODTaskAlignedAssigner, centers_inside, resolve_claims
 
 STRIDES = (8.0, 16.0, 32.0)
 PROPERTY = settings(max_examples=25, deadline=None)

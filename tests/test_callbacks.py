@@ -14,7 +14,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER
 
-from yolo_tood.register import on_train_epoch_start, on_train_start
+from yolo_tood.integration.callbacks import on_train_epoch_start, on_train_start
 
 CFG = Path(__file__).resolve().parents[1] / "cfg" / "yolov8n-tood.yaml"
 

@@ -1,4 +1,4 @@
-"""Tests of yolo_tood.diagnostics on hand-made predictions with known answers, plus an end-to-end smoke test."""
+"""Tests of yolo_tood.analysis (statistics, validator, reports): known answers and an end-to-end smoke test."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_tood.diagnostics import (
+from yolo_tood.analysis import (
     AlignmentAccumulator,
     AlignmentResult,
+    NMSSettings,
     alignment_stats,
     budget_threshold,
     evaluate_alignment,
-    nms_counts,
     nms_record,
     object_alignment,
     rank_correlation,
@@ -23,6 +23,11 @@ from yolo_tood.diagnostics import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def nms_counts(boxes, scores, gt_boxes, gt_cls, conf=0.05, **nms_kwargs) -> dict[str, int]:
+    """Run ultralytics NMS on one image's predictions and count correct, duplicate, error and redundant boxes."""
+    return nms_record(boxes, scores, gt_boxes, gt_cls, NMSSettings(conf, **nms_kwargs)).counts()
 
 
 def shrinking_boxes(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,12 +212,12 @@ class TestEqualBudget:
     @pytest.mark.parametrize("seed", range(4))
     def test_recount_equals_nms_at_that_threshold(self, seed):
         boxes, scores, gt_boxes, gt_cls = random_scene(seed)
-        record = nms_record(boxes, scores, gt_boxes, gt_cls, conf=0.001)
+        record = nms_record(boxes, scores, gt_boxes, gt_cls, NMSSettings(conf=0.001))
         for conf in (0.05, 0.3, 0.6, 0.9):
             assert record.counts(conf) == nms_counts(boxes, scores, gt_boxes, gt_cls, conf=conf)
 
     def test_recount_below_the_nms_threshold_is_rejected(self):
-        record = nms_record(*duplicate_scene(), conf=0.05)
+        record = nms_record(*duplicate_scene(), NMSSettings(conf=0.05))
         with pytest.raises(ValueError, match="below the NMS threshold"):
             record.counts(0.01)
 
@@ -242,7 +247,7 @@ class TestEqualBudget:
         assert sharp.budget["detections"] == len(gt_cls)
 
     def test_budget_threshold_without_enough_detections_is_the_nms_threshold(self):
-        record = nms_record(*duplicate_scene(), conf=0.05)
+        record = nms_record(*duplicate_scene(), NMSSettings(conf=0.05))
         assert budget_threshold([record], 100) == 0.05
         assert budget_threshold([record], 0) == pytest.approx(0.9)
 
@@ -302,7 +307,7 @@ def test_evaluate_alignment_smoke(cfg, tiny_data, tmp_path):
 
 
 def test_alignment_table_renders_one_row_per_model():
-    from yolo_tood.diagnostics import alignment_table
+    from yolo_tood.analysis.report import alignment_table
 
     res = AlignmentResult(0.5, 0.25, 3, 2, 1, 4, 20, 5, 4, 2, metrics={"metrics/mAP50-95(B)": 0.125})
     empty = AlignmentAccumulator().result()
@@ -335,13 +340,15 @@ def test_alignment_cli_writes_table_and_json(tiny_data, tmp_path, capsys):
 
 
 def test_compare_helpers():
+    from yolo_tood.analysis import report
+
     compare = load_script("compare")
     assert compare.model_labels(["stock", "stock", "tood"]) == ["stock", "stock_2", "tood"]
     assert compare.model_cfg("stock", "s") == "yolov8s.yaml"
-    assert compare.mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2}
-    assert compare.mean_std([1.0]) == {"mean": 1.0, "std": None, "n": 1}
-    assert compare._pm2({"mean": 0.5, "std": 0.25, "n": 2}) == "0.500 ± 0.250"
-    assert compare._clean({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
+    assert report.mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2}
+    assert report.mean_std([1.0]) == {"mean": 1.0, "std": None, "n": 1}
+    assert report.pm({"mean": 0.5, "std": 0.25, "n": 2}) == "0.500 ± 0.250"
+    assert report.json_clean({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
     args = compare.parse_args(
         ["--data", "d.yaml", "--seeds", "0", "1", "--models", "stock", "tood", "--out", "rel/dir"]
     )

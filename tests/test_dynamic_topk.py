@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from yolo_tood.assigner import TOODTaskAlignedAssigner, dynamic_topk
-from yolo_tood.hyp import TOODHyp
+from yolo_tood.train.assigner import TOODTaskAlignedAssigner, dynamic_topk
+from yolo_tood.train.hyp import TOODHyp
 
 
 def test_k_per_size_hand_values():
@@ -82,7 +82,7 @@ def test_chunk_topk_width_is_k_max(monkeypatch):
 def test_yaml_keys_reach_the_assigner_and_are_validated():
     from test_loss import FakeHead, FakeModel
 
-    from yolo_tood.loss import TOODLoss
+    from yolo_tood.train.loss import TOODLoss
 
     assert (TOODHyp().tal_topk_mode, TOODHyp().tal_topk_min, TOODHyp().tal_topk_max) == ("fixed", 5, 21)
     crit = TOODLoss(FakeModel(FakeHead(), tal_topk_mode="dynamic", tal_topk_min=3, tal_topk_max=30))

@@ -20,11 +20,12 @@ import torch
 from ultralytics import YOLO
 from ultralytics.nn.modules import DFL
 
-from yolo_tood.export import check_export_args, nonstandard_ops, on_export_start, onnx_op_types
-from yolo_tood.head import TOODDetect
+from yolo_tood.data import shared_datasets
+from yolo_tood.integration.export import check_export_args, on_export_start
+from yolo_tood.nn.head import TOODDetect
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = Path("/work/shared/datasets")
+DATASETS = shared_datasets(Path(__file__).resolve().parents[1])
 IMAGES = (
     sorted((DATASETS / "coco128" / "images" / "train2017").glob("*.jpg"))[:2]
     + sorted((DATASETS / "bccd" / "images" / "test").glob("*.jpg"))[:1]
@@ -33,8 +34,49 @@ SIZES = (96, 160)  # two input sizes; the dynamic ONNX file serves both, and a r
 RECT = (96, 160)  # h != w: a swap of x and y in GridSample's normalised grid would show here
 SCORE_TOL, BOX_TOL = 1e-4, 1e-2  # probabilities; pixels
 
-needs_images = pytest.mark.skipif(not IMAGES, reason="real images under /work/shared/datasets are absent")
+needs_images = pytest.mark.skipif(not IMAGES, reason=f"real images under {DATASETS} (set YOLO_TOOD_SHARED) are absent")
 ort = pytest.importorskip("onnxruntime")
+
+
+def _onnx_nodes(path: str | Path) -> list:
+    """Return every node of an ONNX graph, including those inside sub-graphs (If/Loop/Scan bodies)."""
+    import onnx
+
+    def walk(graph):
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                yield from (n for g in ((attr.g,) if attr.HasField("g") else ()) + tuple(attr.graphs) for n in walk(g))
+
+    return list(walk(onnx.load(str(path), load_external_data=False).graph))
+
+
+def onnx_op_types(path: str | Path) -> set[str]:
+    """Return the distinct op types of an ONNX graph, including those inside sub-graphs (e.g. ``nms=True`` loops).
+
+    Args:
+        path (str | Path): ONNX file.
+
+    Returns:
+        (set[str]): Op types such as ``{"Conv", "GridSample", ...}``.
+
+    Examples:
+        >>> "GridSample" in onnx_op_types("yolov8n-tood.onnx")
+        True
+    """
+    return {n.op_type for n in _onnx_nodes(path)}
+
+
+def nonstandard_ops(path: str | Path) -> set[str]:
+    """Return the op types of an ONNX graph outside the standard ``ai.onnx`` domain (empty for a portable graph).
+
+    Args:
+        path (str | Path): ONNX file.
+
+    Returns:
+        (set[str]): ``"domain::op_type"`` strings, e.g. ``{"com.microsoft::FusedConv"}``; empty when all are standard.
+    """
+    return {f"{n.domain}::{n.op_type}" for n in _onnx_nodes(path) if n.domain not in ("", "ai.onnx")}
 
 
 def perturb_head(head: TOODDetect, seed: int = 0) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_tood.head import TOODDetect
+from yolo_tood.nn.head import TOODDetect
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOD_N = ROOT / "cfg" / "yolov8n-tood.yaml"

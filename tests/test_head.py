@@ -10,7 +10,7 @@ from torchvision.ops import deform_conv2d
 from ultralytics.nn.modules import Detect
 from ultralytics.utils.ops import xywh2xyxy
 
-from yolo_tood.head import (
+from yolo_tood.nn.head import (
     TaskDecomposition,
     TOODDetect,
     aligned_score,

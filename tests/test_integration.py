@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from yolo_tood.data import shared_datasets
+
 ROOT = Path(__file__).resolve().parents[1]
-COCO128 = ROOT.parent / "shared" / "datasets" / "coco128" / "coco128.yaml"
+COCO128 = shared_datasets(ROOT) / "coco128" / "coco128.yaml"
 YOLO_CLI = Path(sys.executable).parent / "yolo"
-needs_coco128 = pytest.mark.skipif(not COCO128.exists(), reason=f"{COCO128} is absent (only on the CI machine)")
+needs_coco128 = pytest.mark.skipif(not COCO128.exists(), reason=f"{COCO128} is absent (set YOLO_TOOD_SHARED)")
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -27,7 +29,7 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.Comple
 def trained(tmp_path_factory) -> Path:
     """One epoch of yolov8n-tood on coco128 at imgsz 64 through the stock ``yolo`` command, from the repo's cfg."""
     if not COCO128.exists():
-        pytest.skip(f"{COCO128} is absent (only on the CI machine)")
+        pytest.skip(f"{COCO128} is absent (set YOLO_TOOD_SHARED)")
     project = tmp_path_factory.mktemp("cli")
     args = "epochs=1 imgsz=64 batch=16 workers=0 device=cpu plots=False name=train"
     run(

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from yolo_tood import hyp as hyp_module
-from yolo_tood import loss as loss_module
-from yolo_tood.head import side_shifts
-from yolo_tood.hyp import TOODHyp, check_warmup
-from yolo_tood.loss import TOODLoss, centerness, focal_loss_prob, quality_focal_loss_prob
+from yolo_tood.nn.head import side_shifts
+from yolo_tood.train import hyp as hyp_module
+from yolo_tood.train import loss as loss_module
+from yolo_tood.train.hyp import TOODHyp, check_warmup
+from yolo_tood.train.loss import TOODLoss, centerness, focal_loss_prob, quality_focal_loss_prob
 
 STRIDES = (8.0, 16.0, 32.0)
 
@@ -230,7 +230,7 @@ def test_dfl_target_is_measured_from_the_shifted_point():
     grid. Offsets dx_l = +0.5, dy_t = +0.25, dx_r = -0.5, dy_b = +1.0 move the points the sides are measured from to
     x 3.0 (left), y 2.75 (top), x 2.0 (right), y 3.5 (bottom): DFL targets (2.0, 1.75, 3.0, 1.5) instead of the
     anchor's (1.5, 1.5, 2.5, 2.5). The dy of the left side and the dx of the top side etc. do not matter."""
-    from yolo_tood.assigner import AssignResult
+    from yolo_tood.train.assigner import AssignResult
 
     criterion = TOODLoss(FakeModel(FakeHead(nc=1, reg_max=16)))
     targets = []
@@ -412,7 +412,7 @@ def test_tuple_predictions_and_missing_epoch_attribute():
 
 def test_with_the_real_head():
     """TOODLoss on yolo_tood.head.TOODDetect's training output: finite loss and head gradients in both phases."""
-    head_module = pytest.importorskip("yolo_tood.head")
+    head_module = pytest.importorskip("yolo_tood.nn.head")
     torch.manual_seed(0)
     head = head_module.TOODDetect(nc=3, feat_channels=16, stacked_convs=2, ch=(8, 16, 32))
     head.stride = torch.tensor(STRIDES)

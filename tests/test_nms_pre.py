@@ -8,8 +8,8 @@ import pytest
 import torch
 from ultralytics.utils.nms import non_max_suppression
 
-from yolo_tood.head import TOODDetect, keep_topk_scores
-from yolo_tood.nms_guard import NMSTimeLimitError, NMSTimeLimitGuard
+from yolo_tood.analysis.nms_guard import NMSTimeLimitError, NMSTimeLimitGuard
+from yolo_tood.nn.head import TOODDetect, keep_topk_scores
 
 
 def test_keep_topk_scores_hand_case():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_diagnostics import GT_BOX, REPO, load_script, make_dataset, shrinking_boxes
 
-from yolo_tood.diagnostics import AlignmentAccumulator, alignment_stats
-from yolo_tood.plots import alignment_metric, head_maps, plot_distributions, plot_head_maps, plot_score_iou
+from yolo_tood.analysis.alignment import AlignmentAccumulator, alignment_stats
+from yolo_tood.analysis.plots import alignment_metric, head_maps, plot_distributions, plot_head_maps, plot_score_iou
 
 TOOD_CFG = REPO / "cfg" / "yolov8n-tood.yaml"
 

@@ -15,8 +15,8 @@ from ultralytics.nn.tasks import DetectionModel, guess_model_scale, guess_model_
 from ultralytics.utils.torch_utils import get_flops, get_num_params
 
 import yolo_tood  # noqa: F401  (installed .pth imports it too; explicit for runs from a source tree)
-from yolo_tood.head import TOODDetect
-from yolo_tood.register import check_ultralytics_version
+from yolo_tood.integration.register import check_ultralytics_version
+from yolo_tood.nn.head import TOODDetect
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOD_YAML = ROOT / "cfg" / "yolov8-tood.yaml"
@@ -77,7 +77,7 @@ def test_scaled_name_resolves_under_a_directory_that_looks_scaled(tmp_path, scal
 
 
 def test_model_yaml_is_not_mutated_and_loss_is_tood():
-    from yolo_tood.loss import TOODLoss
+    from yolo_tood.train.loss import TOODLoss
 
     cfg = load_cfg(TOOD_YAML, "n", nc=3)
     snapshot = copy.deepcopy(cfg)

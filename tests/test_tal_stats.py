@@ -10,8 +10,10 @@ import pytest
 import torch
 from test_loss import FakeHead, FakeModel, random_batch, random_preds
 
-from yolo_tood.assigner import AssignResult
-from yolo_tood.tal_stats import SIZE_LABELS, TALStats, gt_sizes, on_train_end, on_train_epoch_end, plot_tal_stats
+from yolo_tood.analysis.tal_stats import plot_tal_stats
+from yolo_tood.integration.callbacks import on_train_end, on_train_epoch_end
+from yolo_tood.train.assigner import AssignResult
+from yolo_tood.train.tal_stats import SIZE_LABELS, TALStats, gt_sizes
 
 
 def assign(gt_idx: list[list[int]]) -> AssignResult:
@@ -58,7 +60,7 @@ def test_padding_is_ignored_and_images_are_kept_apart():
 
 
 def test_loss_counts_only_in_training_mode_and_matches_the_assignment(monkeypatch):
-    from yolo_tood.loss import TOODLoss
+    from yolo_tood.train.loss import TOODLoss
 
     head = FakeHead(nc=3)
     criterion = TOODLoss(FakeModel(head))
@@ -83,7 +85,7 @@ def fake_trainer(tmp_path: Path, criterion, epoch: int, plots: bool = True) -> S
 
 
 def test_callbacks_write_one_line_per_epoch_and_the_plot(tmp_path):
-    from yolo_tood.loss import TOODLoss
+    from yolo_tood.train.loss import TOODLoss
 
     criterion = TOODLoss(FakeModel(FakeHead()))
     gt = boxes_of_size([[4.0, 40.0]])

@@ -7,7 +7,7 @@ import json
 import yaml
 from test_diagnostics import REPO, make_dataset
 
-from yolo_tood.tal_stats import SIZE_LABELS
+from yolo_tood.train.tal_stats import SIZE_LABELS
 
 
 def test_training_writes_tal_stats(tmp_path):

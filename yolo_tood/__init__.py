@@ -13,19 +13,20 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from ._hook import install as _install
+from .integration.hook import install as _install
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "TOODDetect": "yolo_tood.head",
-    "TaskDecomposition": "yolo_tood.head",
-    "aligned_score": "yolo_tood.head",
-    "resample_by_offsets": "yolo_tood.head",
-    "TOODLoss": "yolo_tood.loss",
-    "TOODHyp": "yolo_tood.hyp",
-    "register": "yolo_tood.register",
-    "check_ultralytics_version": "yolo_tood.register",
+    "TOODDetect": "yolo_tood.nn.head",
+    "TaskDecomposition": "yolo_tood.nn.head",
+    "aligned_score": "yolo_tood.nn.head",
+    "resample_by_offsets": "yolo_tood.nn.head",
+    "TOODLoss": "yolo_tood.train.loss",
+    "TOODHyp": "yolo_tood.train.hyp",
+    "register": "yolo_tood.integration.register",
+    "unregister": "yolo_tood.integration.register",
+    "check_ultralytics_version": "yolo_tood.integration.register",
 }
 __all__ = ("__version__", *_LAZY)
 

@@ -1,7 +1,8 @@
-"""A small synthetic detection dataset the project generates itself, so the demo and tests need no download."""
+"""Data: a small synthetic detection dataset the project generates itself, and where the shared datasets are."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -9,6 +10,24 @@ import numpy as np
 import yaml
 
 SHAPES = ("circle", "square", "triangle")
+SHARED_ENV = "YOLO_TOOD_SHARED"
+
+
+def shared_datasets(repo_root: str | Path) -> Path:
+    """Return the folder of the shared datasets (coco128, bccd, ...), which may not exist on this machine.
+
+    It is ``$YOLO_TOOD_SHARED/datasets``, with ``YOLO_TOOD_SHARED`` defaulting to ``../shared``; a relative value is
+    taken relative to the repository root. Tests skip and scripts stop with a clear line when it is absent.
+
+    Args:
+        repo_root (str | Path): The checkout's root, found by the caller from its own file (``tests/``, ``scripts/``)
+            because an installed ``yolo_tood`` lives in site-packages, not in the checkout.
+
+    Examples:
+        >>> (shared_datasets(Path(__file__).parents[1]) / "coco128" / "coco128.yaml").name
+        'coco128.yaml'
+    """
+    return (Path(repo_root).resolve() / os.environ.get(SHARED_ENV, "../shared")).resolve() / "datasets"
 
 
 def _draw(img: np.ndarray, shape: str, cx: int, cy: int, r: int, color: tuple[int, int, int]) -> None:

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/tood_demo", help="output directory (data and runs)")
+    parser.add_argument("--family", default="yolov8", help="model family with a yolo_tood/cfg/{family}-tood.yaml")
     parser.add_argument("--scale", default="n", choices=list("nsmlx"))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--imgsz", type=int, default=160)
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.out).resolve()
     data = make_shapes_dataset(out / "shapes", imgsz=args.imgsz)
-    model = YOLO(str(CFG_DIR / f"yolov8{args.scale}-tood.yaml"))
+    model = YOLO(str(CFG_DIR / f"{args.family}{args.scale}-tood.yaml"))
     model.train(
         data=str(data),
         epochs=args.epochs,

@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ultralytics.nn.modules import DFL, Detect
 
+from ..checks import check_int
+
 __all__ = (
     "DFLExpectation",
     "Scale",
@@ -339,10 +341,8 @@ class TOODDetect(Detect):
     ):
         """Initialize the T-Head for ``len(ch)`` levels."""
         for name, value in (("nc", nc), ("feat_channels", feat_channels), ("stacked_convs", stacked_convs)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TOODDetect: '{name}' must be a positive int, got {value!r}")
-        if not isinstance(reg_max, int) or reg_max < 1:
-            raise ValueError(f"TOODDetect: reg_max must be a positive int, got {reg_max!r}")
+            check_int(value, name, "TOODDetect")
+        check_int(reg_max, "reg_max", "TOODDetect")
         if end2end:
             raise ValueError("TOODDetect has no one-to-one (end2end) branch; remove 'end2end' from the model YAML")
         if not ch:
@@ -496,13 +496,3 @@ class TOODDetect(Detect):
         if self.nms_pre:
             scores = keep_topk_scores(scores, self.nms_pre)
         return torch.cat((self._get_decode_boxes(x), scores), 1)
-
-
-def _finish_registration() -> None:
-    """Complete ``register()`` when this module imported ultralytics first (e.g. when unpickling a checkpoint)."""
-    from .register import register
-
-    register()
-
-
-_finish_registration()

@@ -33,7 +33,7 @@ leaves them informal):
   readings are available.
 
 Examples:
-    >>> from yolo_tood.diagnostics import evaluate_alignment
+    >>> from yolo_tood.analysis import evaluate_alignment
     >>> result = evaluate_alignment("runs/detect/train/weights/best.pt", "data.yaml", split="val", imgsz=320)
     >>> print(result.pcc_top50, result.iou_top10, result.correct, result.duplicate, result.error)
 """
@@ -41,20 +41,16 @@ Examples:
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-from ultralytics.engine.validator import BaseValidator
-from ultralytics.models.yolo.detect import DetectionValidator
-from ultralytics.utils import LOGGER
 from ultralytics.utils.metrics import box_iou
 from ultralytics.utils.nms import non_max_suppression
-from ultralytics.utils.ops import xywh2xyxy, xyxy2xywh
+from ultralytics.utils.ops import xyxy2xywh
+
+from ..integration.compat import match_predictions
 
 # Thresholds of the post-NMS counts, from the paper's definitions
 MATCH_IOU = 0.5  # correct / duplicate / redundant
@@ -66,17 +62,36 @@ COUNT_KEYS = ("correct", "duplicate", "error", "redundant", "detections")  # the
 __all__ = (
     "AlignmentResult",
     "AlignmentAccumulator",
-    "AlignmentValidator",
+    "NMSRecord",
+    "NMSSettings",
     "alignment_stats",
-    "alignment_table",
     "budget_threshold",
-    "evaluate_alignment",
-    "nms_counts",
     "nms_record",
     "object_alignment",
     "rank_correlation",
     "scores_from_conf_cls",
 )
+
+
+@dataclass(frozen=True)
+class NMSSettings:
+    """The NMS the post-NMS counts are taken after, as ultralytics' ``non_max_suppression`` arguments.
+
+    Attributes:
+        conf (float): Score threshold of NMS candidates (0.05, the paper's mmdet test setting).
+        iou (float): NMS IoU threshold (ultralytics' validator default 0.7).
+        max_det (int): Maximum detections kept per image (ultralytics' default 300).
+        agnostic (bool): Class-agnostic NMS.
+    """
+
+    conf: float = 0.05
+    iou: float = 0.7
+    max_det: int = 300
+    agnostic: bool = False
+
+    def at(self, conf: float) -> NMSSettings:
+        """Return the same settings with score threshold ``conf``."""
+        return replace(self, conf=conf)
 
 
 @dataclass
@@ -267,10 +282,8 @@ class NMSRecord:
         same_class = self.gt_cls[:, None] == det[:, 5].long()[None]  # (G, N)
         # IoU of the original boxes (not NMS's xywh round trip) so the redundant count below is exactly consistent
         iou_gd = box_iou(self.gt_boxes, det_boxes) * same_class  # (G, N), IoU with GTs of the detection's class
-        # NMS output is sorted by descending score, as match_predictions requires. It is a BaseValidator method that
-        # reads only self.iouv; calling it with a stand-in self reuses ultralytics' one-to-one matching exactly.
-        matcher = SimpleNamespace(iouv=torch.tensor([MATCH_IOU]))
-        matched = BaseValidator.match_predictions(matcher, det[:, 5], self.gt_cls.to(det.dtype), iou_gd)[:, 0]
+        # NMS output is sorted by descending score, as ultralytics' validator matching requires
+        matched = match_predictions(det[:, 5], self.gt_cls.to(det.dtype), iou_gd, MATCH_IOU)[:, 0]
         best = iou_gd.max(0).values if det.shape[0] else iou_gd.new_zeros(0)
         counts["correct"] = int(matched.sum())
         counts["duplicate"] = int(((best >= MATCH_IOU) & ~matched.to(best.device)).sum())
@@ -285,10 +298,7 @@ def nms_record(
     scores: torch.Tensor,
     gt_boxes: torch.Tensor,
     gt_cls: torch.Tensor,
-    conf: float = 0.05,
-    iou: float = 0.7,
-    max_det: int = 300,
-    agnostic: bool = False,
+    nms: NMSSettings | None = None,
 ) -> NMSRecord:
     """Run ultralytics NMS on one image's predictions and keep what the post-NMS counts need.
 
@@ -297,14 +307,13 @@ def nms_record(
         scores (torch.Tensor): Per-class probabilities, shape (A, nc).
         gt_boxes (torch.Tensor): GT boxes xyxy, shape (G, 4).
         gt_cls (torch.Tensor): GT classes, shape (G,).
-        conf (float): Score threshold of NMS candidates.
-        iou (float): NMS IoU threshold.
-        max_det (int): Maximum detections kept per image.
-        agnostic (bool): Class-agnostic NMS.
+        nms (NMSSettings, optional): The NMS; ``NMSSettings()`` by default.
 
     Returns:
         (NMSRecord): Detections and GT-overlapping candidate scores of the image.
     """
+    nms = nms or NMSSettings()
+    conf = nms.conf
     nc = scores.shape[1]
     # ultralytics' NMS takes the raw model layout (B, 4 + nc, A) with xywh boxes
     prediction = torch.cat((xyxy2xywh(boxes.float()), scores.float()), 1).T[None]
@@ -312,11 +321,11 @@ def nms_record(
     out, keep = non_max_suppression(
         prediction,
         conf,
-        iou,
+        nms.iou,
         nc=nc,
         multi_label=True,
-        agnostic=agnostic,
-        max_det=max_det,
+        agnostic=nms.agnostic,
+        max_det=nms.max_det,
         return_idxs=True,
         max_time_img=3600.0,
     )
@@ -330,26 +339,6 @@ def nms_record(
             positive[:, c] = iou_ag[:, gt_cls == c].any(1)
     candidate_scores = scores[(scores > conf) & positive]
     return NMSRecord(det, boxes[keep], candidate_scores, gt_boxes, gt_cls, conf)
-
-
-def nms_counts(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    gt_boxes: torch.Tensor,
-    gt_cls: torch.Tensor,
-    conf: float = 0.05,
-    **nms_kwargs: Any,
-) -> dict[str, int]:
-    """Run ultralytics NMS on one image's predictions and count correct, duplicate, error and redundant boxes.
-
-    Args:
-        boxes, scores, gt_boxes, gt_cls, conf: As ``nms_record``.
-        **nms_kwargs (Any): ``iou``, ``max_det`` and ``agnostic`` of ``nms_record``.
-
-    Returns:
-        (dict[str, int]): Keys ``correct``, ``duplicate``, ``error``, ``redundant``, ``detections``.
-    """
-    return nms_record(boxes, scores, gt_boxes, gt_cls, conf, **nms_kwargs).counts()
 
 
 def budget_threshold(records: Iterable[NMSRecord], budget: int) -> float:
@@ -377,10 +366,7 @@ class AlignmentAccumulator:
     Attributes:
         topk_pcc (int): Predictions per object for the rank correlation.
         topk_iou (int): Predictions per object for the mean IoU.
-        conf (float): NMS score threshold for the post-NMS counts.
-        iou (float): NMS IoU threshold.
-        max_det (int): Maximum detections per image after NMS.
-        agnostic (bool): Class-agnostic NMS.
+        nms (NMSSettings): The NMS of the post-NMS counts.
 
     Examples:
         >>> acc = AlignmentAccumulator()
@@ -392,14 +378,11 @@ class AlignmentAccumulator:
         self,
         topk_pcc: int = 50,
         topk_iou: int = 10,
-        conf: float = 0.05,
-        iou: float = 0.7,
-        max_det: int = 300,
-        agnostic: bool = False,
+        nms: NMSSettings | None = None,
     ):
         """Initialise an empty accumulator with the analysis settings (see module docstring for the defaults)."""
         self.topk_pcc, self.topk_iou = topk_pcc, topk_iou
-        self.conf, self.iou, self.max_det, self.agnostic = conf, iou, max_det, agnostic
+        self.nms = nms or NMSSettings()
         self.pcc: list[float] = []
         self.mean_iou: list[float] = []
         self.pairs: list[torch.Tensor] = []  # (k, 2) score and IoU of each object's top-k_pcc predictions
@@ -438,8 +421,8 @@ class AlignmentAccumulator:
         )
         self.pcc += pcc
         self.mean_iou += mean_iou
-        base_conf = min(self.conf, BUDGET_BASE_CONF)
-        record = nms_record(boxes, scores, gt_boxes, gt_cls, base_conf, self.iou, self.max_det, self.agnostic)
+        base = self.nms.at(min(self.nms.conf, BUDGET_BASE_CONF))
+        record = nms_record(boxes, scores, gt_boxes, gt_cls, base)
         self.records.append(record)
 
     def counts(self, conf: float) -> dict[str, int]:
@@ -463,19 +446,16 @@ class AlignmentAccumulator:
             num_images=self.num_images,
             budget=budget,
             score_iou=torch.cat(self.pairs) if self.pairs else torch.zeros(0, 2),
-            **self.counts(self.conf),
+            **self.counts(self.nms.conf),
         )
 
 
 def alignment_stats(
     preds: Iterable[Mapping[str, torch.Tensor]],
     gts: Iterable[Mapping[str, torch.Tensor]],
-    conf: float = 0.05,
-    iou: float = 0.7,
-    max_det: int = 300,
+    nms: NMSSettings | None = None,
     topk_pcc: int = 50,
     topk_iou: int = 10,
-    agnostic: bool = False,
 ) -> AlignmentResult:
     """Compute the paper's task-alignment statistics over images of pre-NMS predictions and GT boxes.
 
@@ -483,12 +463,9 @@ def alignment_stats(
         preds (Iterable[Mapping[str, torch.Tensor]]): Per image, ``bboxes`` (A, 4) xyxy and either ``scores``
             (A, nc) class probabilities or ``conf`` (A,) with ``cls`` (A,).
         gts (Iterable[Mapping[str, torch.Tensor]]): Per image, ``bboxes`` (G, 4) xyxy and ``cls`` (G,).
-        conf (float): NMS score threshold for the post-NMS counts (the paper's mmdet test setting is 0.05).
-        iou (float): NMS IoU threshold (ultralytics' validator default 0.7).
-        max_det (int): Maximum detections per image after NMS (ultralytics' default 300).
+        nms (NMSSettings, optional): The NMS of the post-NMS counts; ``NMSSettings()`` by default.
         topk_pcc (int): Predictions per object for the rank correlation.
         topk_iou (int): Predictions per object for the mean IoU.
-        agnostic (bool): Class-agnostic NMS.
 
     Returns:
         (AlignmentResult): The statistics; see the module docstring for the exact definitions.
@@ -500,169 +477,8 @@ def alignment_stats(
         >>> alignment_stats([pred], [gt]).pcc_top50
         1.0
     """
-    acc = AlignmentAccumulator(topk_pcc, topk_iou, conf, iou, max_det, agnostic)
+    acc = AlignmentAccumulator(topk_pcc, topk_iou, nms)
     for pred, gt in zip(preds, gts):
         scores = pred["scores"] if "scores" in pred else pred["conf"]
         acc.update(pred["bboxes"], scores, gt["bboxes"], gt["cls"], pred_cls=pred.get("cls"))
     return acc.result()
-
-
-class AlignmentValidator(DetectionValidator):
-    """DetectionValidator that also accumulates task-alignment statistics from the raw, pre-NMS predictions.
-
-    ``postprocess`` keeps the raw (B, 4 + nc, A) inference output before the usual NMS, and ``update_metrics`` feeds
-    it with the batch's GT boxes (both in letterboxed input pixels) to an ``AlignmentAccumulator``. The normal mAP
-    metrics are computed unchanged, with the validator's own ``conf`` (0.001 by default).
-
-    Attributes:
-        alignment (AlignmentAccumulator): The accumulated statistics.
-        alignment_conf (float): NMS score threshold of the post-NMS counts.
-
-    Examples:
-        >>> validator = AlignmentValidator(args=dict(model="best.pt", data="data.yaml", imgsz=320))
-        >>> validator(model=YOLO("best.pt").model)
-        >>> validator.alignment.result()
-    """
-
-    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None, alignment_conf: float = 0.05):
-        """Initialise the validator; ``alignment_conf`` is the score threshold of the post-NMS counts."""
-        super().__init__(dataloader, save_dir, args, _callbacks)
-        self.alignment_conf = alignment_conf
-        self.alignment: AlignmentAccumulator | None = None
-        self._raw: torch.Tensor | None = None
-
-    def init_metrics(self, model: torch.nn.Module) -> None:
-        """Initialise the mAP metrics and a fresh accumulator (after max_det may have been raised by the base)."""
-        super().init_metrics(model)
-        self.alignment = AlignmentAccumulator(
-            conf=self.alignment_conf,
-            iou=self.args.iou,
-            max_det=self.args.max_det,
-            agnostic=bool(self.args.single_cls or self.args.agnostic_nms),
-        )
-
-    def postprocess(self, preds: torch.Tensor | list | tuple) -> list[dict[str, torch.Tensor]]:
-        """Keep the raw inference output, then apply the usual NMS."""
-        raw = preds[0] if isinstance(preds, (list, tuple)) else preds  # eval forward returns (y, preds_dict)
-        if self.end2end or raw.ndim != 3 or raw.shape[-1] == 6:
-            raise NotImplementedError("task-alignment analysis needs the dense pre-NMS output of an NMS-based head")
-        self._raw = raw.float()
-        return super().postprocess(preds)
-
-    def update_metrics(self, preds: list[dict[str, torch.Tensor]], batch: dict[str, Any]) -> None:
-        """Update mAP metrics and the alignment statistics of each image of the batch."""
-        super().update_metrics(preds, batch)
-        nc = self._raw.shape[1] - 4
-        for si in range(self._raw.shape[0]):
-            pbatch = self._prepare_batch(si, batch)  # GT xyxy in input-image pixels, like the raw boxes
-            raw = self._raw[si]  # (4 + nc, A)
-            self.alignment.update(xywh2xyxy(raw[:4].T), raw[4 : 4 + nc].T, pbatch["bboxes"], pbatch["cls"])
-
-
-def evaluate_alignment(
-    model: str | Path | Any,
-    data: str | Path,
-    split: str = "val",
-    imgsz: int = 640,
-    batch: int = 16,
-    conf: float = 0.05,
-    device: str = "cpu",
-    save_dir: str | Path | None = None,
-    **kwargs: Any,
-) -> AlignmentResult:
-    """Run a detector over a dataset split and return its task-alignment statistics.
-
-    The dataloader, letterboxing, model loading (``.pt`` or ``.yaml``) and the NMS IoU/max_det settings all come from
-    ultralytics' DetectionValidator; only the raw predictions are additionally analysed (see ``AlignmentValidator``).
-
-    Args:
-        model (str | Path | YOLO | DetectionModel): Checkpoint or model YAML path, a ``YOLO`` object or a model.
-        data (str | Path): Dataset YAML.
-        split (str): Dataset split, e.g. ``val`` or ``test``.
-        imgsz (int): Inference image size.
-        batch (int): Batch size.
-        conf (float): NMS score threshold of the post-NMS counts (mAP keeps the validator's 0.001).
-        device (str): Device, e.g. ``cpu``.
-        save_dir (str | Path, optional): Where the validator may write; a temporary directory by default.
-        **kwargs (Any): Further validator arguments, e.g. ``iou=0.6``, ``max_det=100``, ``rect=False``, ``workers=0``.
-
-    Returns:
-        (AlignmentResult): Statistics, with the validator's ``metrics/mAP50(B)`` and ``metrics/mAP50-95(B)`` in
-            ``metrics``.
-
-    Examples:
-        >>> result = evaluate_alignment("best.pt", "bccd.yaml", split="val", imgsz=320)
-        >>> result.pcc_top50, result.correct
-    """
-    from ultralytics import YOLO
-
-    yolo = model if isinstance(model, YOLO) else YOLO(model) if isinstance(model, (str, Path)) else None
-    net = yolo.model if yolo is not None else model
-    overrides = dict(yolo.overrides) if yolo is not None else {}
-    # Same argument precedence as Model.val: model overrides < method defaults < caller arguments
-    args = {**overrides, "rect": True, "plots": False, "verbose": False}
-    args.update(kwargs)
-    args.update(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, mode="val", task="detect")
-    # The statistics rank every anchor's raw prediction: switch off the TOOD head's pre-NMS candidate bound
-    bounded = [(m, m.nms_pre) for m in net.modules() if getattr(m, "nms_pre", None)] if hasattr(net, "modules") else []
-    with tempfile.TemporaryDirectory(prefix="alignment_") as tmp:
-        callbacks = yolo.callbacks if yolo is not None else None  # as Model.val does
-        validator = AlignmentValidator(
-            save_dir=Path(save_dir or tmp), args=args, _callbacks=callbacks, alignment_conf=conf
-        )
-        try:
-            for m, _ in bounded:
-                m.nms_pre = 0
-            validator(model=net)
-        finally:
-            for m, k in bounded:
-                m.nms_pre = k
-    result = validator.alignment.result()
-    result.metrics = {k: float(v) for k, v in validator.metrics.results_dict.items()}
-    LOGGER.info(
-        f"Task alignment ({split}): PCC top-50 {result.pcc_top50:.3f}, IoU top-10 {result.iou_top10:.3f}, "
-        f"correct {result.correct}, duplicate {result.duplicate}, error {result.error} "
-        f"({result.num_objects} objects, {result.num_images} images)"
-    )
-    return result
-
-
-ALIGNMENT_COLUMNS = ("model", "PCC top-50", "IoU top-10", "correct", "duplicate", "error", "redundant", "objects")
-BUDGET_COLUMNS = ("model", "conf", "detections", "correct", "duplicate", "error", "redundant", "objects")
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    """Format a float for a table; NaN and None become a dash."""
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def alignment_table(results: Mapping[str, AlignmentResult], map_column: bool = True, budget: bool = False) -> str:
-    """Render alignment results of several models side by side as a markdown table, like the paper's Table 7.
-
-    Args:
-        results (Mapping[str, AlignmentResult]): Results keyed by model name.
-        map_column (bool): Add the validator's mAP50-95 where ``metrics`` has it.
-        budget (bool): Render the equal-budget counts (threshold leaving one detection per object) instead of the
-            rank statistics and the counts at the fixed threshold.
-
-    Returns:
-        (str): The markdown table.
-
-    Examples:
-        >>> print(alignment_table({"stock": evaluate_alignment(...), "tood": evaluate_alignment(...)}))
-    """
-    columns = BUDGET_COLUMNS if budget else ALIGNMENT_COLUMNS
-    header = [*columns, "mAP50-95"] if map_column else list(columns)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for name, r in results.items():
-        if budget:
-            b = r.budget
-            cells = [name, _fmt(b.get("conf"), 4), *(str(b.get(k, "-")) for k in BUDGET_COLUMNS[2:-1])]
-            cells.append(str(r.num_objects))
-        else:
-            cells = [name, _fmt(r.pcc_top50), _fmt(r.iou_top10)]
-            cells += [str(x) for x in (r.correct, r.duplicate, r.error, r.redundant, r.num_objects)]
-        if map_column:
-            cells.append(_fmt(r.metrics.get("metrics/mAP50-95(B)")))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

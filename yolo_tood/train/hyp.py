@@ -6,18 +6,102 @@ Ultralytics rejects unknown train arguments, so the TOOD-specific gains and assi
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional, get_type_hints
 
 from ultralytics.utils import LOGGER
 
-__all__ = ("TOODHyp", "check_warmup")
+from ..checks import check_int
 
-_INT_KEYS = {"tal_topk": 1, "tal_topk_min": 1, "tal_topk_max": 1, "atss_topk": 1, "atss_epochs": 0}  # key -> minimum
-_OPTIONAL_KEYS = frozenset({"atss_epochs"})  # None (YAML null) allowed: the warm-up then follows atss_fraction
+__all__ = ("TOPK_MODES", "HypKey", "TOODHyp", "check_warmup", "hyp_schema")
+
+
 TOPK_MODES = ("fixed", "dynamic")
-_FLOAT_KEYS = ("tal_alpha", "tal_beta", "qfl_beta", "focal_gamma", "focal_alpha", "box_gain", "cls_gain", "dfl_gain")
+
+
+@dataclass(frozen=True)
+class HypKey:
+    """One TOOD hyper-parameter: a top-level key of the model YAML.
+
+    Attributes:
+        name (str): The YAML key and ``TOODHyp`` field.
+        type (type): ``int``, ``float`` or ``str``.
+        default (int | float | str | None): Value when the key is absent.
+        minimum (int | float): Smallest allowed value (numbers).
+        maximum (float | None): Largest allowed value, None for unbounded (numbers).
+        help (str): One line on what it is.
+        choices (tuple[str, ...] | None): Allowed values of a ``str`` key.
+        optional (bool): Whether None (YAML ``null``) is allowed.
+        below_maximum (bool): Whether ``maximum`` itself is excluded (a half-open range).
+    """
+
+    name: str
+    type: type
+    default: int | float | str | None
+    minimum: int | float
+    maximum: float | None
+    help: str
+    choices: tuple[str, ...] | None = None
+    optional: bool = False
+    below_maximum: bool = False
+
+    def check(self, value: Any) -> int | float | str | None:
+        """Return ``value`` validated (and a float key's value as a float), or raise one ValueError line."""
+        if value is None and self.optional:
+            return None
+        if self.type is str:
+            if value not in (self.choices or ()):
+                raise ValueError(f"TOOD: '{self.name}' must be one of {self.choices}, got {value!r}")
+            return value
+        if self.type is int:
+            return check_int(value, self.name, "TOOD", self.minimum)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            value_ok = False
+        else:
+            if self.maximum is None:
+                below = True
+            else:
+                below = value < self.maximum if self.below_maximum else value <= self.maximum
+            value_ok = value >= self.minimum and below
+        if not value_ok:
+            bracket = ")" if self.below_maximum else "]"
+            rule = (
+                f">= {self.minimum:g}" if self.maximum is None else f"in [{self.minimum:g}, {self.maximum:g}{bracket}"
+            )
+            raise ValueError(f"TOOD: '{self.name}' must be a finite number {rule}, got {value!r}")
+        return float(value)
+
+    @property
+    def rule(self) -> str:
+        """The allowed values in words, for tables and help texts."""
+        if self.type is str:
+            return " | ".join(self.choices or ())
+        if self.type is int:
+            rule = f"int >= {self.minimum}"
+        else:
+            bracket = ")" if self.below_maximum else "]"
+            rule = (
+                f"float >= {self.minimum:g}"
+                if self.maximum is None
+                else f"float in [{self.minimum:g}, {self.maximum:g}{bracket}"
+            )
+        return rule + (" or null" if self.optional else "")
+
+
+def _key(
+    default: Any,
+    help: str,
+    minimum: int | float = 0,
+    maximum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    optional: bool = False,
+    below_maximum: bool = False,
+) -> Any:
+    """A ``TOODHyp`` field with its bounds and help text (read back by ``hyp_schema``)."""
+    meta = dict(minimum=minimum, maximum=maximum, help=help, choices=choices, optional=optional)
+    return field(default=default, metadata={**meta, "below_maximum": below_maximum})
 
 
 @dataclass(frozen=True)
@@ -64,49 +148,34 @@ class TOODHyp:
         (9, 6.0)
     """
 
-    tal_topk: int = 13
-    tal_alpha: float = 1.0
-    tal_beta: float = 6.0
-    tal_topk_mode: str = "fixed"
-    tal_topk_min: int = 5
-    tal_topk_max: int = 21
-    atss_fraction: float = 1 / 3
-    atss_epochs: int | None = None
-    atss_topk: int = 9
-    qfl_beta: float = 2.0
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.25
-    box_gain: float = 2.0
-    cls_gain: float = 1.0
-    dfl_gain: float = 0.5
+    tal_topk: int = _key(13, "m: anchors with the largest alignment metric t kept per GT", minimum=1)
+    tal_alpha: float = _key(1.0, "alpha in t = s^alpha * u^beta")
+    tal_beta: float = _key(6.0, "beta in t = s^alpha * u^beta")
+    tal_topk_mode: str = _key(
+        "fixed", "fixed: m = tal_topk for every GT; dynamic: m from the GT size", choices=TOPK_MODES
+    )
+    tal_topk_min: int = _key(5, "smallest m of the dynamic mode (GTs >= 96 px)", minimum=1)
+    tal_topk_max: int = _key(21, "largest m of the dynamic mode (GTs <= 8 px)", minimum=1)
+    atss_fraction: float = _key(
+        1 / 3, "ATSS + Focal warm-up before TAL, as a fraction of the run's epochs", maximum=1.0, below_maximum=True
+    )
+    atss_epochs: Optional[int] = _key(None, "explicit warm-up epochs, overriding atss_fraction", optional=True)
+    atss_topk: int = _key(9, "ATSS candidates per level per GT during the warm-up", minimum=1)
+    qfl_beta: float = _key(2.0, "beta of the Quality Focal Loss (TAL phase)")
+    focal_gamma: float = _key(2.0, "gamma of the warm-up Focal loss")
+    focal_alpha: float = _key(0.25, "alpha of the warm-up Focal loss", maximum=1.0)
+    box_gain: float = _key(2.0, "GIoU loss weight")
+    cls_gain: float = _key(1.0, "QFL / Focal loss weight")
+    dfl_gain: float = _key(0.5, "DFL weight (L1 when reg_max is 1)")
 
     def __post_init__(self) -> None:
         """Validate every field, raising one ValueError line that names the key, the rule and the bad value."""
-        for key, minimum in _INT_KEYS.items():
-            value = getattr(self, key)
-            if value is None and key in _OPTIONAL_KEYS:
-                continue
-            # bool is an int subclass, but `tal_topk: true` in a YAML is certainly a mistake
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"TOOD: '{key}' must be an integer >= {minimum}, got {value!r}")
-        for key in _FLOAT_KEYS:
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"TOOD: '{key}' must be a finite number >= 0, got {value!r}")
-            object.__setattr__(self, key, float(value))  # frozen: normalise ints such as `tal_beta: 6`
-        if self.tal_topk_mode not in TOPK_MODES:
-            raise ValueError(f"TOOD: 'tal_topk_mode' must be one of {TOPK_MODES}, got {self.tal_topk_mode!r}")
+        for key in hyp_schema():
+            object.__setattr__(self, key.name, key.check(getattr(self, key.name)))  # frozen: float keys as floats
         if self.tal_topk_min > self.tal_topk_max:
             raise ValueError(
                 f"TOOD: 'tal_topk_min' ({self.tal_topk_min}) must not exceed 'tal_topk_max' ({self.tal_topk_max})"
             )
-        if self.focal_alpha > 1:
-            raise ValueError(f"TOOD: 'focal_alpha' must be in [0, 1], got {self.focal_alpha!r}")
-        value = self.atss_fraction
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            # < 1: a warm-up of the whole run would never reach TAL; use atss_epochs for an explicit count
-            raise ValueError(f"TOOD: 'atss_fraction' must be a number in [0, 1), got {value!r}")
-        object.__setattr__(self, "atss_fraction", float(value))
 
     def warmup_epochs(self, epochs: int) -> int:
         """Return the number of ATSS warm-up epochs of a run of ``epochs`` epochs.
@@ -164,14 +233,45 @@ class TOODHyp:
         Examples:
             >>> TOODHyp.from_yaml({"atss_epochs": 0}).atss_epochs
             0
-            >>> TOODHyp.from_yaml({"atss_epochs": None, "atss_fraction": 0.5}).warmup_epochs(60)
-            30
         """
         if d is None:
             d = {}
         if not isinstance(d, dict):
             raise ValueError(f"TOOD: the model YAML must be a dict, got {type(d).__name__}")
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@functools.cache
+def hyp_schema() -> tuple[HypKey, ...]:
+    """Return the TOOD hyper-parameters (names, types, defaults, bounds, help) in ``TOODHyp`` field order.
+
+    The one schema: the YAML validation, the README table test and ``scripts/compare.py``'s variants derive from it.
+
+    Examples:
+        >>> [k.name for k in hyp_schema()][:3]
+        ['tal_topk', 'tal_alpha', 'tal_beta']
+    """
+    types = get_type_hints(TOODHyp)
+    return tuple(
+        HypKey(
+            f.name,
+            _base_type(types[f.name]),
+            f.default,
+            f.metadata["minimum"],
+            f.metadata["maximum"],
+            f.metadata["help"],
+            f.metadata["choices"],
+            f.metadata["optional"],
+            f.metadata["below_maximum"],
+        )
+        for f in fields(TOODHyp)
+    )
+
+
+def _base_type(hint: Any) -> type:
+    """``int`` for ``Optional[int]``, else the hint itself."""
+    args = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
+    return args[0] if args else hint
 
 
 def check_warmup(hyp: TOODHyp, epochs: int) -> bool:

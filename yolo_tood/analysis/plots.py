@@ -14,7 +14,7 @@ The (score, IoU) pairs are collected by ``yolo_tood.diagnostics.AlignmentAccumul
 computes ``pcc_top50`` (``AlignmentResult.score_iou``), so a plot and the number in its title come from the same data.
 
 Examples:
-    >>> from yolo_tood.diagnostics import evaluate_alignment
+    >>> from yolo_tood.analysis import evaluate_alignment
     >>> results = {"tood": evaluate_alignment("best.pt", "data.yaml", imgsz=320)}
     >>> plot_score_iou(results, "score_iou.png")
 """
@@ -155,7 +155,7 @@ def head_maps(model: torch.nn.Module, img: torch.Tensor) -> dict[str, list[torch
             class, sqrt(sigmoid(cls) * sigmoid(M)); ``offsets`` (4, 2, H_l, W_l) TAP's (dy, dx) per box side in
             feature-map pixels; ``cls_attention`` and ``reg_attention`` (S,) layer-attention weights; ``stride`` ().
     """
-    from .head import TOODDetect
+    from ..nn.head import TOODDetect
 
     head = model.model[-1]
     if not isinstance(head, TOODDetect):

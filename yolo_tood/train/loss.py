@@ -25,8 +25,8 @@ from ultralytics.utils.loss import DFLoss, v8DetectionLoss
 from ultralytics.utils.metrics import bbox_iou
 from ultralytics.utils.tal import bbox2dist, make_anchors
 
+from ..nn.head import side_shifts
 from .assigner import AssignResult, ATSSAssigner, TOODTaskAlignedAssigner
-from .head import side_shifts
 from .hyp import TOODHyp
 from .tal_stats import TALStats
 

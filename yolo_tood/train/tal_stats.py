@@ -3,8 +3,9 @@
 TAL's top-k over the alignment metric t = s^alpha * u^beta, then the centre-in-GT test, can leave a small object with
 few or no positives (its top-k anchors may all have their centre outside it). ``TOODLoss`` feeds every training-mode
 ``AssignResult`` to a ``TALStats`` accumulator (a bincount per batch, on the loss's device, no host sync); the trainer
-callbacks below read it at the end of each epoch, append one JSON line to ``<save_dir>/tal_stats.jsonl`` and reset it,
-and plot ``<save_dir>/tal_stats.png`` beside ``results.png`` at the end of training.
+callbacks (``yolo_tood.integration.callbacks``) read it at the end of each epoch, append one JSON line to
+``<save_dir>/tal_stats.jsonl`` and reset it, and plot ``<save_dir>/tal_stats.png`` (``yolo_tood.analysis.tal_stats``)
+beside ``results.png`` at the end of training.
 
 A line of ``tal_stats.jsonl``::
 
@@ -17,21 +18,16 @@ Under DDP only the rank-0 process's batches are counted.
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from .assigner import AssignResult
 
-__all__ = ("SIZE_EDGES", "SIZE_LABELS", "TALStats", "gt_sizes", "on_train_end", "on_train_epoch_end", "plot_tal_stats")
+__all__ = ("SIZE_EDGES", "SIZE_LABELS", "TALStats", "gt_sizes")
 
 SIZE_EDGES = (8.0, 16.0, 32.0, 96.0)  # bucket edges of sqrt(w * h) in input pixels
 SIZE_LABELS = ("<8", "8-16", "16-32", "32-96", ">=96")
-STATS_FILE = "tal_stats.jsonl"
-PLOT_FILE = "tal_stats.png"
 
 
 def gt_sizes(gt_bboxes: torch.Tensor) -> torch.Tensor:
@@ -113,95 +109,3 @@ class TALStats:
             **stats(sum(gt), sum(pos), sum(zero)),
             "by_size": {label: stats(*v) for label, v in zip(SIZE_LABELS, zip(gt, pos, zero))},
         }
-
-
-def _tood_criterion(trainer: Any) -> Any:
-    """Return the trainer model's TOODLoss (created at the first training step), or None for other models."""
-    from ultralytics.utils.torch_utils import unwrap_model
-
-    from .loss import TOODLoss
-
-    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
-    return criterion if isinstance(criterion, TOODLoss) else None
-
-
-def on_train_epoch_end(trainer: Any) -> None:
-    """Append the epoch's assignment statistics to ``<save_dir>/tal_stats.jsonl`` and reset the accumulator."""
-    from ultralytics.utils import RANK
-
-    criterion = _tood_criterion(trainer)
-    if criterion is None:
-        return
-    if RANK in {-1, 0}:
-        line = {"epoch": trainer.epoch + 1, **criterion.tal_stats.summary()}
-        path = Path(trainer.save_dir) / STATS_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
-    criterion.tal_stats.reset()
-
-
-def on_train_end(trainer: Any) -> None:
-    """Plot ``tal_stats.png`` from the run's ``tal_stats.jsonl`` when the trainer makes plots (``plots=True``)."""
-    path = Path(trainer.save_dir) / STATS_FILE
-    if getattr(trainer.args, "plots", False) and path.exists():
-        plot_tal_stats(path, path.with_name(PLOT_FILE))
-
-
-def read_tal_stats(path: str | Path) -> list[dict[str, Any]]:
-    """Read ``tal_stats.jsonl``; for an epoch written twice (a resumed run), the last line wins."""
-    rows = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[row["epoch"]] = row
-    return [rows[e] for e in sorted(rows)]
-
-
-def plot_tal_stats(path: str | Path, out: str | Path) -> dict[str, list]:
-    """Plot positives per GT and the share of GTs without positives against epoch, overall and per size bucket.
-
-    Args:
-        path (str | Path): ``tal_stats.jsonl``.
-        out (str | Path): Output PNG.
-
-    Returns:
-        (dict[str, list]): The plotted series: ``epoch``, ``phase``, and per series name (``all`` and the size labels)
-            ``pos_per_gt/<name>`` and ``zero_pos_share/<name>`` (NaN where a bucket had no GT).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    rows = read_tal_stats(path)
-    nan = float("nan")
-    data: dict[str, list] = {"epoch": [r["epoch"] for r in rows], "phase": [r.get("phase") for r in rows]}
-    for name in ("all", *SIZE_LABELS):
-        for key in ("pos_per_gt", "zero_pos_share"):
-            values = [(r if name == "all" else r["by_size"][name]).get(key) for r in rows]
-            data[f"{key}/{name}"] = [nan if v is None else v for v in values]
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    titles = {"pos_per_gt": "positive anchors per GT", "zero_pos_share": "share of GTs with no positive"}
-    for ax, key in zip(axes, titles):
-        ax.plot(data["epoch"], data[f"{key}/all"], "k-o", lw=2, ms=3, label="all GTs")
-        for name in SIZE_LABELS:
-            if not all(math.isnan(v) for v in data[f"{key}/{name}"]):
-                ax.plot(data["epoch"], data[f"{key}/{name}"], "-o", ms=2, label=f"{name} px")
-        tal = [e for e, p in zip(data["epoch"], data["phase"]) if p == "TAL"]
-        if tal and len(tal) < len(data["epoch"]):  # shade the ATSS warm-up
-            ax.axvspan(data["epoch"][0] - 0.5, tal[0] - 0.5, color="0.9", zorder=0, label="ATSS warm-up")
-        ax.set_title(titles[key])
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[1].set_ylim(bottom=0)
-    axes[0].legend(fontsize=7, title="GT size sqrt(w*h)", title_fontsize=7)
-    phases = " then ".join(dict.fromkeys(p for p in data["phase"] if p))  # e.g. "ATSS then TAL"
-    fig.suptitle(f"TOOD label assignment per epoch (training batches; {phases or 'no batch'})")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return data

@@ -1,57 +1,36 @@
-"""Export support for TOOD models: an opset check run by ultralytics' exporter, and an ONNX op-type listing.
+"""Export support for TOOD models: an opset check run by ultralytics' exporter.
 
 The head re-samples its box predictions with ``F.grid_sample``, which ONNX has as ``GridSample`` from opset 16 on.
 Without a check, ``opset=13`` would fail deep inside ``torch.onnx.export`` with an unsupported-operator trace, after
 the exporter has already started writing. ``on_export_start`` (registered into ultralytics' ``default_callbacks`` by
-``yolo_tood.register``) raises one clear line instead, before any export work.
+``yolo_tood.integration.register``) raises one clear line instead, before any export work.
 
 Examples:
     >>> from ultralytics import YOLO
-    >>> f = YOLO("cfg/yolov8n-tood.yaml").export(format="onnx", imgsz=160, dynamic=True)
-    >>> "GridSample" in onnx_op_types(f)
-    True
+    >>> YOLO("cfg/yolov8n-tood.yaml").export(format="onnx", opset=13)  # ValueError: TOOD models need ONNX opset>=16
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from .compat import ONNX_FORMATS
+from .heads import is_tood_head
 
 __all__ = (
     "MIN_ONNX_OPSET",
     "ONNX_FORMATS",
     "check_export_args",
-    "nonstandard_ops",
     "on_export_start",
-    "onnx_op_types",
 )
 
 MIN_ONNX_OPSET = 16  # ONNX GridSample, used by the head's re-sampling (resample_by_offsets)
 
-# Formats that ultralytics 8.4.190's Exporter builds from an ONNX export (export_onnx() runs first); for those that
-# pin their own opset when none is given, the value they pin. The others use the exporter's best opset (>= 17).
-ONNX_FORMATS = {
-    "onnx": None,
-    "engine": None,
-    "saved_model": None,
-    "pb": None,
-    "edgetpu": None,
-    "mnn": None,
-    "rknn": 19,
-    "ascend": 17,
-    "deepx": None,
-    "qnn": None,
-    "xilinx": 17,
-    "hailo": 11,  # forced, whatever opset is requested
-}
-
 
 def _has_tood_head(model: Any) -> bool:
     """Return True when ``model`` (an ``nn.Module``, possibly wrapped by the exporter) contains a ``TOODDetect``."""
-    from .head import TOODDetect
-
     modules = getattr(model, "modules", None)
-    return callable(modules) and any(isinstance(m, TOODDetect) for m in modules())
+    return callable(modules) and any(is_tood_head(m) for m in modules())
 
 
 def check_export_args(fmt: str, opset: int | None) -> None:
@@ -92,44 +71,3 @@ def on_export_start(exporter: Any) -> None:
     if args is None or not _has_tood_head(getattr(exporter, "model", None)):
         return
     check_export_args(str(getattr(args, "format", "")).lower(), getattr(args, "opset", None))
-
-
-def _onnx_nodes(path: str | Path) -> list:
-    """Return every node of an ONNX graph, including those inside sub-graphs (If/Loop/Scan bodies)."""
-    import onnx
-
-    def walk(graph):
-        for node in graph.node:
-            yield node
-            for attr in node.attribute:
-                yield from (n for g in ((attr.g,) if attr.HasField("g") else ()) + tuple(attr.graphs) for n in walk(g))
-
-    return list(walk(onnx.load(str(path), load_external_data=False).graph))
-
-
-def onnx_op_types(path: str | Path) -> set[str]:
-    """Return the distinct op types of an ONNX graph, including those inside sub-graphs (e.g. ``nms=True`` loops).
-
-    Args:
-        path (str | Path): ONNX file.
-
-    Returns:
-        (set[str]): Op types such as ``{"Conv", "GridSample", ...}``.
-
-    Examples:
-        >>> "GridSample" in onnx_op_types("yolov8n-tood.onnx")
-        True
-    """
-    return {n.op_type for n in _onnx_nodes(path)}
-
-
-def nonstandard_ops(path: str | Path) -> set[str]:
-    """Return the op types of an ONNX graph outside the standard ``ai.onnx`` domain (empty for a portable graph).
-
-    Args:
-        path (str | Path): ONNX file.
-
-    Returns:
-        (set[str]): ``"domain::op_type"`` strings, e.g. ``{"com.microsoft::FusedConv"}``; empty when all are standard.
-    """
-    return {f"{n.domain}::{n.op_type}" for n in _onnx_nodes(path) if n.domain not in ("", "ai.onnx")}

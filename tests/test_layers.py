@@ -1,0 +1,225 @@
+"""The package's shape: an import DAG with nn/ and train/ below integration/, old module paths, reversible registration,
+and a stock model built by another thread while a TOOD model is being built."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+from ultralytics.nn.modules import Detect
+from ultralytics.nn.tasks import DetectionModel
+
+import yolo_tood  # noqa: F401  (installed .pth imports it too; explicit for runs from a source tree)
+from yolo_tood.nn.head import TOODDetect
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "yolo_tood"
+TOOD_YAML = ROOT / "cfg" / "yolov8-tood.yaml"
+STOCK_YAML = Path(__import__("ultralytics").__file__).parent / "cfg" / "models" / "v8" / "yolov8.yaml"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Return module -> yolo_tood modules it imports anywhere (module level or inside functions), from the AST.
+
+    ``from pkg import name`` counts as an import of ``pkg.name`` when that is a module. Parent packages imported
+    implicitly by Python are not edges: only what a module names.
+    """
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(
+                        [*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])]
+                    )
+                for a in node.names:
+                    edges.add(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base)
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """Return one import cycle as a list of modules, or None for a DAG (depth-first search)."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                return stack[stack.index(m) :] + [m]
+            if m not in state and (cycle := visit(m)):
+                return cycle
+        state[n] = 2
+        stack.pop()
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (cycle := visit(n)):
+            return cycle
+    return None
+
+
+def test_imports_form_a_dag_with_layers():
+    graph = import_graph()
+    assert "yolo_tood.nn.head" in graph and graph["yolo_tood.train.loss"] >= {"yolo_tood.train.hyp"}  # parsed
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+    for name, edges in graph.items():
+        if name.startswith(("yolo_tood.nn.", "yolo_tood.train.")):
+            upward = {e for e in edges if e.startswith(("yolo_tood.integration", "yolo_tood.analysis"))}
+            assert not upward, f"{name} imports {sorted(upward)} (nn/ and train/ must not import integration/analysis)"
+        if name.startswith("yolo_tood.nn."):
+            assert not any(e.startswith("yolo_tood.train") for e in edges), f"{name} imports train/"
+
+
+def test_find_cycle_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def run_python(code: str, env: dict[str, str] | None = None) -> str:
+    import os
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_hook_and_head_table_agree():
+    """The hook keeps the head modules literal (it must stay cheap); they are the head table's."""
+    from yolo_tood.integration.heads import HEADS
+    from yolo_tood.integration.hook import HEAD_MODULES, OLD_MODULES
+
+    assert set(HEAD_MODULES) == {spec.module for spec in HEADS}
+    assert all(__import__(new, fromlist=["x"]) for new in OLD_MODULES.values())
+
+
+def test_lazy_public_names():
+    for name in yolo_tood.__all__:
+        assert getattr(yolo_tood, name) is not None, name
+
+
+def test_old_module_paths_are_the_new_modules():
+    import yolo_tood.head as old_head
+    import yolo_tood.hyp as old_hyp
+    import yolo_tood.loss as old_loss
+
+    assert old_head.TOODDetect is TOODDetect
+    assert old_loss.TOODLoss is __import__("yolo_tood.train.loss", fromlist=["x"]).TOODLoss
+    assert old_hyp.TOODHyp is yolo_tood.TOODHyp and callable(yolo_tood.register)
+
+
+def test_checkpoint_pickled_under_the_old_module_path_loads(tmp_path):
+    """A checkpoint naming yolo_tood.head.TOODDetect (saved before the move) loads in fresh processes, also safely."""
+    ckpt = tmp_path / "old.pt"
+    run_python(
+        "import yolo_tood.nn.head as h\n"
+        "for n in h.__all__:\n"
+        "    c = getattr(h, n)\n"
+        "    if isinstance(c, type): c.__module__ = 'yolo_tood.head'  # as pickled before the layer folders\n"
+        "from ultralytics import YOLO\n"
+        f"YOLO('cfg/yolov8n-tood.yaml', verbose=False).save(r'{ckpt}')\n"
+    )
+    import zipfile
+
+    with zipfile.ZipFile(ckpt) as z:
+        pickled = b"".join(z.read(n) for n in z.namelist() if n.endswith("data.pkl"))
+    assert b"yolo_tood.head" in pickled and b"TOODDetect" in pickled and b"yolo_tood.nn" not in pickled
+    load = f"from ultralytics import YOLO; print(type(YOLO(r'{ckpt}').model.model[-1]).__module__)"
+    assert run_python(load).split()[-1] == "yolo_tood.nn.head"
+    assert run_python(load, env={"ULTRALYTICS_SAFE_LOAD": "1"}).split()[-1] == "yolo_tood.nn.head"
+    # Unpickling first (it imports the head, which imports ultralytics) still registers the loss and callbacks
+    out = run_python(
+        f"import torch; m = torch.load(r'{ckpt}', weights_only=False)['model']\n"
+        "from ultralytics.cfg import get_cfg; import yolo_tood.integration.register as r\n"
+        "m.args = get_cfg(); print(r.is_registered(), type(m.float().init_criterion()).__name__)"
+    )
+    assert out.split() == ["True", "TOODLoss"]
+
+
+def test_unregister_restores_ultralytics_exactly():
+    """register -> build a TOOD model -> unregister leaves ultralytics as a process that never saw yolo-tood."""
+    out = run_python(
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != '_UltralyticsFinder']  # pristine\n"
+        "import ultralytics.engine.model as em, ultralytics.nn.tasks as t\n"
+        "from ultralytics.utils.callbacks.base import default_callbacks as cb\n"
+        "snap = lambda: (t.parse_model, t.yaml_model_load, em.yaml_model_load, dict(vars(t.DetectionModel)),\n"
+        "    {k: list(v) for k, v in cb.items()}, dict(vars(t)))\n"
+        "before = snap()\n"
+        "import yolo_tood\n"
+        "yolo_tood.register()\n"
+        "assert t.parse_model is not before[0] and t.DetectionModel.init_criterion is not before[3]['init_criterion']\n"
+        "m = t.DetectionModel('cfg/yolov8n-tood.yaml', verbose=False)\n"
+        "assert type(m.model[-1]).__name__ == 'TOODDetect'\n"
+        "yolo_tood.unregister()\n"
+        "after = snap()\n"
+        "for i, what in enumerate(('parse_model', 'yaml_model_load', 'engine.model.yaml_model_load',\n"
+        "                          'DetectionModel', 'default_callbacks', 'tasks globals')):\n"
+        "    assert after[i] == before[i], what\n"
+        "assert type(t.DetectionModel('yolov8n.yaml', verbose=False).model[-1]).__name__ == 'Detect'\n"
+        "try:\n"
+        "    t.DetectionModel('cfg/yolov8n-tood.yaml', verbose=False)\n"
+        "except KeyError as e:\n"
+        "    print('stock error', e)\n"
+        "yolo_tood.register()  # and it can be registered again\n"
+        "print(type(t.DetectionModel('cfg/yolov8n-tood.yaml', verbose=False).model[-1]).__name__)\n"
+    )
+    assert "stock error 'TOODDetect'" in out and out.split()[-1] == "TOODDetect"
+
+
+def test_stock_model_built_while_another_thread_builds_a_tood_model(monkeypatch):
+    """The TOOD build is held inside parse_model while this thread builds a stock model: it must get Detect."""
+    entered, release = threading.Event(), threading.Event()
+    init_weights = TOODDetect._init_weights
+
+    def held(self):
+        entered.set()
+        release.wait(60)
+        init_weights(self)
+
+    monkeypatch.setattr(TOODDetect, "_init_weights", held)
+    built: dict[str, object] = {}
+
+    def build_tood():
+        built["tood"] = DetectionModel({**yaml.safe_load(TOOD_YAML.read_text()), "scale": "n", "nc": 3}, verbose=False)
+
+    thread = threading.Thread(target=build_tood)
+    thread.start()
+    try:
+        assert entered.wait(60), "the TOOD build did not reach the head"
+        built["stock"] = DetectionModel(
+            {**yaml.safe_load(STOCK_YAML.read_text()), "scale": "n", "nc": 3}, verbose=False
+        )
+    finally:
+        release.set()
+        thread.join(60)
+    assert type(built["stock"].model[-1]) is Detect
+    assert type(built["tood"].model[-1]) is TOODDetect
+
+
+def test_shared_datasets_come_from_one_variable(monkeypatch, tmp_path):
+    from yolo_tood.data import SHARED_ENV, shared_datasets
+
+    monkeypatch.delenv(SHARED_ENV, raising=False)
+    assert shared_datasets(tmp_path / "repo") == tmp_path / "shared" / "datasets"
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path / "elsewhere"))
+    assert shared_datasets(tmp_path / "repo") == tmp_path / "elsewhere" / "datasets"

@@ -1,0 +1,143 @@
+"""The validator runner of the task-alignment analysis: ultralytics' DetectionValidator, also keeping raw predictions.
+
+The statistics themselves are in ``yolo_tood.analysis.alignment``; this module only feeds them from a validation run
+(same dataloader, letterboxing, model loading and NMS settings as ``yolo val``).
+
+Examples:
+    >>> from yolo_tood.analysis import evaluate_alignment
+    >>> result = evaluate_alignment("runs/detect/train/weights/best.pt", "data.yaml", split="val", imgsz=320)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.utils import LOGGER
+from ultralytics.utils.ops import xywh2xyxy
+
+from ..integration.compat import prepare_batch
+from .alignment import AlignmentAccumulator, AlignmentResult, NMSSettings
+
+__all__ = ("AlignmentValidator", "evaluate_alignment")
+
+
+class AlignmentValidator(DetectionValidator):
+    """DetectionValidator that also accumulates task-alignment statistics from the raw, pre-NMS predictions.
+
+    ``postprocess`` keeps the raw (B, 4 + nc, A) inference output before the usual NMS, and ``update_metrics`` feeds
+    it with the batch's GT boxes (both in letterboxed input pixels) to an ``AlignmentAccumulator``. The normal mAP
+    metrics are computed unchanged, with the validator's own ``conf`` (0.001 by default).
+
+    Attributes:
+        alignment (AlignmentAccumulator): The accumulated statistics.
+        alignment_conf (float): NMS score threshold of the post-NMS counts.
+
+    Examples:
+        >>> validator = AlignmentValidator(args=dict(model="best.pt", data="data.yaml", imgsz=320))
+        >>> validator(model=YOLO("best.pt").model)
+        >>> validator.alignment.result()
+    """
+
+    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None, alignment_conf: float = 0.05):
+        """Initialise the validator; ``alignment_conf`` is the score threshold of the post-NMS counts."""
+        super().__init__(dataloader, save_dir, args, _callbacks)
+        self.alignment_conf = alignment_conf
+        self.alignment: AlignmentAccumulator | None = None
+        self._raw: torch.Tensor | None = None
+
+    def init_metrics(self, model: torch.nn.Module) -> None:
+        """Initialise the mAP metrics and a fresh accumulator (after max_det may have been raised by the base)."""
+        super().init_metrics(model)
+        nms = NMSSettings(
+            self.alignment_conf, self.args.iou, self.args.max_det, bool(self.args.single_cls or self.args.agnostic_nms)
+        )
+        self.alignment = AlignmentAccumulator(nms=nms)
+
+    def postprocess(self, preds: torch.Tensor | list | tuple) -> list[dict[str, torch.Tensor]]:
+        """Keep the raw inference output, then apply the usual NMS."""
+        raw = preds[0] if isinstance(preds, (list, tuple)) else preds  # eval forward returns (y, preds_dict)
+        if self.end2end or raw.ndim != 3 or raw.shape[-1] == 6:
+            raise NotImplementedError("task-alignment analysis needs the dense pre-NMS output of an NMS-based head")
+        self._raw = raw.float()
+        return super().postprocess(preds)
+
+    def update_metrics(self, preds: list[dict[str, torch.Tensor]], batch: dict[str, Any]) -> None:
+        """Update mAP metrics and the alignment statistics of each image of the batch."""
+        super().update_metrics(preds, batch)
+        nc = self._raw.shape[1] - 4
+        for si in range(self._raw.shape[0]):
+            pbatch = prepare_batch(self, si, batch)  # GT xyxy in input-image pixels, like the raw boxes
+            raw = self._raw[si]  # (4 + nc, A)
+            self.alignment.update(xywh2xyxy(raw[:4].T), raw[4 : 4 + nc].T, pbatch["bboxes"], pbatch["cls"])
+
+
+def evaluate_alignment(
+    model: str | Path | Any,
+    data: str | Path,
+    split: str = "val",
+    imgsz: int = 640,
+    batch: int = 16,
+    conf: float = 0.05,
+    device: str = "cpu",
+    save_dir: str | Path | None = None,
+    **kwargs: Any,
+) -> AlignmentResult:
+    """Run a detector over a dataset split and return its task-alignment statistics.
+
+    The dataloader, letterboxing, model loading (``.pt`` or ``.yaml``) and the NMS IoU/max_det settings all come from
+    ultralytics' DetectionValidator; only the raw predictions are additionally analysed (see ``AlignmentValidator``).
+
+    Args:
+        model (str | Path | YOLO | DetectionModel): Checkpoint or model YAML path, a ``YOLO`` object or a model.
+        data (str | Path): Dataset YAML.
+        split (str): Dataset split, e.g. ``val`` or ``test``.
+        imgsz (int): Inference image size.
+        batch (int): Batch size.
+        conf (float): NMS score threshold of the post-NMS counts (mAP keeps the validator's 0.001).
+        device (str): Device, e.g. ``cpu``.
+        save_dir (str | Path, optional): Where the validator may write; a temporary directory by default.
+        **kwargs (Any): Further validator arguments, e.g. ``iou=0.6``, ``max_det=100``, ``rect=False``, ``workers=0``.
+
+    Returns:
+        (AlignmentResult): Statistics, with the validator's ``metrics/mAP50(B)`` and ``metrics/mAP50-95(B)`` in
+            ``metrics``.
+
+    Examples:
+        >>> result = evaluate_alignment("best.pt", "bccd.yaml", split="val", imgsz=320)
+        >>> result.pcc_top50, result.correct
+    """
+    from ultralytics import YOLO
+
+    yolo = model if isinstance(model, YOLO) else YOLO(model) if isinstance(model, (str, Path)) else None
+    net = yolo.model if yolo is not None else model
+    overrides = dict(yolo.overrides) if yolo is not None else {}
+    # Same argument precedence as Model.val: model overrides < method defaults < caller arguments
+    args = {**overrides, "rect": True, "plots": False, "verbose": False}
+    args.update(kwargs)
+    args.update(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, mode="val", task="detect")
+    # The statistics rank every anchor's raw prediction: switch off the TOOD head's pre-NMS candidate bound
+    bounded = [(m, m.nms_pre) for m in net.modules() if getattr(m, "nms_pre", None)] if hasattr(net, "modules") else []
+    with tempfile.TemporaryDirectory(prefix="alignment_") as tmp:
+        callbacks = yolo.callbacks if yolo is not None else None  # as Model.val does
+        validator = AlignmentValidator(
+            save_dir=Path(save_dir or tmp), args=args, _callbacks=callbacks, alignment_conf=conf
+        )
+        try:
+            for m, _ in bounded:
+                m.nms_pre = 0
+            validator(model=net)
+        finally:
+            for m, k in bounded:
+                m.nms_pre = k
+    result = validator.alignment.result()
+    result.metrics = {k: float(v) for k, v in validator.metrics.results_dict.items()}
+    LOGGER.info(
+        f"Task alignment ({split}): PCC top-50 {result.pcc_top50:.3f}, IoU top-10 {result.iou_top10:.3f}, "
+        f"correct {result.correct}, duplicate {result.duplicate}, error {result.error} "
+        f"({result.num_objects} objects, {result.num_images} images)"
+    )
+    return result

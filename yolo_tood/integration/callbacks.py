@@ -1,0 +1,138 @@
+"""Trainer callbacks of TOOD models: the epoch and warm-up on the head (ATSS or TAL), train-start checks, statistics.
+
+Added to ultralytics' ``default_callbacks`` by ``yolo_tood.integration.register``; models without a TOOD head pass
+through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .heads import is_tood_head
+
+__all__ = ("on_train_end", "on_train_epoch_end", "on_train_epoch_start", "on_train_start")
+
+
+def _tood_heads(trainer: Any) -> list:
+    """Return the TOOD heads of the trainer's model and of its EMA copy (used for the validation losses)."""
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    models = [trainer.model, getattr(getattr(trainer, "ema", None), "ema", None)]
+    heads = [unwrap_model(m).model[-1] for m in models if m is not None and hasattr(unwrap_model(m), "model")]
+    return [h for h in heads if is_tood_head(h)]
+
+
+def _resolve_warmup(trainer: Any, heads: list) -> tuple[Any, int]:
+    """Resolve the ATSS warm-up length from the model YAML and the trainer's ``epochs``; set it on ``heads``.
+
+    ``trainer.epochs`` is the run's length, which ``resume=True`` restores from the checkpoint (and ``time=`` may
+    recompute after the first epoch), so the resolved value is the same for a resumed run as for an uninterrupted one.
+
+    Returns:
+        (tuple): The TOODHyp and the number of warm-up epochs.
+    """
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    from ..train.hyp import TOODHyp
+
+    hyp = TOODHyp.from_yaml(unwrap_model(trainer.model).yaml)
+    warmup = hyp.warmup_epochs(trainer.epochs)
+    for head in heads:
+        head.atss_epochs = warmup
+    return hyp, warmup
+
+
+def on_train_start(trainer: Any) -> None:
+    """Resolve the ATSS warm-up, check the TOOD settings against the train arguments and say which phase starts.
+
+    Logs the resolved warm-up once ("TOOD: ATSS warm-up for epochs 1-20 of 60 (atss_fraction 0.333), then TAL"),
+    warns when the warm-up is not shorter than the training, when the stock loss gains (``box``, ``cls``, ``dfl``)
+    were changed (they belong to v8DetectionLoss, TOOD's gains are keys of the model YAML), and when class weights
+    were asked for (``cls_pw``; v8DetectionLoss weighs its BCE with them, TOOD's losses have no counterpart).
+    """
+    if heads := _tood_heads(trainer):
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+        from ultralytics.utils import LOGGER
+
+        from ..train.hyp import check_warmup
+
+        hyp, warmup = _resolve_warmup(trainer, heads)
+        LOGGER.info(hyp.describe_warmup(trainer.epochs))
+        check_warmup(hyp, trainer.epochs)
+        if changed := {
+            k: getattr(trainer.args, k)
+            for k in ("box", "cls", "dfl")
+            if getattr(trainer.args, k) != DEFAULT_CFG_DICT[k]
+        }:
+            LOGGER.warning(
+                f"TOOD: train arguments {changed} are gains of ultralytics' v8DetectionLoss and do not apply to TOOD "
+                "models; set box_gain, cls_gain and dfl_gain in the model YAML instead"
+            )
+        if getattr(trainer.args, "cls_pw", 0) != DEFAULT_CFG_DICT.get("cls_pw", 0):
+            LOGGER.warning(
+                f"TOOD: train argument cls_pw={trainer.args.cls_pw} weighs ultralytics' v8DetectionLoss classes and "
+                "has no effect on TOOD models (their QFL/Focal losses are not class-weighted)"
+            )
+        phase = "ATSS warm-up" if trainer.start_epoch < warmup else "TAL"
+        LOGGER.info(f"TOOD: starting at epoch {trainer.start_epoch + 1} in the {phase} phase")
+        for head in heads:
+            head.epoch = trainer.start_epoch
+
+
+def on_train_epoch_start(trainer: Any) -> None:
+    """Set the trainer's epoch and the resolved warm-up on the TOOD heads; log the switch from ATSS to TAL once.
+
+    The warm-up is resolved again because ``time=`` training recomputes ``trainer.epochs`` after the first epoch; a
+    change is logged.
+    """
+    if heads := _tood_heads(trainer):
+        from ultralytics.utils import LOGGER
+
+        before = heads[0].atss_epochs
+        hyp, warmup = _resolve_warmup(trainer, heads)
+        if before is not None and warmup != before:
+            LOGGER.info(f"{hyp.describe_warmup(trainer.epochs)} (epochs changed during training)")
+        for head in heads:
+            head.epoch = trainer.epoch
+        if trainer.epoch == warmup and warmup > 0 and trainer.epoch != trainer.start_epoch:
+            LOGGER.info(f"TOOD: ATSS warm-up done, switching to Task Alignment Learning at epoch {trainer.epoch + 1}")
+
+
+def _tood_criterion(trainer: Any) -> Any:
+    """Return the trainer model's TOOD criterion (created at the first training step), or None for other models."""
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
+    return criterion if hasattr(criterion, "tal_stats") else None
+
+
+def on_train_epoch_end(trainer: Any) -> None:
+    """Append the epoch's assignment statistics to ``<save_dir>/tal_stats.jsonl`` and reset the accumulator.
+
+    Runs before the epoch's validation, so validation losses never reach the statistics.
+    """
+    from ultralytics.utils import RANK
+
+    from ..analysis.tal_stats import STATS_FILE
+
+    criterion = _tood_criterion(trainer)
+    if criterion is None:
+        return
+    if RANK in {-1, 0}:
+        line = {"epoch": trainer.epoch + 1, **criterion.tal_stats.summary()}
+        path = Path(trainer.save_dir) / STATS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+    criterion.tal_stats.reset()
+
+
+def on_train_end(trainer: Any) -> None:
+    """Plot ``tal_stats.png`` from the run's ``tal_stats.jsonl`` when the trainer makes plots (``plots=True``)."""
+    from ..analysis.tal_stats import PLOT_FILE, STATS_FILE, plot_tal_stats
+
+    path = Path(trainer.save_dir) / STATS_FILE
+    if getattr(trainer.args, "plots", False) and path.exists():
+        plot_tal_stats(path, path.with_name(PLOT_FILE))

@@ -1,0 +1,297 @@
+"""Every ultralytics internal yolo-tood relies on, named in one place.
+
+yolo-tood never edits ultralytics' files, but it wraps some of its functions, subclasses classes while skipping their
+``__init__``, and calls a few private methods. Each of those is an entry of ``RELIED_ON`` below, with the parameters
+or attributes it is expected to have and the yolo-tood module that relies on it; ``tests/test_compat.py`` checks every
+entry against the installed ultralytics. A new ultralytics release is then a known list of places to check: the test
+names the entry that moved, and ``used_by`` names the code to adapt.
+
+The few helpers below are the only code that reaches into those internals from the integration and analysis layers
+(``nn/`` and ``train/`` stay free of ``integration/``; their reliance on ``Detect`` and ``v8DetectionLoss`` is listed
+here all the same).
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any, Callable
+
+__all__ = (
+    "ONNX_FORMATS",
+    "RELIED_ON",
+    "SCALE_IN_NAME",
+    "SUPPORTED_ULTRALYTICS",
+    "Internal",
+    "check_ultralytics_version",
+    "match_predictions",
+    "parse_model_with",
+    "prepare_batch",
+    "resolve",
+)
+
+SUPPORTED_ULTRALYTICS = ">=8.4.190,<8.5"  # pyproject.toml's ultralytics pin must match
+
+# ultralytics' yaml_model_load rewrite of a scaled name, yolov8n-x -> yolov8-x (it applies it to the whole path)
+SCALE_IN_NAME = re.compile(r"(\d+)([nslmx])(.+)?$")
+
+# Formats that ultralytics 8.4.190's Exporter builds from an ONNX export (export_onnx() runs first); for those that
+# pin their own opset when none is given, the value they pin. The others use the exporter's best opset (>= 17).
+ONNX_FORMATS = {
+    "onnx": None,
+    "engine": None,
+    "saved_model": None,
+    "pb": None,
+    "edgetpu": None,
+    "mnn": None,
+    "rknn": 19,
+    "ascend": 17,
+    "deepx": None,
+    "qnn": None,
+    "xilinx": 17,
+    "hailo": 11,  # forced, whatever opset is requested
+}
+
+
+@dataclass(frozen=True)
+class Internal:
+    """One ultralytics internal yolo-tood relies on.
+
+    Attributes:
+        target (str): ``module:qualname``, e.g. ``ultralytics.nn.tasks:parse_model``.
+        params (tuple[str, ...] | None): The expected parameter names of a callable (``self`` included for methods),
+            or None when only its presence matters.
+        attrs (tuple[str, ...]): Names the object must have (attributes, methods, or global names its code reads).
+        used_by (str): The yolo-tood module that relies on it.
+        why (str): What yolo-tood does with it.
+    """
+
+    target: str
+    params: tuple[str, ...] | None = None
+    attrs: tuple[str, ...] = ()
+    used_by: str = ""
+    why: str = ""
+
+
+RELIED_ON: tuple[Internal, ...] = (
+    # integration/register.py
+    Internal(
+        "ultralytics.nn.tasks:parse_model",
+        ("d", "ch", "verbose"),
+        ("__code__",),
+        "integration/register.py",
+        "wrapped; run with a private globals copy where `Detect` is the TOOD head, because its channel-injecting "
+        "branch is a frozenset of global class names built inside the function (`globals()[name]` resolves YAML rows)",
+    ),
+    Internal(
+        "ultralytics.nn.tasks:yaml_model_load",
+        ("path",),
+        (),
+        "integration/register.py",
+        "wrapped; applies SCALE_IN_NAME to the whole path, the wrapper applies it to the file name only",
+    ),
+    Internal("ultralytics.nn.tasks:guess_model_scale", ("model_path",), (), "integration/register.py"),
+    Internal("ultralytics.engine.model:yaml_model_load", None, (), "integration/register.py", "its own imported name"),
+    Internal(
+        "ultralytics.nn.tasks:DetectionModel.init_criterion",
+        ("self",),
+        (),
+        "integration/register.py",
+        "wrapped; returns the TOOD criterion for a TOOD head",
+    ),
+    Internal(
+        "ultralytics.utils.callbacks.base:default_callbacks",
+        None,
+        (),
+        "integration/register.py",
+        "dict of event -> list, copied into every trainer/exporter; on_train_start, on_train_epoch_start, "
+        "on_export_start are appended",
+    ),
+    Internal("ultralytics.utils.torch_utils:unwrap_model", ("m",), (), "integration/callbacks.py"),
+    Internal("ultralytics.utils.ops:make_divisible", ("x", "divisor"), (), "integration/register.py"),
+    Internal("ultralytics.utils.checks:check_version", None, (), "integration/compat.py"),
+    Internal(
+        "ultralytics.cfg:DEFAULT_CFG_DICT",
+        None,
+        (),
+        "integration/callbacks.py",
+        "train-argument defaults (box, cls, dfl, cls_pw) compared at train start",
+    ),
+    Internal(
+        "ultralytics.engine.trainer:BaseTrainer",
+        None,
+        ("_setup_train", "save_model"),
+        "integration/callbacks.py",
+        "callbacks read the instance attributes model, ema.ema, args, epoch, start_epoch and epochs",
+    ),
+    # integration/export.py
+    Internal(
+        "ultralytics.engine.exporter:Exporter",
+        None,
+        ("__call__",),
+        "integration/export.py",
+        "runs on_export_start after fusing the model into `exporter.model`, before export_*; ONNX_FORMATS lists "
+        "the formats it builds from ONNX",
+    ),
+    # nn/head.py: TOODDetect subclasses Detect without calling Detect.__init__
+    Internal(
+        "ultralytics.nn.modules:Detect",
+        None,
+        ("forward", "forward_head", "_inference", "_get_decode_boxes", "bias_init", "legacy", "dynamic", "export"),
+        "nn/head.py",
+        "Detect.__init__ is skipped (it would build cv2/cv3); nc, nl, reg_max, no, stride, dfl are set by hand and "
+        "cv2/cv3/one2many/end2end are properties, as Detect.forward and ultralytics' weight transfer read them",
+    ),
+    Internal("ultralytics.nn.modules:Detect.forward_head", ("self", "x", "box_head", "cls_head"), (), "nn/head.py"),
+    Internal("ultralytics.nn.modules:Detect._inference", ("self", "x"), (), "nn/head.py"),
+    Internal("ultralytics.nn.modules:DFL.__init__", ("self", "c1"), (), "nn/head.py", "DFLExpectation subclasses it"),
+    # train/loss.py: TOODLoss subclasses v8DetectionLoss without calling its __init__
+    Internal(
+        "ultralytics.utils.loss:v8DetectionLoss.__init__",
+        ("self", "model", "tal_topk", "tal_topk2"),
+        (),
+        "train/loss.py",
+        "skipped (it needs model.args); device, stride, nc, no, reg_max, use_dfl, proj are set by hand; "
+        "class_weights (train argument cls_pw) has no TOOD counterpart and is warned about at train start",
+    ),
+    Internal(
+        "ultralytics.utils.loss:v8DetectionLoss.preprocess",
+        ("self", "targets", "batch_size", "scale_tensor"),
+        (),
+        "train/loss.py",
+        "GT padding; reads self.device",
+    ),
+    Internal(
+        "ultralytics.utils.loss:v8DetectionLoss.bbox_decode",
+        ("self", "anchor_points", "pred_dist"),
+        (),
+        "train/loss.py",
+        "reads self.use_dfl and self.proj",
+    ),
+    Internal(
+        "ultralytics.utils.loss:v8DetectionLoss.__call__",
+        ("self", "preds", "batch"),
+        (),
+        "train/loss.py",
+        "calls self.loss(preds, batch)",
+    ),
+    # analysis/
+    Internal(
+        "ultralytics.engine.validator:BaseValidator.match_predictions",
+        ("self", "pred_classes", "true_classes", "iou", "use_scipy"),
+        (),
+        "analysis/alignment.py",
+        "called with a stand-in self that has only `iouv` (see match_predictions below)",
+    ),
+    Internal(
+        "ultralytics.models.yolo.detect:DetectionValidator._prepare_batch",
+        ("self", "si", "batch"),
+        (),
+        "analysis/validator.py",
+        "GT boxes of one image in letterboxed input pixels",
+    ),
+    Internal(
+        "ultralytics.models.yolo.detect:DetectionValidator.postprocess",
+        ("self", "preds"),
+        (),
+        "analysis/validator.py",
+        "overridden to keep the raw (B, 4 + nc, A) output before NMS; reads self.end2end",
+    ),
+    Internal(
+        "ultralytics.models.yolo.detect:DetectionValidator.update_metrics",
+        ("self", "preds", "batch"),
+        (),
+        "analysis/validator.py",
+    ),
+    Internal(
+        "ultralytics.models.yolo.detect:DetectionValidator.init_metrics",
+        ("self", "model"),
+        (),
+        "analysis/validator.py",
+        "overridden; reads args.iou, args.max_det, args.single_cls, args.agnostic_nms",
+    ),
+    Internal(
+        "ultralytics.utils.nms:non_max_suppression",
+        None,
+        (),
+        "analysis/alignment.py",
+        "called with return_idxs=True and max_time_img",
+    ),
+)
+
+
+def resolve(target: str) -> Any:
+    """Return the object named by ``module:qualname`` (e.g. ``ultralytics.nn.tasks:DetectionModel.init_criterion``)."""
+    module, _, qualname = target.partition(":")
+    obj = import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_ultralytics_version(version: str | None = None) -> None:
+    """Raise a one-line RuntimeError when ultralytics is outside the range yolo-tood is tested with.
+
+    Args:
+        version (str, optional): Version to check; defaults to the installed ``ultralytics.__version__``.
+    """
+    import ultralytics
+    from ultralytics.utils.checks import check_version
+
+    version = version or ultralytics.__version__
+    if not check_version(version, SUPPORTED_ULTRALYTICS):
+        raise RuntimeError(
+            f"yolo-tood supports ultralytics{SUPPORTED_ULTRALYTICS} but ultralytics {version} is installed; "
+            f"run: pip install 'ultralytics{SUPPORTED_ULTRALYTICS}'"
+        )
+
+
+def parse_model_with(parse_model: Callable, names: dict[str, Any]) -> Callable:
+    """Return ``parse_model`` running on a private copy of its module globals with ``names`` bound in it.
+
+    Ultralytics' ``parse_model`` resolves YAML module names with ``globals()[name]`` and gives a head its input
+    channels only when the class is in a frozenset built inside the function from the global name ``Detect``. Binding
+    ``Detect`` to the TOOD head in a copy (never in ``ultralytics.nn.tasks`` itself) builds the head with width-scaled
+    channels exactly as ``Detect``, while other threads keep seeing the stock globals.
+
+    Args:
+        parse_model (Callable): Ultralytics' own (unwrapped) ``parse_model``.
+        names (dict[str, Any]): Globals to bind, e.g. ``{"Detect": TOODDetect, "TOODDetect": TOODDetect}``.
+
+    Returns:
+        (Callable): A function with ``parse_model``'s code, defaults and signature.
+    """
+    fn = types.FunctionType(
+        parse_model.__code__, {**parse_model.__globals__, **names}, parse_model.__name__, parse_model.__defaults__
+    )
+    fn.__kwdefaults__ = parse_model.__kwdefaults__
+    return fn
+
+
+def match_predictions(pred_classes: Any, true_classes: Any, iou: Any, iou_threshold: float) -> Any:
+    """Ultralytics' validator matching of detections to GTs at one IoU threshold.
+
+    ``BaseValidator.match_predictions`` reads only ``self.iouv``; calling it with a stand-in ``self`` reuses
+    ultralytics' one-to-one matching exactly, without building a validator.
+
+    Args:
+        pred_classes (torch.Tensor): Detection classes (N,), detections in descending score.
+        true_classes (torch.Tensor): GT classes (G,).
+        iou (torch.Tensor): IoU of GTs with detections (G, N).
+        iou_threshold (float): The one IoU threshold.
+
+    Returns:
+        (torch.Tensor): (N, 1) bool, True where a detection matched a GT.
+    """
+    import torch
+    from ultralytics.engine.validator import BaseValidator
+
+    matcher = types.SimpleNamespace(iouv=torch.tensor([iou_threshold]))
+    return BaseValidator.match_predictions(matcher, pred_classes, true_classes, iou)
+
+
+def prepare_batch(validator: Any, si: int, batch: dict[str, Any]) -> dict[str, Any]:
+    """Return image ``si``'s GTs of a validation batch, boxes xyxy in letterboxed input pixels (``_prepare_batch``)."""
+    return validator._prepare_batch(si, batch)

@@ -1,0 +1,84 @@
+"""The head table: which head classes are TOOD heads, how their YAML rows are built, which criterion they get.
+
+Registration, the loss selection, the training callbacks, export and safe loading all read this table, so a later
+TOOD head (another task, another model family) is one ``HeadSpec`` entry. Classes are named by import path and only
+imported when used, so reading the table imports neither torch nor ultralytics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+__all__ = ("HEADS", "HeadSpec", "head_classes", "head_spec", "is_tood_head", "tood_row_spec")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One TOOD head.
+
+    Attributes:
+        name (str): Class name, as written in the model YAML's module column.
+        module (str): Module defining the class (and its sub-modules, allowed for ``ULTRALYTICS_SAFE_LOAD``).
+        stands_for (str): The ultralytics head whose ``parse_model`` branch builds it (appends reg_max, end2end, ch).
+        criterion (str): ``module:name`` of the loss a model with this head gets from ``init_criterion``.
+        yaml_args (tuple[tuple[str, int], ...]): Head arguments after ``nc`` in the YAML row, with the reference
+            defaults used when the row omits them; widths are scaled like conv widths, depths like repeats.
+    """
+
+    name: str
+    module: str
+    stands_for: str
+    criterion: str
+    yaml_args: tuple[tuple[str, int], ...]
+
+    @property
+    def cls(self) -> type:
+        """The head class (imports its module)."""
+        return getattr(import_module(self.module), self.name)
+
+    def criterion_for(self, model: Any) -> Any:
+        """Return the criterion of ``model`` (a de-paralleled DetectionModel whose last module is this head)."""
+        module, _, name = self.criterion.partition(":")
+        return getattr(import_module(module), name)(model)
+
+
+HEADS: tuple[HeadSpec, ...] = (
+    HeadSpec(
+        name="TOODDetect",
+        module="yolo_tood.nn.head",
+        stands_for="Detect",
+        criterion="yolo_tood.train.loss:TOODLoss",
+        yaml_args=(("feat_channels", 256), ("stacked_convs", 6)),  # MMDetection's TOOD head defaults
+    ),
+)
+
+_BY_NAME = {spec.name: spec for spec in HEADS}
+
+
+def head_spec(name: Any) -> HeadSpec | None:
+    """Return the spec of a YAML module name, or None when it is not a TOOD head."""
+    return _BY_NAME.get(name) if isinstance(name, str) else None
+
+
+def tood_row_spec(row: Any) -> HeadSpec | None:
+    """Return the spec of a model-YAML row ``[from, repeats, module, args]`` naming a TOOD head, else None."""
+    return head_spec(row[2]) if isinstance(row, (list, tuple)) and len(row) == 4 else None
+
+
+def head_classes() -> tuple[type, ...]:
+    """Return the TOOD head classes (imports their modules)."""
+    return tuple(spec.cls for spec in HEADS)
+
+
+def is_tood_head(module: Any) -> HeadSpec | None:
+    """Return the spec of ``module``'s class when it is a TOOD head instance, else None (imports nothing new)."""
+    import sys
+
+    for spec in HEADS:
+        mod = sys.modules.get(spec.module)
+        cls = getattr(mod, spec.name, None) if mod is not None else None
+        if cls is not None and isinstance(module, cls):
+            return spec
+    return None

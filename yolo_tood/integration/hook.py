@@ -1,0 +1,125 @@
+"""Lazy start-up hook: import-time actions, so that no yolo-tood module has to import the registration itself.
+
+Installed into every interpreter by ``yolo_tood.pth`` (so the stock ``yolo`` command needs no extra import), it
+must stay cheap: it imports only ``sys`` (about 2 ms per interpreter start for the package), and a
+process that never imports ultralytics never imports torch or ultralytics because of it. One meta-path finder:
+
+- right after ``ultralytics.nn.tasks`` executes, it runs ``yolo_tood.register()``;
+- right after a head module (``yolo_tood.nn.head``) executes, it allows the head's classes for safe loading, so
+  unpickling a checkpoint registers what it needs in a fresh process whichever of the two is imported first;
+- it serves the module paths before the layer folders (``OLD_MODULES``), which
+  checkpoints pickled then name, as thin modules re-exporting the new ones.
+"""
+
+from __future__ import annotations
+
+import sys
+
+TARGET = "ultralytics.nn.tasks"
+HEAD_MODULES = ("yolo_tood.nn.head",)  # heads.HEADS' modules; kept literal so the hook imports nothing more
+# Module paths before the layer folders; checkpoints pickled then name their classes through them.
+OLD_MODULES = {
+    "yolo_tood.head": "yolo_tood.nn.head",
+    "yolo_tood.loss": "yolo_tood.train.loss",
+    "yolo_tood.assigner": "yolo_tood.train.assigner",
+    "yolo_tood.hyp": "yolo_tood.train.hyp",
+    "yolo_tood.export": "yolo_tood.integration.export",
+    "yolo_tood.diagnostics": "yolo_tood.analysis",
+}
+
+
+def allow_safe_load(module) -> None:
+    """Allow a head module's classes under ``ULTRALYTICS_SAFE_LOAD=1`` (``torch.load(weights_only=True)``).
+
+    Run right after a head module executes, whatever imported it. The classes are also allowed under their module
+    paths before the layer folders, which old checkpoints name. Torch's allow-list then admits only these classes, so
+    ``unregister()`` leaves it alone.
+
+    Args:
+        module (module): The executed head module; its ``nn.Module`` classes in ``__all__`` are allowed.
+    """
+    import torch
+
+    classes = [getattr(module, n) for n in getattr(module, "__all__", ())]
+    classes = [c for c in classes if isinstance(c, type) and issubclass(c, torch.nn.Module)]
+    old = [old for old, new in OLD_MODULES.items() if new == module.__name__]
+    if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        old = []  # torch < 2.6 has no (class, "module.Name") aliases, and ultralytics no restricted loading
+    torch.serialization.add_safe_globals(classes + [(c, f"{o}.{c.__qualname__}") for o in old for c in classes])
+
+
+def _after_exec(name: str, module) -> None:
+    if name == TARGET:
+        from yolo_tood.integration.register import register
+
+        register()
+    else:
+        allow_safe_load(module)
+
+
+class _RegisteringLoader:
+    """Delegate to the real loader, then run the after-import action of the freshly executed module."""
+
+    def __init__(self, loader, name: str):
+        self._loader = loader
+        self._name = name
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        _after_exec(self._name, module)
+
+
+class _AliasLoader:
+    """Load an old module path as a thin module re-exporting the module it moved to."""
+
+    def __init__(self, target: str):
+        self._target = target
+
+    def create_module(self, spec):
+        return None  # a plain module
+
+    def exec_module(self, module) -> None:
+        from importlib import import_module
+
+        target = import_module(self._target)
+        names = getattr(target, "__all__", None) or [n for n in vars(target) if not n.startswith("_")]
+        module.__dict__.update({n: getattr(target, n) for n in names}, __all__=tuple(names))
+        module.__doc__ = f"Old path of ``{self._target}``, kept so that checkpoints pickled before the move load."
+        module.__getattr__ = lambda name: getattr(target, name)  # the rest (private names) from the real module
+
+
+class _UltralyticsFinder:
+    """A meta-path finder for the modules above; every other import is left to the other finders."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in OLD_MODULES:
+            from importlib.machinery import ModuleSpec
+
+            return ModuleSpec(fullname, _AliasLoader(OLD_MODULES[fullname]))
+        if fullname != TARGET and fullname not in HEAD_MODULES:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _RegisteringLoader(spec.loader, fullname)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Install the finder once; register at once if ultralytics' tasks module is already imported."""
+    if not any(isinstance(f, _UltralyticsFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _UltralyticsFinder())
+    if TARGET in sys.modules:
+        from yolo_tood.integration.register import register
+
+        register()

@@ -1,0 +1,221 @@
+"""Registration of the TOOD heads, their losses and callbacks with ultralytics, and its exact undo.
+
+``register()`` runs right after ``ultralytics.nn.tasks`` is imported (see ``yolo_tood.integration.hook``); it never
+edits ultralytics' files, and ``unregister()`` restores everything it changed. The ultralytics internals involved are
+listed in ``yolo_tood.integration.compat``; the heads in ``yolo_tood.integration.heads``. It wraps:
+
+1. ``tasks.parse_model``: for a YAML with a TOOD head row, ultralytics' own parse_model runs on a private copy of its
+   globals in which ``Detect`` is the TOOD head (``compat.parse_model_with``), so the head gets width-scaled channels
+   exactly as ``Detect``; the ``ultralytics.nn.tasks`` module itself is never rebound, so a stock model built by
+   another thread at the same time gets a stock head.
+2. ``DetectionModel.init_criterion``: models whose head is a TOOD head get that head's criterion.
+3. ``default_callbacks`` (copied into every trainer): tells the head the trainer's epoch, which selects the ATSS
+   warm-up or TAL in the loss, also after ``resume=True`` and for the validation losses.
+4. ``tasks.yaml_model_load`` (and the name ``ultralytics.engine.model`` imported from it): ultralytics finds the file
+   of a scaled name (``yolov8n-tood.yaml`` -> ``yolov8-tood.yaml``) with a regex over the *whole* path string, so a
+   directory such as ``/tmp/run1s/`` or ``~/exp2m/`` is rewritten instead of the file name and the YAML is "not
+   found". For a TOOD YAML the wrapper applies the same rewrite to the file name only.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..checks import check_int
+from .compat import SCALE_IN_NAME, SUPPORTED_ULTRALYTICS, check_ultralytics_version, parse_model_with
+from .heads import HEADS, is_tood_head, tood_row_spec
+
+__all__ = ("SUPPORTED_ULTRALYTICS", "check_ultralytics_version", "is_registered", "register", "unregister")
+
+_PATCHED = "_yolo_tood_original"  # attribute marking a wrapped ultralytics function, holding the original
+_MISSING = object()
+
+
+@dataclass
+class _Patch:
+    """One ultralytics attribute replaced by a wrapper: enough to put the original back."""
+
+    owner: Any
+    name: str
+    original: Any  # the value in owner.__dict__ before, or _MISSING when it was inherited
+    wrapper: Any
+
+
+_PATCHES: list[_Patch] = []
+_CALLBACKS: list[tuple[str, Callable]] = []
+
+
+def _patch(owner: Any, name: str, make_wrapper: Callable[[Any], Any]) -> None:
+    """Replace ``owner.name`` by ``make_wrapper(current value)`` and remember how to undo it."""
+    current = getattr(owner, name)
+    wrapper = make_wrapper(current)
+    setattr(wrapper, _PATCHED, current)
+    _PATCHES.append(_Patch(owner, name, vars(owner).get(name, _MISSING), wrapper))
+    setattr(owner, name, wrapper)
+
+
+def _is_tood_row(row: list) -> bool:
+    return tood_row_spec(row) is not None
+
+
+def _head_args(spec: Any, args: list, depth: float, width: float, max_channels: float) -> list:
+    """Validate a TOOD head row's ``[nc, *spec.yaml_args]`` and scale width and depth as parse_model scales the model.
+
+    The first argument after ``nc`` is a width (scaled like a conv width), the second a depth (scaled like repeats).
+    """
+    from ultralytics.utils.ops import make_divisible
+
+    names, defaults = zip(*spec.yaml_args)
+    if not isinstance(args, list) or not 1 <= len(args) <= 1 + len(names):
+        raise ValueError(f"{spec.name} YAML args must be [nc, {', '.join(names)}], got {args!r}")
+    nc, feat_channels, stacked_convs = (list(args) + list(defaults)[len(args) - 1 :])[: 1 + len(names)]
+    for name, value in zip(names, (feat_channels, stacked_convs)):
+        check_int(value, name, f"{spec.name} YAML arg")
+    feat_channels = make_divisible(min(feat_channels, max_channels) * width, 8)  # as parse_model scales conv widths
+    # As parse_model scales repeats, but at least 2: layer attention over a single layer would be a constant
+    stacked_convs = max(round(stacked_convs * depth), min(stacked_convs, 2))
+    return [nc, feat_channels, stacked_convs]
+
+
+def _scaled_copy(d: dict) -> tuple[dict, Any]:
+    """Return a copy of the model dict whose TOOD rows carry scaled head arguments, and the head's spec.
+
+    ``d`` itself is not changed.
+    """
+    depth, width, max_channels = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0), float("inf")
+    if scales := d.get("scales"):  # the same scale choice as parse_model makes
+        depth, width, max_channels = scales[d.get("scale") or next(iter(scales))]
+    rows = d.get("backbone", []) + d.get("head", [])
+    specs = {tood_row_spec(r) for r in d["head"]} - {None}
+    if len(specs) > 1:
+        raise ValueError(f"a model YAML can contain one kind of TOOD head, got {sorted(s.name for s in specs)}")
+    (spec,) = specs
+    others = {r[2] for r in rows if len(r) == 4 and isinstance(r[2], str) and r[2].endswith(spec.stands_for)}
+    if names := others - {spec.name}:
+        raise ValueError(f"a model YAML with {spec.name} cannot also contain {sorted(names)}")
+    head = [[*r[:3], _head_args(spec, r[3], depth, width, max_channels)] if _is_tood_row(r) else r for r in d["head"]]
+    return {**d, "head": head}, spec
+
+
+def _wrap_parse_model(original: Callable) -> Callable:
+    def parse_model(d: dict, ch: int, verbose: bool = True):
+        """Ultralytics' parse_model, able to build a TOOD head row (see the module docstring)."""
+        if not any(_is_tood_row(r) for r in d.get("head", [])):
+            return original(d, ch, verbose)
+        check_ultralytics_version()
+        from ..train.hyp import TOODHyp
+
+        TOODHyp.from_yaml(d)  # bad hyper-parameters fail at build time, not at the first training step
+        scaled, spec = _scaled_copy(d)
+        head = spec.cls
+        return parse_model_with(original, {spec.stands_for: head, spec.name: head})(scaled, ch, verbose)
+
+    return parse_model
+
+
+def _wrap_yaml_model_load(tasks: Any) -> Callable[[Callable], Callable]:
+    def make(original: Callable) -> Callable:
+        def yaml_model_load(path):
+            """Ultralytics' yaml_model_load, resolving a scaled TOOD name in its own folder (see the docstring)."""
+            path = Path(path)
+            unified = path.with_name(SCALE_IN_NAME.sub(r"\1\3", path.name))
+            if path.exists() or unified == path or not unified.exists():
+                return original(path)
+            d = original(unified)
+            if not any(_is_tood_row(r) for r in d.get("head", [])):
+                return original(path)  # stock YAMLs keep ultralytics' own behaviour
+            d["scale"], d["yaml_file"] = tasks.guess_model_scale(path), str(path)
+            return d
+
+        return yaml_model_load
+
+    return make
+
+
+def _wrap_init_criterion(original: Callable) -> Callable:
+    def init_criterion(self):
+        """Ultralytics' DetectionModel.init_criterion, returning the TOOD criterion for models with a TOOD head."""
+        spec = is_tood_head(self.model[-1])
+        return spec.criterion_for(self) if spec is not None else original(self)
+
+    return init_criterion
+
+
+def _add_callbacks() -> None:
+    from ultralytics.utils.callbacks.base import default_callbacks
+
+    from .callbacks import on_train_end, on_train_epoch_end, on_train_epoch_start, on_train_start
+    from .export import on_export_start
+
+    for event, fn in (
+        ("on_train_start", on_train_start),
+        ("on_train_epoch_start", on_train_epoch_start),
+        ("on_train_epoch_end", on_train_epoch_end),  # tal_stats.jsonl, before the epoch's validation
+        ("on_train_end", on_train_end),  # tal_stats.png
+        ("on_export_start", on_export_start),
+    ):
+        if fn not in default_callbacks[event]:
+            default_callbacks[event].append(fn)
+            _CALLBACKS.append((event, fn))
+
+
+def is_registered() -> bool:
+    """Return True while yolo-tood's wrappers are installed in ultralytics."""
+    return bool(_PATCHES)
+
+
+def register() -> None:
+    """Register the TOOD heads, their losses and callbacks with ultralytics; idempotent, undone by ``unregister()``.
+
+    With an unsupported ultralytics, only the parse_model wrapper is installed, so building a TOOD model fails with
+    one clear line while stock models keep working.
+    """
+    import ultralytics.nn.tasks as tasks
+
+    if not _PATCHES:
+        _patch(tasks, "parse_model", _wrap_parse_model)
+    try:
+        check_ultralytics_version()
+    except RuntimeError:
+        return
+    if len(_PATCHES) > 1:
+        return
+    _patch(tasks.DetectionModel, "init_criterion", _wrap_init_criterion)
+    original_load = tasks.yaml_model_load
+    _patch(tasks, "yaml_model_load", _wrap_yaml_model_load(tasks))
+    engine_model = sys.modules.get("ultralytics.engine.model")  # imported the name before registration, if at all
+    if engine_model is not None and getattr(engine_model, "yaml_model_load", None) is original_load:
+        _patch(engine_model, "yaml_model_load", lambda _: tasks.yaml_model_load)
+    _add_callbacks()
+    for spec in HEADS:  # the import hook allows a head module's classes for safe loading when it executes
+        if spec.module not in sys.modules:
+            __import__(spec.module)
+
+
+def unregister() -> None:
+    """Undo ``register()``: put back every wrapped ultralytics function and remove the callbacks.
+
+    Afterwards ultralytics behaves as if yolo-tood were not installed (a TOOD YAML no longer builds) until
+    ``register()`` is called again. A wrapper that something else has wrapped in turn cannot be taken out from under
+    it: that raises a RuntimeError naming it, and nothing is changed.
+    """
+    for p in _PATCHES:
+        if vars(p.owner).get(p.name) is not p.wrapper:
+            raise RuntimeError(
+                f"yolo-tood cannot unregister: {p.owner.__name__}.{p.name} was replaced after register()"
+            )
+    from ultralytics.utils.callbacks.base import default_callbacks
+
+    for p in reversed(_PATCHES):
+        if p.original is _MISSING:
+            delattr(p.owner, p.name)
+        else:
+            setattr(p.owner, p.name, p.original)
+    _PATCHES.clear()
+    for event, fn in _CALLBACKS:
+        if fn in default_callbacks[event]:
+            default_callbacks[event].remove(fn)
+    _CALLBACKS.clear()

@@ -1,0 +1,1 @@
+"""Training: the ATSS and task-aligned assigners, the TOOD loss and its hyper-parameters."""
