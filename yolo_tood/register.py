@@ -11,7 +11,8 @@ edits ultralytics' files; it wraps four process-wide entry points:
    and parse_model builds it with width-scaled channels exactly as it builds ``Detect``.
 2. ``DetectionModel.init_criterion``: models whose head is a ``TOODDetect`` get ``TOODLoss``.
 3. ``default_callbacks`` (copied into every trainer): tells the head the trainer's epoch, which selects the ATSS
-   warm-up or TAL in the loss, also after ``resume=True`` and for the validation losses.
+   warm-up or TAL in the loss, also after ``resume=True`` and for the validation losses; logs the zero-size GT
+   boxes the loss dropped, once per epoch.
 4. ``tasks.yaml_model_load`` (and the name ``ultralytics.engine.model`` imported from it): ultralytics finds the file
    of a scaled name (``yolov8n-tood.yaml`` -> ``yolov8-tood.yaml``) with a regex over the *whole* path string, so a
    directory such as ``/tmp/run1s/`` or ``~/exp2m/`` is rewritten instead of the file name and the YAML is "not
@@ -211,6 +212,29 @@ def on_train_epoch_start(trainer: Any) -> None:
             LOGGER.info(f"TOOD: ATSS warm-up done, switching to Task Alignment Learning at epoch {trainer.epoch + 1}")
 
 
+def on_train_epoch_end(trainer: Any) -> None:
+    """Log once how many zero-size GT boxes the TOOD losses dropped during the epoch, and reset the counts.
+
+    The counts of the trained model's loss and of the EMA model's loss (validation losses) are summed; the EMA's
+    validation of the previous epoch runs after this callback, so its drops are reported with the next epoch.
+    """
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    from .loss import TOODLoss
+
+    if not _tood_heads(trainer):
+        return
+    models = [trainer.model, getattr(getattr(trainer, "ema", None), "ema", None)]
+    losses = [getattr(unwrap_model(m), "criterion", None) for m in models if m is not None]
+    losses = [c for c in {id(c): c for c in losses}.values() if isinstance(c, TOODLoss)]
+    if dropped := sum(c.dropped_boxes for c in losses):
+        from ultralytics.utils import LOGGER
+
+        LOGGER.warning(f"TOOD: dropped {dropped} zero-size boxes this epoch")
+    for c in losses:
+        c.dropped_boxes = 0
+
+
 def _add_callbacks() -> None:
     from ultralytics.utils.callbacks.base import default_callbacks
 
@@ -219,6 +243,7 @@ def _add_callbacks() -> None:
     for event, fn in (
         ("on_train_start", on_train_start),
         ("on_train_epoch_start", on_train_epoch_start),
+        ("on_train_epoch_end", on_train_epoch_end),
         ("on_export_start", on_export_start),
     ):
         if fn not in default_callbacks[event]:
