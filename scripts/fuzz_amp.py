@@ -5,9 +5,10 @@ outside it, for each precision and both loss phases (ATSS warm-up: ``head.epoch=
 same weights and the same batch. A batch fails when it raises, or gives a non-finite loss or gradient. The fp32 run of
 the same batch is the reference for the relative loss difference of the other precisions.
 
-Batches cycle through kinds of ground truths: ordinary boxes (sides >= 2.5 px), tiny (0.02-1 px), huge (up to 3x the
-image), out of the image, duplicated, empty images, 1,000 GTs in one image, negatives of saturated score (class and
-probability-map biases at +12, so sigmoid > 0.99999 everywhere), and a third of the boxes of zero or negative size.
+Batches cycle through kinds of ground truths: ordinary boxes (sides >= 2.5 px), tiny (0.02-0.5 px, half of them on
+an anchor point), huge (up to 3x the image), out of the image, duplicated, empty images, 1,000 GTs in one image,
+negatives of saturated score (class and probability-map biases at +12, so sigmoid > 0.99999 everywhere), and a third
+of the boxes of zero or negative size.
 
 Two differences to fp32 are reported: "loss" compares the loss computed under autocast with the loss computed in
 plain fp32 on the same (autocast) predictions, i.e. the error of the loss computation alone; "end to end" compares
@@ -15,7 +16,7 @@ with the fp32 forward + loss, which also holds the error of the fp16/bf16 convol
 assignment when the predictions move).
 
 Usage:
-    python scripts/fuzz_amp.py --batches 50 --imgsz 96 --json fuzz_amp.json
+    python scripts/fuzz_amp.py --batches 108 --imgsz 96 --json fuzz_amp.json
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def make_batch(kind: str, g: torch.Generator, bs: int, imgsz: int, nc: int) -> d
     n = int(counts.sum())
     xy = rand(n, 2)
     px = 1.0 / imgsz  # one pixel in normalised units
-    if kind == "tiny":
-        wh = (0.02 + 0.98 * rand(n, 2)) * px
+    if kind == "tiny":  # 0.02-0.5 px, half of them centred on a stride-8 anchor point (so they get positives)
+        wh = (0.02 + 0.48 * rand(n, 2)) * px
+        xy[::2] = ((xy[::2] * imgsz / 8).floor() + 0.5) * 8 / imgsz
     elif kind == "zero":  # a third of the boxes with a zero or negative width or height, the others tiny
         wh = (0.02 + 0.98 * rand(n, 2)) * px
         wh[::3, int(rand(1).item() * 2)] *= -float(rand(1).item() < 0.5)

@@ -60,8 +60,8 @@ def aligned_score(cls_logits: torch.Tensor, prob_logits: torch.Tensor) -> torch.
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
-    """Return ``x`` as float32."""
-    return _cast(x, torch.float32)
+    """Return ``x`` as float32 when it is of a lower precision (fp16, bf16); float32 and float64 are kept."""
+    return _cast(x, torch.promote_types(x.dtype, torch.float32))
 
 
 def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -111,14 +111,14 @@ def resample_by_offsets(pred: torch.Tensor, offsets: torch.Tensor, groups: int =
     # The grid and the sampling are float32 whatever the dtype of pred (fp16/bf16 under autocast or half=True): a
     # normalised coordinate near 1 has a step of 2**-8 in bf16, i.e. 0.3-0.5 px on an 80-wide map (0.06 px in fp16).
     # Only the result is cast back.
-    ys = torch.arange(h, device=pred.device, dtype=torch.float32).view(1, 1, h, 1)
-    xs = torch.arange(w, device=pred.device, dtype=torch.float32).view(1, 1, 1, w)
-    offsets = _fp32(offsets).view(b, groups, 2, h, w)
+    src = _fp32(pred).reshape(b * groups, c // groups, h, w)
+    ys = torch.arange(h, device=pred.device, dtype=src.dtype).view(1, 1, h, 1)
+    xs = torch.arange(w, device=pred.device, dtype=src.dtype).view(1, 1, 1, w)
+    offsets = _cast(offsets, src.dtype).view(b, groups, 2, h, w)
     # Pixel centre j maps to (2j + 1) / W - 1 with align_corners=False, so a sample at j + dx maps to this
     gx = (2 * (xs + offsets[:, :, 1]) + 1) / w - 1  # (B, groups, H, W)
     gy = (2 * (ys + offsets[:, :, 0]) + 1) / h - 1
     grid = torch.stack((gx, gy), -1).view(b * groups, h, w, 2)
-    src = _fp32(pred).reshape(b * groups, c // groups, h, w)
     out = F.grid_sample(src, grid, "bilinear", "zeros", align_corners=False)
     return _cast(out.view(b, c, h, w), pred.dtype)
 
