@@ -136,7 +136,7 @@ def _coco128_batch(imgsz: int = 64, batch: int = 8) -> dict:
 
     data = check_det_dataset(str(COCO128))
     cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch})
-    dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="train")
+    dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="val")  # no random augmentation
     b = next(iter(build_dataloader(dataset, batch, workers=0, shuffle=False)))
     b["img"] = b["img"].float() / 255  # as DetectionTrainer.preprocess_batch
     return b
