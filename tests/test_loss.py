@@ -303,8 +303,9 @@ def test_finite_loss_and_gradients(n_gt, epoch, reg_max):
 def test_degenerate_and_partly_outside_boxes(epoch):
     """Zero-width, zero-height and zero-area GTs, and GTs partly outside the image: finite loss and gradients.
 
-    The GT at xywh (0, 0, 0.4, 0.4) has xyxy (-25.6, -25.6, 25.6, 25.6), whose coordinates sum to 0: it is a real GT
-    (ultralytics' ``sum > 0`` padding test would drop it), so the mask comes from the per-image counts.
+    The zero-size GTs are dropped (and counted). The GT at xywh (0, 0, 0.4, 0.4) has xyxy (-25.6, -25.6, 25.6, 25.6),
+    whose coordinates sum to 0: it is a real GT (ultralytics' ``sum > 0`` padding test would drop it), so the mask
+    comes from the per-image counts.
     """
     head = FakeHead(nc=2, reg_max=16)
     head.epoch = epoch
@@ -323,7 +324,8 @@ def test_degenerate_and_partly_outside_boxes(epoch):
     batch = {"batch_idx": torch.tensor([0.0, 0, 0, 1, 1, 1]), "cls": torch.tensor([[0.0], [1], [0], [1], [0], [1]])}
     batch["bboxes"] = xywh
     _, _, mask_gt = criterion._targets(batch, 2, torch.tensor([128.0, 128.0]))
-    assert mask_gt.bool().all()
+    assert mask_gt[..., 0].sum(1).tolist() == [0, 3]  # image 0 had only the three zero-size GTs
+    assert criterion.dropped_boxes == 3
     loss, items = criterion(build(), batch)
     assert_finite_loss_and_grads(loss, items, boxes, logits)
 

@@ -108,11 +108,33 @@ def _tood_criterion(trainer: Any) -> Any:
     return criterion if hasattr(criterion, "tal_stats") else None
 
 
+def _log_dropped_boxes(trainer: Any) -> None:
+    """Log once how many zero-size GT boxes the TOOD losses dropped during the epoch, and reset the counts.
+
+    The counts of the trained model's loss and of the EMA model's loss (validation losses) are summed; the EMA's
+    validation of the previous epoch runs after this callback, so its drops are reported with the next epoch.
+    """
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    models = [trainer.model, getattr(getattr(trainer, "ema", None), "ema", None)]
+    losses = [getattr(unwrap_model(m), "criterion", None) for m in models if m is not None]
+    losses = [c for c in {id(c): c for c in losses}.values() if hasattr(c, "dropped_boxes")]
+    if dropped := sum(c.dropped_boxes for c in losses):
+        from ultralytics.utils import LOGGER
+
+        LOGGER.warning(f"TOOD: dropped {dropped} zero-size boxes this epoch")
+    for c in losses:
+        c.dropped_boxes = 0
+
+
 def on_train_epoch_end(trainer: Any) -> None:
-    """Append the epoch's assignment statistics to ``<save_dir>/tal_stats.jsonl`` and reset the accumulator.
+    """Log the zero-size boxes dropped this epoch; append the assignment statistics to ``tal_stats.jsonl``.
 
     Runs before the epoch's validation, so validation losses never reach the statistics.
     """
+    if not _tood_heads(trainer):
+        return
+    _log_dropped_boxes(trainer)
     from ultralytics.utils import RANK
 
     from ..analysis.tal_stats import STATS_FILE

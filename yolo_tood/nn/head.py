@@ -22,6 +22,7 @@ __all__ = (
     "TaskDecomposition",
     "TOODDetect",
     "aligned_score",
+    "inference_score",
     "keep_topk_scores",
     "keep_valid_boxes",
     "offset_distances",
@@ -86,14 +87,43 @@ def aligned_score(cls_logits: torch.Tensor, prob_logits: torch.Tensor) -> torch.
         prob_logits (torch.Tensor): Probability-map logits M, e.g. (B, 1, H, W).
 
     Returns:
-        (torch.Tensor): Aligned scores in [0, 1] with the broadcast shape.
+        (torch.Tensor): Aligned scores in [0, 1] with the broadcast shape, float32 whatever the dtype of the logits.
 
     Examples:
         >>> s = aligned_score(torch.tensor([100.0, -100.0]), torch.tensor([0.0, 0.0]))
         >>> s.isfinite().all()
         tensor(True)
     """
-    return torch.exp(0.5 * (F.logsigmoid(cls_logits) + F.logsigmoid(prob_logits)))
+    # In float32 whatever the autocast dtype: in fp16 the log-sigmoid sum of a score above 0.99999 is a subnormal of
+    # a few significant bits, and the loss gradient into it (about 1 / (1 - score)) overflows fp16 under loss scaling.
+    return torch.exp(0.5 * (F.logsigmoid(_fp32(cls_logits)) + F.logsigmoid(_fp32(prob_logits))))
+
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """Return ``x`` as float32 when it is of a lower precision (fp16, bf16); float32 and float64 are kept."""
+    return _cast(x, torch.promote_types(x.dtype, torch.float32))
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Return ``x`` in ``dtype``; ``x`` itself when it already is (an ONNX export then gets no Cast node)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def inference_score(cls_logits: torch.Tensor, prob_logits: torch.Tensor) -> torch.Tensor:
+    """Return the aligned score sqrt(sigmoid(cls) * sigmoid(M)) for inference, computed in float32.
+
+    The product of two probabilities near 1e-3 is near 1e-6, a subnormal of a few bits in fp16 (1.7% relative error
+    in the score for scores 1e-3 - 1e-2), so it is formed in float32 and only the score is cast back to the dtype of
+    the logits (fp16 for ``half=True`` validation and export).
+
+    Args:
+        cls_logits (torch.Tensor): Classification logits, e.g. (B, nc, H, W).
+        prob_logits (torch.Tensor): Probability-map logits M, e.g. (B, 1, H, W).
+
+    Returns:
+        (torch.Tensor): Scores in [0, 1] with the broadcast shape, in the dtype of ``cls_logits``.
+    """
+    return _cast((_fp32(cls_logits).sigmoid() * _fp32(prob_logits).sigmoid()).sqrt(), cls_logits.dtype)
 
 
 def resample_by_offsets(pred: torch.Tensor, offsets: torch.Tensor, groups: int = 4) -> torch.Tensor:
@@ -119,15 +149,19 @@ def resample_by_offsets(pred: torch.Tensor, offsets: torch.Tensor, groups: int =
         True
     """
     b, c, h, w = pred.shape
-    ys = torch.arange(h, device=pred.device, dtype=pred.dtype).view(1, 1, h, 1)
-    xs = torch.arange(w, device=pred.device, dtype=pred.dtype).view(1, 1, 1, w)
-    offsets = offsets.view(b, groups, 2, h, w)
+    # The grid and the sampling are float32 whatever the dtype of pred (fp16/bf16 under autocast or half=True): a
+    # normalised coordinate near 1 has a step of 2**-8 in bf16, i.e. 0.3-0.5 px on an 80-wide map (0.06 px in fp16).
+    # Only the result is cast back.
+    src = _fp32(pred).reshape(b * groups, c // groups, h, w)
+    ys = torch.arange(h, device=pred.device, dtype=src.dtype).view(1, 1, h, 1)
+    xs = torch.arange(w, device=pred.device, dtype=src.dtype).view(1, 1, 1, w)
+    offsets = _cast(offsets, src.dtype).view(b, groups, 2, h, w)
     # Pixel centre j maps to (2j + 1) / W - 1 with align_corners=False, so a sample at j + dx maps to this
     gx = (2 * (xs + offsets[:, :, 1]) + 1) / w - 1  # (B, groups, H, W)
     gy = (2 * (ys + offsets[:, :, 0]) + 1) / h - 1
     grid = torch.stack((gx, gy), -1).view(b * groups, h, w, 2)
-    out = F.grid_sample(pred.reshape(b * groups, c // groups, h, w), grid, "bilinear", "zeros", align_corners=False)
-    return out.view(b, c, h, w)
+    out = F.grid_sample(src, grid, "bilinear", "zeros", align_corners=False)
+    return _cast(out.view(b, c, h, w), pred.dtype)
 
 
 def side_shifts(offsets: torch.Tensor) -> torch.Tensor:
@@ -446,9 +480,9 @@ class TOODDetect(Detect):
 
         cls_logits, prob_logits = self.tood_cls(self.cls_decomp(feat, avg_feat)), self.cls_prob(feat)
         if self.training:  # the finite-gradient form; at inference the plain form is the same value in fewer ops
-            scores = aligned_score(cls_logits, prob_logits)
+            scores = aligned_score(cls_logits, prob_logits)  # float32, for the loss
         else:
-            scores = (cls_logits.sigmoid() * prob_logits.sigmoid()).sqrt()
+            scores = inference_score(cls_logits, prob_logits)
 
         reg = self.scales[level](self.tood_reg(self.reg_decomp(feat, avg_feat)))  # (B, 4*reg_max, H, W)
         offsets = self.reg_offset(feat)  # (B, 8, H, W)

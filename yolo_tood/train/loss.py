@@ -13,10 +13,20 @@ MMDetection's ``TOODHead.loss_by_feat``:
 Both normalisers are clamped at a minimum of 1 (mmdet ``avg_factor.clamp_(min=1)``). The box loss is GIoU (loss
 weight ``box_gain``), plus ultralytics' DFL weighted like the GIoU when ``reg_max > 1`` (an addition for YOLOv8's
 DFL head; TOOD regresses plain distances).
+
+Mixed precision: the loss is computed in float32 whatever the autocast state (ultralytics' ``amp=True`` runs the
+forward and the loss inside fp16 autocast), with autocast disabled and the predictions cast to float, as YOLOv6 does
+for its VFL. In fp16 the centerness guard 1e-9 is 0 (NaN for sub-pixel GTs) and in bf16 the DFL target clamp
+``reg_max - 1 - 0.01`` rounds up to ``reg_max - 1`` (an out-of-bounds bin index, a device-side assert on CUDA).
+
+Bad labels fail with one ValueError naming the label (class ids outside [0, nc) or not integers, non-finite boxes,
+image indices outside the batch), before anything is indexed with them; boxes of zero or negative width or height
+are dropped and counted in ``TOODLoss.dropped_boxes``, which a callback logs and resets once per epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -92,12 +102,20 @@ def centerness(points: torch.Tensor, boxes: torch.Tensor, eps: float = 1e-9) -> 
         eps (float): Guards the division for degenerate boxes.
 
     Returns:
-        (torch.Tensor): (N,) centerness in [0, 1].
+        (torch.Tensor): (N,) float32 centerness in [0, 1].
     """
+    points, boxes = points.float(), boxes.float()  # eps would be 0 in fp16
     lt = points - boxes[:, :2]  # (N, 2) l, t
     rb = boxes[:, 2:] - points  # (N, 2) r, b
     ratio = torch.minimum(lt, rb).clamp(min=0) / torch.maximum(lt, rb).clamp(min=eps)  # (N, 2)
     return ratio.prod(-1).sqrt()
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Return a context that disables autocast on ``device`` (a no-op context where autocast does not exist)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class TOODLoss(v8DetectionLoss):
@@ -142,6 +160,7 @@ class TOODLoss(v8DetectionLoss):
         self.dfl_loss = DFLoss(self.reg_max) if self.use_dfl else None
         self.proj = torch.arange(self.reg_max, dtype=torch.float, device=self.device)  # used by bbox_decode
         self.tal_stats = TALStats()  # positives per GT of the training batches, read by yolo_tood.tal_stats' callbacks
+        self.dropped_boxes = 0  # GTs of zero or negative size dropped since the last reset (logged per epoch)
 
     def warmup_epochs(self) -> int:
         """Return the ATSS warm-up length in epochs: the head's ``atss_epochs``, resolved by the training callbacks.
@@ -180,17 +199,22 @@ class TOODLoss(v8DetectionLoss):
         Returns:
             (tuple): loss (3,) * batch size and {"box_loss", "cls_loss", "dfl_loss" | "l1_loss"} detached.
         """
+        with _no_autocast(preds["boxes"].device):
+            return self._loss(preds, batch)
+
+    def _loss(self, preds: dict[str, Any], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Return ``loss(preds, batch)``, autocast being disabled: every input is cast to float32 here."""
         warmup = self.in_warmup()
-        pred_distri = preds["boxes"].permute(0, 2, 1).contiguous()  # (B, A, 4*reg_max)
-        pred_scores = preds["scores"].permute(0, 2, 1).float()  # (B, A, nc) probabilities; fp32 for the logs
+        pred_distri = preds["boxes"].permute(0, 2, 1).float().contiguous()  # (B, A, 4*reg_max)
+        pred_scores = preds["scores"].permute(0, 2, 1).float()  # (B, A, nc) probabilities
         feats = preds["feats"]
         anchor_points, stride_tensor = make_anchors(feats, self.stride, 0.5)  # (A, 2) grid units, (A, 1)
         batch_size = pred_scores.shape[0]
-        imgsz = torch.tensor(feats[0].shape[2:], device=self.device, dtype=pred_scores.dtype) * self.stride[0]
+        imgsz = torch.tensor(feats[0].shape[2:], device=self.device, dtype=torch.float32) * self.stride[0]
 
         gt_labels, gt_bboxes, mask_gt = self._targets(batch, batch_size, imgsz)
         # TAP measures side k from (anchor + O_k): decode around the anchor, then move each edge with its point
-        shifts = side_shifts(preds["offsets"]).permute(0, 2, 1)  # (B, A, 4) dx_l, dy_t, dx_r, dy_b in grid units
+        shifts = side_shifts(preds["offsets"]).float().permute(0, 2, 1)  # (B, A, 4) dx_l, dy_t, dx_r, dy_b, grid
         pred_bboxes = self.bbox_decode(anchor_points, pred_distri) + shifts  # (B, A, 4) xyxy grid units
 
         if warmup:
@@ -228,13 +252,58 @@ class TOODLoss(v8DetectionLoss):
         The mask comes from the per-image GT counts, not from ultralytics' ``box.sum() > 0``, which would drop a real
         box whose coordinates sum to <= 0 (a box partly outside the top-left of the image).
         """
-        batch_idx = batch["batch_idx"].view(-1, 1).to(self.device)
-        targets = torch.cat((batch_idx, batch["cls"].view(-1, 1).to(self.device), batch["bboxes"].to(self.device)), 1)
-        targets = self.preprocess(targets.float(), batch_size, scale_tensor=imgsz[[1, 0, 1, 0]].float())
+        batch_idx = batch["batch_idx"].view(-1, 1).to(self.device, torch.float32)
+        cls = batch["cls"].view(-1, 1).to(self.device, torch.float32)
+        bboxes = batch["bboxes"].view(-1, 4).to(self.device, torch.float32)
+        targets = self._check_labels(torch.cat((batch_idx, cls, bboxes), 1), batch_size)
+        batch_idx = targets[:, :1]
+        targets = self.preprocess(targets, batch_size, scale_tensor=imgsz[[1, 0, 1, 0]].float())
         gt_labels, gt_bboxes = targets.split((1, 4), 2)  # (B, n, 1) cls, (B, n, 4) xyxy pixels
         counts = torch.bincount(batch_idx.view(-1).long(), minlength=batch_size)[:batch_size]  # (B,)
         mask_gt = torch.arange(gt_bboxes.shape[1], device=self.device)[None] < counts[:, None]  # (B, n)
         return gt_labels, gt_bboxes, mask_gt[..., None].float()
+
+    def _check_labels(self, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Raise a one-line ValueError for a bad label; return ``targets`` without its zero-size boxes (counted).
+
+        Checked before any indexing, so a bad label never becomes an IndexError or a CUDA device-side assert, nor
+        trains silently as another class (a class id of -1 or 2.5). Boxes of zero or negative width or height are
+        dropped and added to ``self.dropped_boxes``.
+
+        Args:
+            targets (torch.Tensor): (N, 6) float32 labels: image index, class, normalised x, y, w, h.
+            batch_size (int): Number of images in the batch.
+
+        Returns:
+            (torch.Tensor): (M, 6) the labels with a positive width and height, M <= N.
+        """
+        img, cls, box = targets[:, 0], targets[:, 1], targets[:, 2:]
+        bad_img = ~((img >= 0) & (img < batch_size) & (img == img.round()))  # NaN compares False: bad
+        bad_cls = ~((cls >= 0) & (cls < self.nc) & (cls == cls.round()))
+        bad_box = ~box.isfinite().all(1)
+        empty = (box[:, 2] <= 0) | (box[:, 3] <= 0)
+        flags = torch.stack((bad_img.any(), bad_cls.any(), bad_box.any(), empty.any())).tolist()  # one device sync
+        if flags[0]:
+            i = int(bad_img.nonzero()[0])
+            raise ValueError(
+                f"TOOD: batch label {i} has image index {img[i].item()}, expected an integer in [0, {batch_size})"
+            )
+        if flags[1]:
+            i = int(bad_cls.nonzero()[0])
+            raise ValueError(
+                f"TOOD: batch label {i} (image {int(img[i])}) has class {cls[i].item()}, "
+                f"expected an integer in [0, {self.nc})"
+            )
+        if flags[2]:
+            i = int(bad_box.nonzero()[0])
+            raise ValueError(
+                f"TOOD: batch label {i} (image {int(img[i])}) has a non-finite box (x, y, w, h) = "
+                f"({', '.join(f'{v:g}' for v in box[i].tolist())})"
+            )
+        if flags[3]:
+            self.dropped_boxes += int(empty.sum())
+            targets = targets[~empty]
+        return targets
 
     def _cls_loss(self, pred_scores: torch.Tensor, res: AssignResult, warmup: bool) -> torch.Tensor:
         """Return the classification loss: Focal (warm-up) or QFL, summed over all anchors and classes, normalised.
@@ -274,9 +343,8 @@ class TOODLoss(v8DetectionLoss):
         fg = res.fg_mask.nonzero(as_tuple=True)  # index once
         points = anchor_points[fg[1]]  # (P, 2) grid units
         stride = stride_tensor[fg[1]]  # (P, 1)
-        target = res.bboxes[fg].to(pred_bboxes.dtype) / stride  # (P, 4) grid units
-        weight = centerness(points, target) if warmup else res.metrics[fg]  # (P,)
-        weight = weight.to(pred_bboxes.dtype)
+        target = res.bboxes[fg].float() / stride  # (P, 4) grid units
+        weight = centerness(points, target) if warmup else res.metrics[fg]  # (P,) float32
         norm = weight.sum().clamp(min=1)
 
         giou = bbox_iou(pred_bboxes[fg], target, xywh=False, GIoU=True).squeeze(-1)  # (P,)
@@ -291,7 +359,7 @@ class TOODLoss(v8DetectionLoss):
             dfl = self.dfl_loss(pred_distri[fg].view(-1, self.reg_max), target_ltrb).squeeze(-1)  # (P,)
             loss_dfl = (dfl * weight).sum() / norm
         else:  # reg_max == 1: ultralytics' L1 on the (l, t, r, b) distances normalised by the image size
-            scale = (stride / imgsz[[1, 0, 1, 0]]).to(pred_distri.dtype)  # (P, 4)
+            scale = stride / imgsz[[1, 0, 1, 0]]  # (P, 4)
             target_ltrb = torch.cat((bbox2dist(points_lt, target)[:, :2], bbox2dist(points_rb, target)[:, 2:]), 1)
             target_ltrb = target_ltrb * scale
             l1 = F.l1_loss(pred_distri[fg] * scale, target_ltrb, reduction="none").mean(-1)  # (P,)
