@@ -1,6 +1,6 @@
-"""Print params and GFLOPs of yolov8{scale}-tood.yaml against stock yolov8{scale}.yaml for every scale.
+"""Print params and GFLOPs of {family}{scale}-tood.yaml against stock {family}{scale}.yaml for every scale.
 
-Usage: python scripts/model_size.py [--imgsz 640] [--nc 80]
+Usage: python scripts/model_size.py [--family yolov8|yolo11] [--imgsz 640] [--nc 80]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--nc", type=int, default=80)
+    parser.add_argument("--family", default="yolov8", choices=["yolov8", "yolo11"])
     args = parser.parse_args()
 
     from ultralytics.nn.tasks import DetectionModel
@@ -23,8 +24,8 @@ def main() -> None:
     print("| scale | head C x S | params TOOD | params stock | ratio | GFLOPs TOOD | GFLOPs stock | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for scale in "nsmlx":
-        tood = DetectionModel(str(CFG / f"yolov8{scale}-tood.yaml"), nc=args.nc, verbose=False)
-        stock = DetectionModel(f"yolov8{scale}.yaml", nc=args.nc, verbose=False)
+        tood = DetectionModel(str(CFG / f"{args.family}{scale}-tood.yaml"), nc=args.nc, verbose=False)
+        stock = DetectionModel(f"{args.family}{scale}.yaml", nc=args.nc, verbose=False)
         head = tood.model[-1]
         p, ps = get_num_params(tood), get_num_params(stock)
         f, fs = get_flops(tood, args.imgsz), get_flops(stock, args.imgsz)

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COCO128 = ROOT.parent / "shared" / "datasets" / "coco128" / "coco128.yaml"
+SHARED = Path(os.environ.get("YOLO_TOOD_SHARED", ROOT.parent / "shared"))  # the shared data, beside the checkout
+COCO128 = SHARED / "datasets" / "coco128" / "coco128.yaml"
 YOLO_CLI = Path(sys.executable).parent / "yolo"
 needs_coco128 = pytest.mark.skipif(not COCO128.exists(), reason=f"{COCO128} is absent (only on the CI machine)")
 
@@ -63,6 +64,31 @@ def test_cli_val_reports_metrics(trained, tmp_path):
         [str(YOLO_CLI), "val", f"model={trained}", f"data={COCO128}", "imgsz=64", "batch=16", "workers=0"], tmp_path
     )
     assert "all" in proc.stdout + proc.stderr
+
+
+@needs_coco128
+def test_yolo11_tood_trains_through_the_cli(tmp_path):
+    """One epoch of yolo11n-tood on coco128 at imgsz 64, as the v8 config; the checkpoint holds the TOOD head."""
+    args = "epochs=1 imgsz=64 batch=16 workers=0 device=cpu plots=False name=train11"
+    proc = run(
+        [
+            str(YOLO_CLI),
+            "train",
+            "model=cfg/yolo11n-tood.yaml",
+            f"data={COCO128}",
+            f"project={tmp_path}",
+            *args.split(),
+        ],
+        ROOT,
+    )
+    log = proc.stdout + proc.stderr
+    assert "YOLO11n-tood summary" in log and "C2PSA" in log  # YOLO11's backbone at the n scale
+    code = (
+        "from ultralytics import YOLO; m = YOLO(r'%s').model; h = m.model[-1]; "
+        "print(type(h).__name__, h.feat_channels, h.stacked_convs, len(m.model))"
+    ) % (tmp_path / "train11" / "weights" / "best.pt")
+    out = run([sys.executable, "-c", code], tmp_path).stdout.split()
+    assert out == ["TOODDetect", "40", "2", "24"], out  # n: 160 * 0.25 channels, max(round(3 * 0.5), 2) convs
 
 
 def _interrupting_trainer_script(cfg: Path, project: Path) -> str:
