@@ -18,6 +18,9 @@ as in the T-Head), so every stock score is 0.5000 +- 1e-4 and NMS keeps an order
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import sysconfig
 from itertools import product
 from pathlib import Path
 
@@ -113,3 +116,38 @@ def test_export_cell(checkpoint, tmp_path, fmt, dynamic, batch, nms, simplify):
     assert sum(len(r) for r in ref) > 0, "the reference gives no detection; the comparison would be empty"
     for i, (r, out) in enumerate(zip(ref, results)):
         assert_same_detections(r, out.boxes.data, f"{Path(file).name} image {i}")
+
+
+PLAIN_ENV = """
+import importlib.util, sys
+sys.path.append({site!r})  # site-packages without running its .pth files: no yolo_tood start-up hook
+assert importlib.util.find_spec("yolo_tood") is None, "yolo_tood is importable"
+from ultralytics import YOLO
+r = YOLO({onnx!r}, task="detect").predict({source!r}, imgsz=32, verbose=False)[0]
+print("ONNX", len(r.boxes))
+try:
+    YOLO({pt!r})
+except ModuleNotFoundError as e:
+    print("PT", e.name)
+"""
+
+
+def test_onnx_runs_without_yolo_tood_but_pt_needs_it(checkpoint, tmp_path):
+    """In an interpreter where yolo_tood is not importable, the .onnx predicts; the .pt fails naming 'yolo_tood'.
+
+    Ultralytics first tries to pip-install the missing module by its import name (check_requirements('yolo_tood'));
+    YOLO_AUTOINSTALL=False keeps this test from installing anything, so the load then fails.
+    """
+    if checkpoint.stem != "tood":
+        pytest.skip("TOOD checkpoints only")
+    pt = tmp_path / checkpoint.name
+    pt.write_bytes(checkpoint.read_bytes())
+    onnx = YOLO(pt).export(format="onnx", imgsz=IMGSZ)
+    code = PLAIN_ENV.format(site=sysconfig.get_paths()["purelib"], onnx=onnx, source=str(SOURCE), pt=str(pt))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"YOLO_AUTOINSTALL": "False"}
+    proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert any(x.startswith("ONNX ") and int(x.split()[1]) > 0 for x in lines), proc.stdout
+    assert "PT yolo_tood" in lines, proc.stdout + proc.stderr[-2000:]
+    assert "appears to require 'yolo_tood'" in proc.stdout + proc.stderr  # ultralytics' AutoInstall warning

@@ -125,7 +125,9 @@ def test_demo_runs_on_generated_data(tmp_path):
     """The README's main command, shortened to 1 epoch at 64 px: needs no network and no shared data."""
     from yolo_tood.demo import main
 
-    summary = main(["--out", str(tmp_path), "--epochs", "1", "--imgsz", "64"])
+    summary = main(
+        ["--out", str(tmp_path), "--epochs", "1", "--imgsz", "64", "--train-images", "32", "--val-images", "8"]
+    )
     assert Path(summary["weights"]).exists()
     assert any(Path(summary["predictions"]).glob("*.jpg"))
     assert 0.0 <= summary["map50_95"] <= summary["map50"] <= 1.0
