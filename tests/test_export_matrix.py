@@ -8,6 +8,8 @@ TOOD head has no one-to-one branch, so it must export the one-to-many (NMS-style
 Beyond ultralytics' test (which only checks that inference runs), each exported file's detections are compared with
 the .pt model's, image by image: same count, boxes within 0.05 px, scores within 1e-3, same classes. The head is
 re-initialised (see ``spread_scores``) so that many boxes pass the 0.25 confidence threshold and NMS has work to do.
+At 32-64 px most of these random boxes are clipped to the image, so the box check is weak here; the unclipped raw
+outputs are compared at 96-160 px in ``test_export.py``.
 
 Set ``YOLO_TOOD_EXPORT_STOCK=1`` to run the same matrix on a stock yolov8n (from its YAML, no download) as a control.
 The stock control checks what ultralytics' test checks (the file exports and ``YOLO(file)`` predicts (N, 6) results
