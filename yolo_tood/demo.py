@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
         argv (list[str], optional): Command-line arguments; see ``--help``.
 
     Returns:
-        (dict): ``map50``, ``map50_95``, ``weights``, ``predictions`` and ``run_dir``.
+        (dict): ``map50``, ``map50_95``, ``weights``, ``predictions``, ``run_dir`` and ``val_dir``.
     """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/tood_demo", help="output directory (data and runs)")
@@ -81,7 +81,16 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = Path(model.trainer.save_dir)
     best = run_dir / "weights" / "best.pt"
     trained = YOLO(str(best))
-    metrics = trained.val(data=str(data), imgsz=args.imgsz, batch=args.batch, device=args.device, workers=0)
+    metrics = trained.val(
+        data=str(data),
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        workers=0,
+        project=str(out),
+        name="val",
+        exist_ok=True,
+    )
     # The four validation images with the most shapes (ties by name), so the saved predictions show several classes
     val_images = sorted((out / "shapes" / "images" / "val").glob("*.jpg"))
     labels = out / "shapes" / "labels" / "val"
@@ -104,10 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
         "weights": str(best),
         "predictions": str(pred_dir),
         "run_dir": str(run_dir),
+        "val_dir": str(out / "val"),  # project/name, as ultralytics names its run directories
     }
     print(
         f"\nyolo-tood demo done: val mAP50 {summary['map50']:.3f}, mAP50-95 {summary['map50_95']:.3f}\n"
-        f"  training run (results.csv, plots): {run_dir}\n  weights: {best}\n  predicted images: {pred_dir}"
+        f"  training run (results.csv, plots): {run_dir}\n  weights: {best}\n"
+        f"  validation plots (PR curve, confusion matrix): {summary['val_dir']}\n  predicted images: {pred_dir}"
     )
     return summary
 
