@@ -1,6 +1,6 @@
 """Print params and GFLOPs of {family}{scale}-tood.yaml against stock {family}{scale}.yaml for every scale.
 
-Usage: python scripts/model_size.py [--family yolov8] [--imgsz 640] [--nc 80]
+Usage: python scripts/model_size.py [--family yolov8|yolo11] [--imgsz 640] [--nc 80]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ def main() -> None:
     parser.add_argument("--family", default="yolov8", help="model family with a cfg/{family}-tood.yaml")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--nc", type=int, default=80)
+    parser.add_argument("--family", default="yolov8", choices=["yolov8", "yolo11"])
     args = parser.parse_args()
 
     from ultralytics.nn.tasks import DetectionModel

@@ -266,3 +266,16 @@ def test_bad_constructor_arguments(kwargs, match):
     args = {"nc": 3, "feat_channels": 32, "stacked_convs": 2, "reg_max": 16, "end2end": False, "ch": (16, 32)}
     with pytest.raises(ValueError, match=match):
         TOODDetect(**{**args, **kwargs})
+
+
+def test_end2end_request_keeps_one_to_many_outputs():
+    """As stock Detect without a one-to-one branch: ``end2end = True`` (export nms=False) warns and changes nothing."""
+    torch.manual_seed(0)
+    head = TOODDetect(nc=3, feat_channels=32, stacked_convs=2, ch=(16, 32)).eval()
+    head.stride = torch.tensor([8.0, 16.0])
+    x = [torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4)]
+    with torch.no_grad():
+        before = head(x)[0]
+        head.end2end = True
+        after = head(x)[0]
+    assert head.end2end is False and torch.equal(before, after) and after.shape == (1, 4 + 3, 8 * 8 + 4 * 4)

@@ -67,6 +67,31 @@ def test_cli_val_reports_metrics(trained, tmp_path):
     assert "all" in proc.stdout + proc.stderr
 
 
+@needs_coco128
+def test_yolo11_tood_trains_through_the_cli(tmp_path):
+    """One epoch of yolo11n-tood on coco128 at imgsz 64, as the v8 config; the checkpoint holds the TOOD head."""
+    args = "epochs=1 imgsz=64 batch=16 workers=0 device=cpu plots=False name=train11"
+    proc = run(
+        [
+            str(YOLO_CLI),
+            "train",
+            "model=cfg/yolo11n-tood.yaml",
+            f"data={COCO128}",
+            f"project={tmp_path}",
+            *args.split(),
+        ],
+        ROOT,
+    )
+    log = proc.stdout + proc.stderr
+    assert "YOLO11n-tood summary" in log and "C2PSA" in log  # YOLO11's backbone at the n scale
+    code = (
+        "from ultralytics import YOLO; m = YOLO(r'%s').model; h = m.model[-1]; "
+        "print(type(h).__name__, h.feat_channels, h.stacked_convs, len(m.model))"
+    ) % (tmp_path / "train11" / "weights" / "best.pt")
+    out = run([sys.executable, "-c", code], tmp_path).stdout.split()
+    assert out == ["TOODDetect", "40", "2", "24"], out  # n: 160 * 0.25 channels, max(round(3 * 0.5), 2) convs
+
+
 def _interrupting_trainer_script(cfg: Path, project: Path) -> str:
     """Train 2 epochs and kill the process right after epoch 1's last.pt is saved, as a crash would."""
     return f"""
@@ -105,7 +130,9 @@ def test_demo_runs_on_generated_data(tmp_path):
     """The README's main command, shortened to 1 epoch at 64 px: needs no network and no shared data."""
     from yolo_tood.demo import main
 
-    summary = main(["--out", str(tmp_path), "--epochs", "1", "--imgsz", "64"])
+    summary = main(
+        ["--out", str(tmp_path), "--epochs", "1", "--imgsz", "64", "--train-images", "32", "--val-images", "8"]
+    )
     assert Path(summary["weights"]).exists()
     assert any(Path(summary["predictions"]).glob("*.jpg"))
     assert 0.0 <= summary["map50_95"] <= summary["map50"] <= 1.0

@@ -10,6 +10,8 @@ import numpy as np
 import yaml
 
 SHAPES = ("circle", "square", "triangle")
+CLASS_COLORS = ((60, 60, 230), (60, 200, 60), (230, 120, 40))  # BGR: red circles, green squares, blue triangles
+
 SHARED_ENV = "YOLO_TOOD_SHARED"
 
 
@@ -40,7 +42,16 @@ def _draw(img: np.ndarray, shape: str, cx: int, cy: int, r: int, color: tuple[in
         cv2.fillPoly(img, [pts], color)
 
 
-def make_shapes_dataset(root: str | Path, train: int = 96, val: int = 24, imgsz: int = 160, seed: int = 0) -> Path:
+def make_shapes_dataset(
+    root: str | Path,
+    train: int = 96,
+    val: int = 24,
+    imgsz: int = 160,
+    seed: int = 0,
+    size: tuple[float, float] = (1 / 16, 1 / 5),
+    max_objects: int = 4,
+    class_colors: bool = False,
+) -> Path:
     """Write a YOLO-format dataset of filled circles, squares and triangles on noisy backgrounds.
 
     Args:
@@ -50,6 +61,10 @@ def make_shapes_dataset(root: str | Path, train: int = 96, val: int = 24, imgsz:
         val (int): Number of validation images.
         imgsz (int): Image side in pixels.
         seed (int): Random seed; the same seed gives the same dataset.
+        size (tuple[float, float]): Range of a shape's half-side (radius), as fractions of ``imgsz``.
+        max_objects (int): At most this many shapes per image (at least 1).
+        class_colors (bool): Draw each class in its own colour (``CLASS_COLORS``, +-25 jitter) instead of a random
+            one, so the class is visible in colour as well as in shape: an easier task, learned in fewer epochs.
 
     Returns:
         (Path): Path of the data YAML, to pass as ``data=`` to ultralytics.
@@ -66,12 +81,21 @@ def make_shapes_dataset(root: str | Path, train: int = 96, val: int = 24, imgsz:
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             img = rng.integers(0, 90, (imgsz, imgsz, 3), dtype=np.uint8)
-            lines = []
-            for _ in range(rng.integers(1, 5)):
+            lines, boxes = [], []
+            for _ in range(rng.integers(1, max_objects + 1)):
                 cls = int(rng.integers(len(SHAPES)))
-                r = int(rng.integers(imgsz // 16, imgsz // 5))
-                cx, cy = (int(v) for v in rng.integers(r, imgsz - r, 2))
-                color = tuple(int(c) for c in rng.integers(120, 256, 3))
+                r = int(rng.integers(max(int(imgsz * size[0]), 2), max(int(imgsz * size[1]), 3)))
+                for _ in range(20):  # shapes do not overlap, so no label is hidden behind another shape
+                    cx, cy = (int(v) for v in rng.integers(r, imgsz - r, 2))
+                    if all(abs(cx - x) > r + s + 1 or abs(cy - y) > r + s + 1 for x, y, s in boxes):
+                        break
+                else:
+                    continue
+                boxes.append((cx, cy, r))
+                if class_colors:
+                    color = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in CLASS_COLORS[cls])
+                else:
+                    color = tuple(int(c) for c in rng.integers(120, 256, 3))
                 _draw(img, SHAPES[cls], cx, cy, r, color)
                 lines.append(f"{cls} {cx / imgsz:.6f} {cy / imgsz:.6f} {2 * r / imgsz:.6f} {2 * r / imgsz:.6f}")
             cv2.imwrite(str(root / "images" / split / f"{i:04d}.jpg"), img)

@@ -132,9 +132,7 @@ def on_train_epoch_end(trainer: Any) -> None:
 
     Runs before the epoch's validation, so validation losses never reach the statistics.
     """
-    if not _tood_heads(trainer):
-        return
-    _log_dropped_boxes(trainer)
+    _log_dropped_boxes(trainer)  # only TOOD criteria count dropped boxes
     from ultralytics.utils import RANK
 
     from ..analysis.tal_stats import STATS_FILE

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ultralytics.nn.modules import DFL, Detect
+from ultralytics.utils import LOGGER
 
 from ..checks import check_int
 
@@ -439,14 +440,18 @@ class TOODDetect(Detect):
 
     @property
     def end2end(self) -> bool:
-        """TOOD is one-to-many only."""
+        """TOOD is one-to-many only, so inference always gives NMS-style outputs."""
         return False
 
     @end2end.setter
     def end2end(self, value: bool) -> None:
-        """Accept only False, as the exporter and predictor may set it."""
+        """Accept the mode as stock ``Detect`` without a one-to-one branch does: warn and keep one-to-many outputs.
+
+        The exporter sets ``end2end = (nms is False)`` and the predictor may pass ``end2end``; neither is an error for a
+        model that has no one-to-one branch. Building one (``end2end`` in the YAML) is, see ``__init__``.
+        """
         if value:
-            raise ValueError("TOODDetect has no one-to-one (end2end) branch; use NMS (end2end=False)")
+            LOGGER.warning("TOODDetect has no one-to-one head; using one-to-many outputs (run NMS on them).")
 
     def bias_init(self) -> None:
         """Set the cls and probability-map biases to the prior probability 0.01, as the reference.
