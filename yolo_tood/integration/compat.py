@@ -107,7 +107,7 @@ RELIED_ON: tuple[Internal, ...] = (
         (),
         "integration/register.py",
         "dict of event -> list, copied into every trainer/exporter; on_train_start, on_train_epoch_start, "
-        "on_export_start are appended",
+        "on_train_epoch_end (runs before the epoch's validation), on_train_end and on_export_start are appended",
     ),
     Internal("ultralytics.utils.torch_utils:unwrap_model", ("m",), (), "integration/callbacks.py"),
     Internal("ultralytics.utils.ops:make_divisible", ("x", "divisor"), (), "integration/register.py"),
@@ -124,7 +124,16 @@ RELIED_ON: tuple[Internal, ...] = (
         None,
         ("_setup_train", "save_model"),
         "integration/callbacks.py",
-        "callbacks read the instance attributes model, ema.ema, args, epoch, start_epoch and epochs",
+        "callbacks read the instance attributes model, ema.ema, args (plots), epoch, start_epoch, epochs and save_dir",
+    ),
+    # analysis/nms_guard.py
+    Internal(
+        "ultralytics.utils.nms:non_max_suppression",
+        None,
+        ("__code__",),
+        "analysis/nms_guard.py",
+        "stops after 2.0 + max_time_img * batch seconds and only logs 'NMS time limit ... exceeded' on the "
+        "'ultralytics' logger; NMSTimeLimitGuard watches for that message (tests/test_nms_pre.py forces it)",
     ),
     # integration/export.py
     Internal(
