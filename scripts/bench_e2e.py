@@ -127,11 +127,15 @@ def calibration(model, images: list[str], imgsz: int) -> dict[str, float]:
     return {f"{t:g}": statistics.mean(int((r.boxes.conf > t).sum()) for r in results) for t in THRESHOLDS}
 
 
-def export_onnx(weights: str, imgsz: int, batch: int, workdir: Path, nms_pre: int | None) -> str:
-    """Export a checkpoint to ONNX with NMS embedded (``format=onnx nms=True``), static input of ``batch`` images."""
+def export_onnx(name: str, weights: str, imgsz: int, batch: int, workdir: Path, nms_pre: int | None) -> str:
+    """Export a checkpoint to ONNX with NMS embedded (``format=onnx nms=True``), static input of ``batch`` images.
+
+    The copy is named after the model's row (checkpoints are all called best.pt), so exports never overwrite each other.
+    """
+    import re
     import shutil
 
-    target = workdir / f"{Path(weights).stem}_{batch}_{nms_pre}.pt"
+    target = workdir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}_b{batch}.pt"
     shutil.copy(weights, target)
     model = load(str(target), nms_pre)
     return model.export(format="onnx", imgsz=imgsz, batch=batch, nms=True, simplify=True, verbose=False)
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "onnx" in args.formats:
             for name, path, nms_pre in variants:
                 for b in args.batch:
-                    onnx_files[(name, b)] = export_onnx(path, args.imgsz, b, tmp, nms_pre)
+                    onnx_files[(name, b)] = export_onnx(name, path, args.imgsz, b, tmp, nms_pre)
         for r in range(args.repeats):
             order = variants if r % 2 == 0 else variants[::-1]
             for fmt in args.formats:
