@@ -233,3 +233,11 @@ m.train(data=r'{shapes}', epochs=2, imgsz=64, batch=8, workers=0, device='cpu', 
     assert (args["tal_topk"], args["atss_fraction"], args["resume"]) == (9, 0.5, str(last))
     rows = (tmp_path / "resume" / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + epochs 1 and 2
+
+
+@pytest.mark.parametrize("first", ["yolo_tood.train.hyp", "yolo_tood.train.loss", "yolo_tood.nn.head", "ultralytics"])
+def test_train_arguments_exist_whatever_is_imported_first(first):
+    """The hook reads the schema while ultralytics.utils is being imported, also when a yolo-tood module started it."""
+    code = f"import {first}; from ultralytics.utils import DEFAULT_CFG_DICT as d; print(d['tal_topk'], d['dfl_gain'])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["None", "None"], proc.stderr[-2000:]

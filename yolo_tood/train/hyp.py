@@ -12,8 +12,6 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, get_type_hints
 
-from ultralytics.utils import LOGGER
-
 from ..checks import check_int
 
 __all__ = ("TOPK_MODES", "HypKey", "TOODHyp", "check_warmup", "hyp_schema", "train_overrides")
@@ -322,6 +320,9 @@ def check_warmup(hyp: TOODHyp, epochs: int) -> bool:
         >>> check_warmup(TOODHyp(), epochs=100)
         True
     """
+    # Imported here, not at the top: the start-up hook reads hyp_schema() while ultralytics.utils is being imported
+    from ultralytics.utils import LOGGER
+
     warmup = hyp.warmup_epochs(epochs)
     if warmup >= epochs:
         key = "atss_epochs" if hyp.atss_epochs is not None else "atss_fraction"
