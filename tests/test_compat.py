@@ -50,3 +50,16 @@ def test_every_wrapped_function_is_listed():
                f"{p.owner.__qualname__ + '.' if isinstance(p.owner, type) else ''}{p.name}"
                for p in register._PATCHES}  # fmt: skip
     assert wrapped and wrapped <= listed, sorted(wrapped - listed)
+
+
+def test_train_arguments_are_checked_against_the_shared_default_cfg():
+    """add_train_args extends DEFAULT_CFG_DICT in place: the CLI and get_cfg must read that very dict when called."""
+    import ultralytics.cfg as cfg
+    import ultralytics.utils as ul
+
+    assert cfg.DEFAULT_CFG_DICT is ul.DEFAULT_CFG_DICT and cfg.DEFAULT_CFG is ul.DEFAULT_CFG
+    assert {"DEFAULT_CFG_DICT", "check_dict_alignment"} <= set(cfg.entrypoint.__code__.co_names)
+    assert inspect.signature(cfg.get_cfg).parameters["cfg"].default is ul.DEFAULT_CFG_DICT
+    from ultralytics.engine.trainer import BaseTrainer
+
+    assert inspect.signature(BaseTrainer.__init__).parameters["cfg"].default is ul.DEFAULT_CFG

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 from torch import nn
+from ultralytics.utils import LOGGER
 
 from yolo_tood.nn.head import side_shifts
-from yolo_tood.train import hyp as hyp_module
 from yolo_tood.train import loss as loss_module
 from yolo_tood.train.hyp import TOODHyp, check_warmup
 from yolo_tood.train.loss import TOODLoss, centerness, focal_loss_prob, quality_focal_loss_prob
@@ -527,7 +527,7 @@ def test_describe_warmup():
 def test_check_warmup(monkeypatch):
     """A warning when the resolved ATSS warm-up is at least as long as the training, none otherwise."""
     messages = []
-    monkeypatch.setattr(hyp_module.LOGGER, "warning", lambda msg, *a, **k: messages.append(msg))
+    monkeypatch.setattr(LOGGER, "warning", lambda msg, *a, **k: messages.append(msg))
     assert check_warmup(TOODHyp(atss_epochs=4), epochs=100)
     assert check_warmup(TOODHyp(), epochs=1)
     assert not messages
@@ -541,7 +541,7 @@ def test_check_warmup_reports_a_short_explicit_warm_up(monkeypatch):
     """An explicit warm-up shorter than a third of the schedule is logged as information (pointing to the default
     fraction); the fraction itself and 0 (disabled) are not."""
     infos = []
-    monkeypatch.setattr(hyp_module.LOGGER, "info", lambda msg, *a, **k: infos.append(msg))
+    monkeypatch.setattr(LOGGER, "info", lambda msg, *a, **k: infos.append(msg))
     assert check_warmup(TOODHyp(atss_epochs=4), epochs=60)
     assert len(infos) == 1 and "4 of 60 epochs" in infos[0] and "atss_fraction" in infos[0]
     for hyp, epochs in ((TOODHyp(atss_epochs=20), 60), (TOODHyp(atss_epochs=4), 12), (TOODHyp(atss_epochs=0), 60)):

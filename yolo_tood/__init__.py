@@ -6,7 +6,8 @@ ultralytics' model code is imported. The heavy names below are loaded lazily on 
 Examples:
     >>> import yolo_tood  # done automatically at start-up by the installed yolo_tood.pth
     >>> from ultralytics import YOLO
-    >>> model = YOLO("cfg/yolov8n-tood.yaml")
+    >>> model = YOLO("yolov8n-tood.yaml")  # bare name: the packaged yolo_tood/cfg/yolov8-tood.yaml at scale n
+    >>> model.train(data="coco8.yaml", epochs=1, tal_topk=9)  # TOOD keys as train arguments
 """
 
 from __future__ import annotations

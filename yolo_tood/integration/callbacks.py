@@ -12,7 +12,7 @@ from typing import Any
 
 from .heads import is_tood_head
 
-__all__ = ("on_train_end", "on_train_epoch_end", "on_train_epoch_start", "on_train_start")
+__all__ = ("on_pretrain_routine_start", "on_train_end", "on_train_epoch_end", "on_train_epoch_start", "on_train_start")
 
 
 def _tood_heads(trainer: Any) -> list:
@@ -25,7 +25,7 @@ def _tood_heads(trainer: Any) -> list:
 
 
 def _resolve_warmup(trainer: Any, heads: list) -> tuple[Any, int]:
-    """Resolve the ATSS warm-up length from the model YAML and the trainer's ``epochs``; set it on ``heads``.
+    """Resolve the ATSS warm-up length from the model YAML, the train arguments and ``epochs``; set it on ``heads``.
 
     ``trainer.epochs`` is the run's length, which ``resume=True`` restores from the checkpoint (and ``time=`` may
     recompute after the first epoch), so the resolved value is the same for a resumed run as for an uninterrupted one.
@@ -37,28 +37,58 @@ def _resolve_warmup(trainer: Any, heads: list) -> tuple[Any, int]:
 
     from ..train.hyp import TOODHyp
 
-    hyp = TOODHyp.from_yaml(unwrap_model(trainer.model).yaml)
+    hyp = TOODHyp.from_yaml(unwrap_model(trainer.model).yaml, trainer.args)
     warmup = hyp.warmup_epochs(trainer.epochs)
     for head in heads:
         head.atss_epochs = warmup
     return hyp, warmup
 
 
+def on_pretrain_routine_start(trainer: Any) -> None:
+    """Check the TOOD train arguments' values as soon as the trainer exists, before datasets and model are set up.
+
+    Whether the model has a TOOD head is only known at ``on_train_start``, which checks the rest.
+    """
+    from ..train.hyp import train_overrides
+
+    train_overrides(trainer.args)  # raises the schema's one line for a bad value
+
+
+def _reject_tood_args(trainer: Any) -> None:
+    """Raise one line naming the TOOD train arguments set for a model without a TOOD head (they would do nothing)."""
+    from ..train.hyp import hyp_schema
+
+    if given := [f"{k.name}={v}" for k in hyp_schema() if (v := getattr(trainer.args, k.name, None)) is not None]:
+        what = "are yolo-tood keys" if len(given) > 1 else "is a yolo-tood key"
+        raise ValueError(
+            f"{', '.join(given)} {what} and this model has no TOOD head; train a TOOD model "
+            "(e.g. model=yolov8n-tood.yaml) or drop the TOOD keys"
+        )
+
+
 def on_train_start(trainer: Any) -> None:
     """Resolve the ATSS warm-up, check the TOOD settings against the train arguments and say which phase starts.
+
+    A model without a TOOD head given TOOD train arguments (``tal_topk=9``) is an error naming them.
 
     Logs the resolved warm-up once ("TOOD: ATSS warm-up for epochs 1-20 of 60 (atss_fraction 0.333), then TAL"),
     warns when the warm-up is not shorter than the training, when the stock loss gains (``box``, ``cls``, ``dfl``)
     were changed (they belong to v8DetectionLoss, TOOD's gains are keys of the model YAML), and when class weights
     were asked for (``cls_pw``; v8DetectionLoss weighs its BCE with them, TOOD's losses have no counterpart).
     """
-    if heads := _tood_heads(trainer):
+    heads = _tood_heads(trainer)
+    if not heads:
+        _reject_tood_args(trainer)
+    else:
         from ultralytics.cfg import DEFAULT_CFG_DICT
         from ultralytics.utils import LOGGER
 
-        from ..train.hyp import check_warmup
+        from ..train.hyp import check_warmup, train_overrides
 
         hyp, warmup = _resolve_warmup(trainer, heads)
+        if given := train_overrides(trainer.args):
+            given = ", ".join(f"{k}={v}" for k, v in given.items())
+            LOGGER.info(f"TOOD: train arguments {given} override the model YAML")
         LOGGER.info(hyp.describe_warmup(trainer.epochs))
         check_warmup(hyp, trainer.epochs)
         if changed := {
@@ -68,7 +98,7 @@ def on_train_start(trainer: Any) -> None:
         }:
             LOGGER.warning(
                 f"TOOD: train arguments {changed} are gains of ultralytics' v8DetectionLoss and do not apply to TOOD "
-                "models; set box_gain, cls_gain and dfl_gain in the model YAML instead"
+                "models; use TOOD's box_gain, cls_gain and dfl_gain (train arguments or model YAML keys) instead"
             )
         if getattr(trainer.args, "cls_pw", 0) != DEFAULT_CFG_DICT.get("cls_pw", 0):
             LOGGER.warning(

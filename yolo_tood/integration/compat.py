@@ -90,7 +90,54 @@ RELIED_ON: tuple[Internal, ...] = (
         ("path",),
         (),
         "integration/register.py",
-        "wrapped; applies SCALE_IN_NAME to the whole path, the wrapper applies it to the file name only",
+        "wrapped for TOOD names: resolves bare names to yolo_tood/cfg; applies SCALE_IN_NAME to the whole path, the "
+        "wrapper applies it to the file name only",
+    ),
+    Internal(
+        "ultralytics.utils.checks:check_yaml",
+        ("file", "suffix", "hard"),
+        (),
+        "integration/register.py",
+        "ultralytics' yaml_model_load finds a name in the working directory, then under its own package; the "
+        "wrapper keeps that order for TOOD names, with yolo_tood/cfg in place of the package search",
+    ),
+    Internal(
+        "ultralytics.utils:DEFAULT_CFG_DICT",
+        None,
+        (),
+        "integration/register.py",
+        "the TOOD keys are added (value None) right after ultralytics.utils executes; entrypoint and get_cfg check "
+        "train arguments against it when called, the trainer saves every key in args.yaml, load_checkpoint merges "
+        "a checkpoint's train_args over it",
+    ),
+    Internal(
+        "ultralytics.utils:DEFAULT_CFG",
+        None,
+        (),
+        "integration/register.py",
+        "the namespace BaseTrainer(cfg=DEFAULT_CFG) starts from; the TOOD keys are set on it as attributes",
+    ),
+    Internal(
+        "ultralytics.cfg:entrypoint",
+        None,
+        ("__code__",),
+        "integration/register.py",
+        "the `yolo` command: reads DEFAULT_CFG_DICT and calls check_dict_alignment at call time, after the hook ran",
+    ),
+    Internal("ultralytics.cfg:get_cfg", ("cfg", "overrides"), (), "integration/register.py"),
+    Internal(
+        "ultralytics.cfg:check_dict_alignment",
+        ("base", "custom", "e", "allowed_custom_keys"),
+        (),
+        "integration/register.py",
+    ),
+    Internal(
+        "ultralytics.models.yolo.detect:DetectionTrainer.set_model_attributes",
+        ("self",),
+        (),
+        "train/loss.py",
+        "sets model.args = trainer.args (copied into the EMA model), where TOODLoss reads the TOOD train arguments "
+        "as v8DetectionLoss reads box/cls/dfl",
     ),
     Internal("ultralytics.nn.tasks:guess_model_scale", ("model_path",), (), "integration/register.py"),
     Internal("ultralytics.engine.model:yaml_model_load", None, (), "integration/register.py", "its own imported name"),
@@ -117,7 +164,8 @@ RELIED_ON: tuple[Internal, ...] = (
         None,
         (),
         "integration/callbacks.py",
-        "train-argument defaults (box, cls, dfl, cls_pw) compared at train start",
+        "train-argument defaults (box, cls, dfl, cls_pw) compared at train start; the TOOD keys are read from "
+        "trainer.args",
     ),
     Internal(
         "ultralytics.engine.trainer:BaseTrainer",

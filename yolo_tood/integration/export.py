@@ -7,7 +7,7 @@ the exporter has already started writing. ``on_export_start`` (registered into u
 
 Examples:
     >>> from ultralytics import YOLO
-    >>> YOLO("cfg/yolov8n-tood.yaml").export(format="onnx", opset=13)  # ValueError: TOOD models need ONNX opset>=16
+    >>> YOLO("yolov8n-tood.yaml").export(format="onnx", opset=13)  # ValueError: TOOD models need ONNX opset>=16
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Installed into every interpreter by ``yolo_tood.pth`` (so the stock ``yolo`` com
 must stay cheap: it imports only ``sys`` (about 2 ms per interpreter start for the package), and a
 process that never imports ultralytics never imports torch or ultralytics because of it. One meta-path finder:
 
+- right after ``ultralytics.utils`` executes, it adds the TOOD hyper-parameters to ultralytics' default cfg
+  (``register.add_train_args``), before the ``yolo`` command or ``get_cfg`` checks any train argument against it;
 - right after ``ultralytics.nn.tasks`` executes, it runs ``yolo_tood.register()``;
 - right after a head module (``yolo_tood.nn.head``) executes, it allows the head's classes for safe loading, so
   unpickling a checkpoint registers what it needs in a fresh process whichever of the two is imported first;
@@ -16,6 +18,7 @@ from __future__ import annotations
 import sys
 
 TARGET = "ultralytics.nn.tasks"
+CFG_TARGET = "ultralytics.utils"  # defines DEFAULT_CFG_DICT, the train arguments ultralytics accepts
 HEAD_MODULES = ("yolo_tood.nn.head",)  # heads.HEADS' modules; kept literal so the hook imports nothing more
 # Module paths before the layer folders; checkpoints pickled then name their classes through them.
 OLD_MODULES = {
@@ -53,6 +56,10 @@ def _after_exec(name: str, module) -> None:
         from yolo_tood.integration.register import register
 
         register()
+    elif name == CFG_TARGET:
+        from yolo_tood.integration.register import add_train_args
+
+        add_train_args()
     else:
         allow_safe_load(module)
 
@@ -102,7 +109,7 @@ class _UltralyticsFinder:
             from importlib.machinery import ModuleSpec
 
             return ModuleSpec(fullname, _AliasLoader(OLD_MODULES[fullname]))
-        if fullname != TARGET and fullname not in HEAD_MODULES:
+        if fullname not in (TARGET, CFG_TARGET) and fullname not in HEAD_MODULES:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -116,9 +123,13 @@ class _UltralyticsFinder:
 
 
 def install() -> None:
-    """Install the finder once; register at once if ultralytics' tasks module is already imported."""
+    """Install the finder once; act at once for ultralytics modules that are already imported."""
     if not any(isinstance(f, _UltralyticsFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _UltralyticsFinder())
+    if CFG_TARGET in sys.modules and TARGET not in sys.modules:
+        from yolo_tood.integration.register import add_train_args
+
+        add_train_args()
     if TARGET in sys.modules:
         from yolo_tood.integration.register import register
 

@@ -10,15 +10,28 @@ listed in ``yolo_tood.integration.compat``; the heads in ``yolo_tood.integration
    another thread at the same time gets a stock head.
 2. ``DetectionModel.init_criterion``: models whose head is a TOOD head get that head's criterion.
 3. ``default_callbacks`` (copied into every trainer): tells the head the trainer's epoch, which selects the ATSS
-   warm-up or TAL in the loss, also after ``resume=True`` and for the validation losses.
-4. ``tasks.yaml_model_load`` (and the name ``ultralytics.engine.model`` imported from it): ultralytics finds the file
-   of a scaled name (``yolov8n-tood.yaml`` -> ``yolov8-tood.yaml``) with a regex over the *whole* path string, so a
-   directory such as ``/tmp/run1s/`` or ``~/exp2m/`` is rewritten instead of the file name and the YAML is "not
-   found". For a TOOD YAML the wrapper applies the same rewrite to the file name only.
+   warm-up or TAL in the loss, also after ``resume=True`` and for the validation losses; checks the TOOD train
+   arguments (bad values; set for a model without a TOOD head).
+4. ``tasks.yaml_model_load`` (and the name ``ultralytics.engine.model`` imported from it), for TOOD names only:
+   - a bare name of a shipped config (``yolov8n-tood.yaml``, ``yolo11x-tood.yaml``) resolves to the packaged YAML
+     in ``CFG_DIR`` (``yolo_tood/cfg``) from any working directory, as ``yolov8n.yaml`` resolves to ultralytics'
+     ``cfg/models``; a file of that name in the working directory still wins, as it does for stock names;
+   - ultralytics finds the file of a scaled name (``yolov8n-tood.yaml`` -> ``yolov8-tood.yaml``) with a regex over
+     the *whole* path string, so a directory such as ``/tmp/run1s/`` or ``~/exp2m/`` is rewritten instead of the file
+     name and the YAML is "not found"; for a TOOD YAML the wrapper applies the same rewrite to the file name only;
+   - a TOOD-looking name that resolves to nothing fails with one line naming what was typed and the shipped configs
+     (ultralytics would name the unscaled file, which the user never typed).
+   Stock names go to ultralytics' own function unchanged.
+
+Separately, the TOOD hyper-parameters (``hyp_schema()``) become train arguments: ``add_train_args()`` adds them, with
+the default None (= the model YAML's value), to ultralytics' ``DEFAULT_CFG_DICT`` / ``DEFAULT_CFG``, against which the
+``yolo`` command and ``get_cfg`` check every train argument. The start-up hook calls it right after
+``ultralytics.utils`` executes, before either check can run; ``unregister()`` removes the keys again.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +41,16 @@ from ..checks import check_int
 from .compat import SCALE_IN_NAME, SUPPORTED_ULTRALYTICS, check_ultralytics_version, parse_model_with
 from .heads import HEADS, is_tood_head, tood_row_spec
 
-__all__ = ("SUPPORTED_ULTRALYTICS", "check_ultralytics_version", "is_registered", "register", "unregister")
+__all__ = (
+    "CFG_DIR",
+    "SUPPORTED_ULTRALYTICS",
+    "add_train_args",
+    "check_ultralytics_version",
+    "is_registered",
+    "register",
+    "shipped_configs",
+    "unregister",
+)
 
 _PATCHED = "_yolo_tood_original"  # attribute marking a wrapped ultralytics function, holding the original
 _MISSING = object()
@@ -46,6 +68,9 @@ class _Patch:
 
 _PATCHES: list[_Patch] = []
 _CALLBACKS: list[tuple[str, Callable]] = []
+_TRAIN_ARGS: list[str] = []  # keys add_train_args() added to ultralytics' default cfg
+
+CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"  # the packaged model YAMLs, resolved by bare name
 
 
 def _patch(owner: Any, name: str, make_wrapper: Callable[[Any], Any]) -> None:
@@ -116,19 +141,66 @@ def _wrap_parse_model(original: Callable) -> Callable:
     return parse_model
 
 
+def _looks_tood(path: Path) -> bool:
+    """True for a YAML name meant for yolo-tood (``*tood*.yaml``); other names go to ultralytics unchanged."""
+    return path.suffix in (".yaml", ".yml") and "tood" in path.stem.lower()
+
+
+def _shipped_config(path: Path, unified: Path) -> Path | None:
+    """Return the packaged YAML of a bare name (``yolov8n-tood.yaml`` -> ``CFG_DIR/yolov8-tood.yaml``), else None."""
+    if path.parent != Path("."):
+        return None  # a path names a file of the user's, as for stock names
+    for name in (path.name, unified.name):
+        if (CFG_DIR / name).is_file():
+            return CFG_DIR / name
+    return None
+
+
+def shipped_configs() -> list[str]:
+    """Return the bare names of the packaged configs, one entry per family, e.g. ``yolov8{n,s,m,l,x}-tood.yaml``."""
+    import yaml
+
+    names = []
+    for f in sorted(CFG_DIR.glob("*.yaml")):
+        scales = list((yaml.safe_load(f.read_text()) or {}).get("scales") or ())
+        letters = "{" + ",".join(scales) + "}" if scales else ""
+        names.append(re.sub(r"(\d+)(?=-)", rf"\g<1>{letters}", f.stem, count=1) + f.suffix)
+    return names
+
+
+def _not_found(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"yolo-tood: model config '{path}' does not exist; the shipped ones are {', '.join(shipped_configs())} "
+        f"(by bare name, from {CFG_DIR}), or give the path of your own model YAML"
+    )
+
+
 def _wrap_yaml_model_load(tasks: Any) -> Callable[[Callable], Callable]:
     def make(original: Callable) -> Callable:
-        def yaml_model_load(path):
-            """Ultralytics' yaml_model_load, resolving a scaled TOOD name in its own folder (see the docstring)."""
-            path = Path(path)
-            unified = path.with_name(SCALE_IN_NAME.sub(r"\1\3", path.name))
-            if path.exists() or unified == path or not unified.exists():
-                return original(path)
-            d = original(unified)
-            if not any(_is_tood_row(r) for r in d.get("head", [])):
-                return original(path)  # stock YAMLs keep ultralytics' own behaviour
+        def tood_dict(d: dict, path: Path) -> dict:
+            """``d`` loaded from another file, with the scale and file name of ``path`` as ultralytics records them."""
             d["scale"], d["yaml_file"] = tasks.guess_model_scale(path), str(path)
             return d
+
+        def yaml_model_load(path):
+            """Ultralytics' yaml_model_load, resolving TOOD names (see the module docstring, point 4)."""
+            path = Path(path)
+            unified = path.with_name(SCALE_IN_NAME.sub(r"\1\3", path.name))
+            if path.exists():
+                return original(path)
+            if unified != path and unified.exists():  # the unscaled file next to the scaled name
+                d = original(unified)
+                if not any(_is_tood_row(r) for r in d.get("head", [])):
+                    return original(path)  # stock YAMLs keep ultralytics' own behaviour
+                return tood_dict(d, path)
+            if not _looks_tood(path):
+                return original(path)
+            if shipped := _shipped_config(path, unified):
+                return tood_dict(original(shipped), path)
+            try:
+                return original(path)  # ultralytics' own search (its package folders) as a last resort
+            except FileNotFoundError:
+                raise _not_found(path) from None
 
         return yaml_model_load
 
@@ -147,10 +219,17 @@ def _wrap_init_criterion(original: Callable) -> Callable:
 def _add_callbacks() -> None:
     from ultralytics.utils.callbacks.base import default_callbacks
 
-    from .callbacks import on_train_end, on_train_epoch_end, on_train_epoch_start, on_train_start
+    from .callbacks import (
+        on_pretrain_routine_start,
+        on_train_end,
+        on_train_epoch_end,
+        on_train_epoch_start,
+        on_train_start,
+    )
     from .export import on_export_start
 
     for event, fn in (
+        ("on_pretrain_routine_start", on_pretrain_routine_start),  # TOOD train arguments' values, early
         ("on_train_start", on_train_start),
         ("on_train_epoch_start", on_train_epoch_start),
         ("on_train_epoch_end", on_train_epoch_end),  # tal_stats.jsonl, before the epoch's validation
@@ -160,6 +239,36 @@ def _add_callbacks() -> None:
         if fn not in default_callbacks[event]:
             default_callbacks[event].append(fn)
             _CALLBACKS.append((event, fn))
+
+
+def add_train_args() -> None:
+    """Add the TOOD hyper-parameters to ultralytics' default cfg as train arguments (default None); idempotent.
+
+    Ultralytics checks every train argument against ``DEFAULT_CFG_DICT`` (the ``yolo`` command before it imports any
+    model code, ``get_cfg`` again in the trainer), and the trainer builds its arguments from ``DEFAULT_CFG``. The
+    value None means "the model YAML's value"; the trainer saves every key in ``args.yaml`` and ``resume`` restores
+    it. The TOOD criterion and callbacks merge the non-None ones over the model YAML (``TOODHyp.from_yaml``).
+    """
+    import ultralytics.utils as ul
+
+    from ..train.hyp import hyp_schema
+
+    for key in hyp_schema():
+        if key.name in ul.DEFAULT_CFG_DICT:
+            continue  # ours already, or (a future) ultralytics' own key: never shadow it
+        ul.DEFAULT_CFG_DICT[key.name] = None
+        setattr(ul.DEFAULT_CFG, key.name, None)
+        _TRAIN_ARGS.append(key.name)
+
+
+def _remove_train_args() -> None:
+    import ultralytics.utils as ul
+
+    for name in _TRAIN_ARGS:
+        ul.DEFAULT_CFG_DICT.pop(name, None)
+        if name in vars(ul.DEFAULT_CFG):
+            delattr(ul.DEFAULT_CFG, name)
+    _TRAIN_ARGS.clear()
 
 
 def is_registered() -> bool:
@@ -180,7 +289,9 @@ def register() -> None:
     try:
         check_ultralytics_version()
     except RuntimeError:
+        _remove_train_args()  # a TOOD train argument is then ultralytics' own "not a valid argument" error
         return
+    add_train_args()  # normally done by the start-up hook when ultralytics.utils executed
     if len(_PATCHES) > 1:
         return
     _patch(tasks.DetectionModel, "init_criterion", _wrap_init_criterion)
@@ -196,7 +307,7 @@ def register() -> None:
 
 
 def unregister() -> None:
-    """Undo ``register()``: put back every wrapped ultralytics function and remove the callbacks.
+    """Undo ``register()``: put back every wrapped ultralytics function, remove the callbacks and the train arguments.
 
     Afterwards ultralytics behaves as if yolo-tood were not installed (a TOOD YAML no longer builds) until
     ``register()`` is called again. A wrapper that something else has wrapped in turn cannot be taken out from under
@@ -219,3 +330,4 @@ def unregister() -> None:
         if fn in default_callbacks[event]:
             default_callbacks[event].remove(fn)
     _CALLBACKS.clear()
+    _remove_train_args()

@@ -1,7 +1,8 @@
-"""TOOD training hyper-parameters, read from top-level keys of the model YAML.
+"""TOOD training hyper-parameters: top-level keys of the model YAML, which train arguments of the same name override.
 
-Ultralytics rejects unknown train arguments, so the TOOD-specific gains and assigner settings live in the model YAML
-(``yolov8-tood.yaml``) and are read once by ``TOODLoss`` through ``TOODHyp.from_yaml(model.yaml)``.
+The model YAML (``yolov8-tood.yaml``) gives the defaults; ``yolo_tood.integration.register.add_train_args`` makes every
+key a train argument too (``yolo train ... tal_topk=9``, ``model.train(tal_topk=9)``), default None = the YAML's
+value. ``TOODLoss`` and the training callbacks read both through ``TOODHyp.from_yaml(model.yaml, model.args)``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, get_type_hints
 
-from ultralytics.utils import LOGGER
-
 from ..checks import check_int
 
-__all__ = ("TOPK_MODES", "HypKey", "TOODHyp", "check_warmup", "hyp_schema")
+__all__ = ("TOPK_MODES", "HypKey", "TOODHyp", "check_warmup", "hyp_schema", "train_overrides")
 
 
 TOPK_MODES = ("fixed", "dynamic")
@@ -218,11 +217,14 @@ class TOODHyp:
         return f"TOOD: ATSS warm-up for {span} of {epochs} ({source}), then TAL"
 
     @classmethod
-    def from_yaml(cls, d: dict[str, Any] | None) -> TOODHyp:
-        """Build the hyper-parameters from the top-level keys of a model YAML dict; other keys are ignored.
+    def from_yaml(cls, d: dict[str, Any] | None, args: Any = None) -> TOODHyp:
+        """Build the hyper-parameters from the top-level keys of a model YAML dict and the train arguments.
 
         Args:
-            d (dict | None): The model YAML as a dict (``model.yaml``); None or {} gives the defaults.
+            d (dict | None): The model YAML as a dict (``model.yaml``); None or {} gives the defaults. Other keys are
+                ignored.
+            args (SimpleNamespace | dict | None): The train arguments (``trainer.args``, ``model.args``); a TOOD key
+                whose value is not None overrides the YAML's (see ``train_overrides``).
 
         Returns:
             (TOODHyp): The validated hyper-parameters.
@@ -233,12 +235,14 @@ class TOODHyp:
         Examples:
             >>> TOODHyp.from_yaml({"atss_epochs": 0}).atss_epochs
             0
+            >>> TOODHyp.from_yaml({"tal_topk": 9}, {"tal_topk": 5, "tal_beta": None}).tal_topk
+            5
         """
         if d is None:
             d = {}
         if not isinstance(d, dict):
             raise ValueError(f"TOOD: the model YAML must be a dict, got {type(d).__name__}")
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        return cls(**{**{f.name: d[f.name] for f in fields(cls) if f.name in d}, **train_overrides(args)})
 
 
 @functools.cache
@@ -268,6 +272,31 @@ def hyp_schema() -> tuple[HypKey, ...]:
     )
 
 
+def train_overrides(args: Any) -> dict[str, Any]:
+    """Return the TOOD keys set in the train arguments (not None), each validated alone by the schema.
+
+    None, the default ultralytics' cfg gets from ``add_train_args``, means "the model YAML's value", so an absent and
+    a None key are the same.
+
+    Args:
+        args (SimpleNamespace | dict | None): Train arguments (``trainer.args``; a dict after ``load_checkpoint``).
+
+    Returns:
+        (dict): ``{key: value}`` of the TOOD keys with a value, in schema order.
+
+    Raises:
+        ValueError: If a value has the wrong type or range (the schema's line, naming the key).
+
+    Examples:
+        >>> train_overrides({"tal_topk": 9, "atss_epochs": None, "lr0": 0.01})
+        {'tal_topk': 9}
+    """
+    if args is None:
+        return {}
+    get = args.get if isinstance(args, dict) else lambda k: getattr(args, k, None)
+    return {k.name: k.check(v) for k in hyp_schema() if (v := get(k.name)) is not None}
+
+
 def _base_type(hint: Any) -> type:
     """``int`` for ``Optional[int]``, else the hint itself."""
     args = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
@@ -291,20 +320,23 @@ def check_warmup(hyp: TOODHyp, epochs: int) -> bool:
         >>> check_warmup(TOODHyp(), epochs=100)
         True
     """
+    # Imported here, not at the top: the start-up hook reads hyp_schema() while ultralytics.utils is being imported
+    from ultralytics.utils import LOGGER
+
     warmup = hyp.warmup_epochs(epochs)
     if warmup >= epochs:
         key = "atss_epochs" if hyp.atss_epochs is not None else "atss_fraction"
         value = hyp.atss_epochs if hyp.atss_epochs is not None else f"{hyp.atss_fraction:.3g}"
         LOGGER.warning(
             f"TOOD: {key}={value} gives an ATSS warm-up of {warmup} epochs >= epochs={epochs}, so the whole training "
-            f"uses the ATSS warm-up (Focal loss) and Task Alignment Learning never starts; lower '{key}' in the model "
-            "YAML."
+            f"uses the ATSS warm-up (Focal loss) and Task Alignment Learning never starts; lower '{key}' (train "
+            "argument or model YAML)."
         )
         return False
     if hyp.atss_epochs is not None and 0 < 3 * warmup < epochs:
         LOGGER.info(
             f"TOOD: atss_epochs={warmup} is an ATSS warm-up of {warmup} of {epochs} epochs. The paper warms up for a "
-            "third of its schedule (4 of 12), which the default atss_fraction does when 'atss_epochs' is removed from "
-            "the model YAML; on BCCD a third (20 of 60) beat 4 by ~2 mAP50-95 points (BENCHMARKS.md)."
+            "third of its schedule (4 of 12), which the default atss_fraction does when 'atss_epochs' is unset (model "
+            "YAML and train arguments); on BCCD a third (20 of 60) beat 4 by ~2 mAP50-95 points (BENCHMARKS.md)."
         )
     return True

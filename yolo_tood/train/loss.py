@@ -127,7 +127,9 @@ class TOODLoss(v8DetectionLoss):
 
     Args:
         model (torch.nn.Module): De-paralleled ultralytics DetectionModel whose ``model[-1]`` is the TOOD head (with
-            ``nc``, ``reg_max``, ``stride`` and ``epoch``); the hyper-parameters come from ``model.yaml``.
+            ``nc``, ``reg_max``, ``stride`` and ``epoch``); the hyper-parameters come from ``model.yaml``, overridden
+            by the TOOD keys set in ``model.args`` (the train arguments the trainer attaches, as v8DetectionLoss
+            reads its gains there).
 
     Examples:
         >>> criterion = TOODLoss(model)
@@ -137,11 +139,13 @@ class TOODLoss(v8DetectionLoss):
     """
 
     def __init__(self, model: torch.nn.Module):  # model must be de-paralleled
-        """Initialise from the model's head and YAML; v8DetectionLoss.__init__ is not called (it needs model.args)."""
+        """Initialise from the model's head, YAML and train arguments; v8DetectionLoss.__init__ is not called."""
         param = next(model.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
         self.head = model.model[-1]
-        self.hyp = TOODHyp.from_yaml(getattr(model, "yaml", None))
+        # model.args: the trainer's arguments (the EMA copy carries them too, for the validation losses); a model
+        # used outside a trainer may have none, then the YAML alone applies
+        self.hyp = TOODHyp.from_yaml(getattr(model, "yaml", None), getattr(model, "args", None))
         self.stride = self.head.stride
         self.nc = self.head.nc
         self.reg_max = self.head.reg_max
