@@ -13,7 +13,6 @@ CFG = Path(__file__).resolve().parents[1] / "cfg"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--family", default="yolov8", help="model family with a cfg/{family}-tood.yaml")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--nc", type=int, default=80)
     parser.add_argument("--family", default="yolov8", choices=["yolov8", "yolo11"])
