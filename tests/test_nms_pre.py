@@ -136,3 +136,17 @@ def test_dynamic_onnx_traced_small_keeps_the_bound_at_larger_sizes(tmp_path, mon
     with torch.no_grad():
         y_pt = model.model(x)[0]
     assert int((y_pt[0, 4:] > 0).sum()) == kept
+
+
+@pytest.mark.parametrize("shape", [(2, 80, 840), (2, 3, 210), (1, 80, 21), (3, 7, 50), (2, 1, 50)])
+@pytest.mark.parametrize("k", [1, 5, 300, 1000])
+def test_keep_topk_scores_equals_the_flat_top_k(shape, k):
+    """The two-stage search (k best anchors, then their pairs) keeps exactly the k largest of all nc * A pairs."""
+    g = torch.Generator().manual_seed(k)
+    s = torch.rand(*shape, generator=g) ** 3
+    s[0, 0, :3] = s[0, -1, 5]  # some exact ties across classes and anchors
+    flat = s.reshape(shape[0], -1)
+    kth = flat.sort(1, descending=True).values[:, min(k, flat.shape[1]) - 1 : min(k, flat.shape[1])]  # (B, 1)
+    kth = torch.where(torch.tensor(k > flat.shape[1]), torch.zeros_like(kth), kth)  # fewer pairs than k: keep all
+    expected = torch.where(flat >= kth, flat, torch.zeros_like(flat)).view_as(s)
+    torch.testing.assert_close(keep_topk_scores(s, k), expected, rtol=0, atol=0)
