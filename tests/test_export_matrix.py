@@ -121,7 +121,7 @@ def test_export_cell(checkpoint, tmp_path, fmt, dynamic, batch, nms, simplify):
 
 PLAIN_ENV = """
 import importlib.util, sys
-sys.path.append({site!r})  # site-packages without running its .pth files: no yolo_tood start-up hook
+sys.path.append({site!r})  # site-packages without yolo_tood, and -S: no .pth file (no yolo_tood start-up hook)
 assert importlib.util.find_spec("yolo_tood") is None, "yolo_tood is importable"
 from ultralytics import YOLO
 r = YOLO({onnx!r}, task="detect").predict({source!r}, imgsz=32, verbose=False)[0]
@@ -144,7 +144,14 @@ def test_onnx_runs_without_yolo_tood_but_pt_needs_it(checkpoint, tmp_path):
     pt = tmp_path / checkpoint.name
     pt.write_bytes(checkpoint.read_bytes())
     onnx = YOLO(pt).export(format="onnx", imgsz=IMGSZ)
-    code = PLAIN_ENV.format(site=sysconfig.get_paths()["purelib"], onnx=onnx, source=str(SOURCE), pt=str(pt))
+    # A view of site-packages without yolo-tood (a `pip install .` puts yolo_tood itself there; an editable install
+    # only a .pth file), as an environment where it was never installed
+    site = tmp_path / "site"
+    site.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.lower().replace("-", "_").lstrip("_").startswith("yolo_tood"):
+            (site / entry.name).symlink_to(entry)
+    code = PLAIN_ENV.format(site=str(site), onnx=onnx, source=str(SOURCE), pt=str(pt))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"YOLO_AUTOINSTALL": "False"}
     proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
