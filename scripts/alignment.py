@@ -5,9 +5,9 @@ Usage:
         --data $YOLO_TOOD_SHARED/datasets/bccd/bccd.yaml --split val --imgsz 320 --json alignment.json
 
 Prints a markdown table with PCC top-50, IoU top-10 and the post-NMS correct / duplicate / error counts (plus the
-boxes NMS redundant and the validator's mAP50-95) of each model. See yolo_tood/diagnostics.py for the definitions.
+boxes NMS redundant and the validator's mAP50-95) of each model. Definitions: yolo_tood/analysis/alignment.py.
 
-With ``--plots DIR`` it also writes (see yolo_tood/plots.py):
+With ``--plots DIR`` it also writes (see yolo_tood/analysis/plots.py):
     DIR/score_iou.png       score vs IoU of each object's top-50 predictions, one panel per model, PCC in the title
     DIR/distributions.png   histograms of score, IoU and t = s^alpha * u^beta of the same predictions, models overlaid
     DIR/maps_<image>.png    for the first --map-images images of the split, the first TOOD model's probability map,

@@ -116,7 +116,7 @@ class AlignmentResult:
             compares what each detector's most confident boxes are.
         metrics (dict): Optional extra metrics (e.g. the validator's mAP) filled by ``evaluate_alignment``.
         score_iou (torch.Tensor, optional): (N, 2) class score and IoU of each object's top-k (50) predictions, the
-            pairs ``pcc_top50`` is computed from (for ``yolo_tood.plots``); not serialised by ``to_dict``.
+            pairs ``pcc_top50`` is computed from (for ``yolo_tood.analysis.plots``); not serialised by ``to_dict``.
     """
 
     pcc_top50: float

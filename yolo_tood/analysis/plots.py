@@ -10,7 +10,7 @@
   localisation alignment) and the layer attention of the two task decompositions. Read through forward hooks on the
   head's sub-modules; the head's forward is unchanged.
 
-The (score, IoU) pairs are collected by ``yolo_tood.diagnostics.AlignmentAccumulator`` during the same pass that
+The (score, IoU) pairs are collected by ``yolo_tood.analysis.alignment.AlignmentAccumulator`` during the same pass that
 computes ``pcc_top50`` (``AlignmentResult.score_iou``), so a plot and the number in its title come from the same data.
 
 Examples:
