@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
-from ultralytics.utils import LOGGER
 
 from yolo_tood.integration.callbacks import on_train_epoch_end
 from yolo_tood.train.loss import TOODLoss
@@ -106,16 +104,7 @@ def test_zero_size_boxes_are_dropped_and_counted(warmup):
     assert criterion.dropped_boxes == 4  # accumulates until the epoch callback resets it
 
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def test_epoch_end_logs_dropped_boxes_once_and_resets(tmp_path):
+def test_epoch_end_logs_dropped_boxes_once_and_resets(tmp_path, log):
     from pathlib import Path
 
     from ultralytics.nn.tasks import DetectionModel
@@ -125,14 +114,9 @@ def test_epoch_end_logs_dropped_boxes_once_and_resets(tmp_path):
     model.criterion, ema.criterion = model.init_criterion(), ema.init_criterion()
     model.criterion.dropped_boxes, ema.criterion.dropped_boxes = 3, 2
     trainer = SimpleNamespace(model=model, ema=SimpleNamespace(ema=ema), epoch=0, save_dir=tmp_path)
-    handler = Records()
-    LOGGER.addHandler(handler)
-    try:
-        on_train_epoch_end(trainer)
-        on_train_epoch_end(trainer)  # nothing dropped since: no second line
-    finally:
-        LOGGER.removeHandler(handler)
-    assert [m for m in handler.messages if "zero-size" in m] == ["WARNING ⚠️ TOOD: dropped 5 zero-size boxes this epoch"]
+    on_train_epoch_end(trainer)
+    on_train_epoch_end(trainer)  # nothing dropped since: no second line
+    assert [m for m in log if "zero-size" in m] == ["WARNING ⚠️ TOOD: dropped 5 zero-size boxes this epoch"]
     assert model.criterion.dropped_boxes == 0 and ema.criterion.dropped_boxes == 0
 
 

@@ -4,7 +4,6 @@ gains are warned."""
 from __future__ import annotations
 
 import copy
-import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,28 +11,10 @@ import pytest
 import yaml
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils import LOGGER
 
 from yolo_tood.integration.callbacks import on_train_epoch_start, on_train_start
 
 CFG = Path(__file__).resolve().parents[1] / "cfg" / "yolov8n-tood.yaml"
-
-
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def log():
-    handler = Records()
-    LOGGER.addHandler(handler)
-    yield handler.messages
-    LOGGER.removeHandler(handler)
 
 
 def fake_trainer(epochs: int = 10, start_epoch: int = 0, cfg: Path = CFG, **args) -> SimpleNamespace:
