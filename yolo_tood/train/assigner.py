@@ -16,13 +16,21 @@ import torch
 from torch import nn
 from ultralytics.utils.metrics import bbox_iou
 
-__all__ = ("ATSSAssigner", "AssignResult", "TOODTaskAlignedAssigner", "dynamic_topk")
+from .hyp import TOPK_MODES
+
+__all__ = ("ATSSAssigner", "AssignResult", "TOODTaskAlignedAssigner", "dynamic_topk", "gt_sizes")
 
 # An anchor centre must be at least this many pixels inside every side of a GT to be a positive of that GT
 # (as MMDetection's TaskAlignedAssigner / ATSSAssigner: min(l, t, r, b) > 0.01).
 CENTER_MARGIN = 0.01
 # GT sizes sqrt(w * h) in pixels at which the dynamic top-k reaches its largest / smallest k
 DYNAMIC_TOPK_SMALL, DYNAMIC_TOPK_LARGE = 8.0, 96.0
+
+
+def gt_sizes(gt_bboxes: torch.Tensor) -> torch.Tensor:
+    """Return sqrt(w * h) of xyxy boxes (..., 4) -> (...), degenerate boxes giving 0."""
+    wh = (gt_bboxes[..., 2:] - gt_bboxes[..., :2]).clamp(min=0)
+    return (wh[..., 0] * wh[..., 1]).sqrt()
 
 
 def dynamic_topk(sizes: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
@@ -218,8 +226,8 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
     ):
         """Initialise the assigner with the metric exponents and the number of candidates per GT."""
         super().__init__()
-        if topk_mode not in {"fixed", "dynamic"}:
-            raise ValueError(f"topk_mode must be 'fixed' or 'dynamic', got {topk_mode!r}")
+        if topk_mode not in TOPK_MODES:
+            raise ValueError(f"topk_mode must be one of {TOPK_MODES}, got {topk_mode!r}")
         if not 1 <= topk_min <= topk_max:
             raise ValueError(f"need 1 <= topk_min <= topk_max, got {topk_min} and {topk_max}")
         self.topk = topk
@@ -300,7 +308,7 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         del iou, metric
         pos = (cand_t > 0) & centers_inside(anc[cand], g[:, None])  # (c, k)
         if self.topk_mode == "dynamic":  # topk is sorted: a GT keeps its first k_g columns
-            k_g = dynamic_topk((g[:, 2:] - g[:, :2]).clamp(min=0).prod(-1).sqrt(), self.topk_min, self.topk_max)
+            k_g = dynamic_topk(gt_sizes(g), self.topk_min, self.topk_max)
             pos &= torch.arange(k, device=g.device)[None] < k_g[:, None]  # (c, k)
         gt_ids = torch.arange(start, start + c, device=g.device)[:, None].expand(c, k)
         return gt_ids[pos], cand[pos], cand_u[pos], cand_t[pos]

@@ -163,7 +163,7 @@ class TOODLoss(v8DetectionLoss):
         self.atss_assigner = ATSSAssigner(self.hyp.atss_topk)
         self.dfl_loss = DFLoss(self.reg_max) if self.use_dfl else None
         self.proj = torch.arange(self.reg_max, dtype=torch.float, device=self.device)  # used by bbox_decode
-        self.tal_stats = TALStats()  # positives per GT of the training batches, read by yolo_tood.tal_stats' callbacks
+        self.tal_stats = TALStats()  # positives per GT of the training batches; integration.callbacks writes them
         self.dropped_boxes = 0  # GTs of zero or negative size dropped since the last reset (logged per epoch)
 
     def warmup_epochs(self) -> int:

@@ -22,18 +22,12 @@ from typing import Any
 
 import torch
 
-from .assigner import AssignResult
+from .assigner import AssignResult, gt_sizes
 
 __all__ = ("SIZE_EDGES", "SIZE_LABELS", "TALStats", "gt_sizes")
 
 SIZE_EDGES = (8.0, 16.0, 32.0, 96.0)  # bucket edges of sqrt(w * h) in input pixels
 SIZE_LABELS = ("<8", "8-16", "16-32", "32-96", ">=96")
-
-
-def gt_sizes(gt_bboxes: torch.Tensor) -> torch.Tensor:
-    """Return sqrt(w * h) of xyxy boxes (..., 4) -> (...), degenerate boxes giving 0."""
-    wh = (gt_bboxes[..., 2:] - gt_bboxes[..., :2]).clamp(min=0)
-    return (wh[..., 0] * wh[..., 1]).sqrt()
 
 
 class TALStats:
