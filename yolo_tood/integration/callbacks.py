@@ -15,12 +15,17 @@ from .heads import is_tood_head
 __all__ = ("on_pretrain_routine_start", "on_train_end", "on_train_epoch_end", "on_train_epoch_start", "on_train_start")
 
 
-def _tood_heads(trainer: Any) -> list:
-    """Return the TOOD heads of the trainer's model and of its EMA copy (used for the validation losses)."""
+def _models(trainer: Any) -> list:
+    """Return the trainer's model and its EMA copy (which computes the validation losses), unwrapped, if present."""
     from ultralytics.utils.torch_utils import unwrap_model
 
     models = [trainer.model, getattr(getattr(trainer, "ema", None), "ema", None)]
-    heads = [unwrap_model(m).model[-1] for m in models if m is not None and hasattr(unwrap_model(m), "model")]
+    return [unwrap_model(m) for m in models if m is not None]
+
+
+def _tood_heads(trainer: Any) -> list:
+    """Return the TOOD heads of the trainer's model and of its EMA copy (used for the validation losses)."""
+    heads = [m.model[-1] for m in _models(trainer) if hasattr(m, "model")]
     return [h for h in heads if is_tood_head(h)]
 
 
@@ -132,9 +137,7 @@ def on_train_epoch_start(trainer: Any) -> None:
 
 def _tood_criterion(trainer: Any) -> Any:
     """Return the trainer model's TOOD criterion (created at the first training step), or None for other models."""
-    from ultralytics.utils.torch_utils import unwrap_model
-
-    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
+    criterion = getattr(_models(trainer)[0], "criterion", None)
     return criterion if hasattr(criterion, "tal_stats") else None
 
 
@@ -144,10 +147,7 @@ def _log_dropped_boxes(trainer: Any) -> None:
     The counts of the trained model's loss and of the EMA model's loss (validation losses) are summed; the EMA's
     validation of the previous epoch runs after this callback, so its drops are reported with the next epoch.
     """
-    from ultralytics.utils.torch_utils import unwrap_model
-
-    models = [trainer.model, getattr(getattr(trainer, "ema", None), "ema", None)]
-    losses = [getattr(unwrap_model(m), "criterion", None) for m in models if m is not None]
+    losses = [getattr(m, "criterion", None) for m in _models(trainer)]
     losses = [c for c in {id(c): c for c in losses}.values() if hasattr(c, "dropped_boxes")]
     if dropped := sum(c.dropped_boxes for c in losses):
         from ultralytics.utils import LOGGER
