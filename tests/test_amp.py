@@ -7,7 +7,6 @@ batches, and stay within a stated tolerance of the fp32 loss; the head's re-samp
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,13 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import autocast
 
+from yolo_tood.data import shared_datasets
 from yolo_tood.nn.head import aligned_score, inference_score, resample_by_offsets
 from yolo_tood.train.loss import TOODLoss, centerness
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "cfg" / "yolov8n-tood.yaml"
-SHARED = Path(os.environ.get("YOLO_TOOD_SHARED", ROOT.parent / "shared"))
-COCO128 = SHARED / "datasets" / "coco128" / "coco128.yaml"
+COCO128 = shared_datasets(ROOT) / "coco128" / "coco128.yaml"
 LOW = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
