@@ -116,3 +116,55 @@ def test_resumed_epoch_written_twice_keeps_the_last_line(tmp_path):
     (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = plot_tal_stats(tmp_path / "s.jsonl", tmp_path / "s.png")
     assert data["epoch"] == [1, 2] and data["pos_per_gt/all"] == [1.0, 5.0]
+
+
+def test_classification_signal_by_hand():
+    stats = TALStats()
+    assert stats.summary()["cls"] is None  # nothing added yet
+    # 1 image, 3 anchors, 2 classes: anchor 0 positive of class 1 (target 0.5), anchor 2 positive of class 0 (0.25)
+    scores = torch.tensor([[[0.1, 0.4], [0.3, 0.2], [0.8, 0.6]]])
+    target = torch.tensor([[[0.0, 0.5], [0.0, 0.0], [0.25, 0.0]]])
+    loss = torch.tensor([[[1.0, 2.0], [3.0, 0.0], [4.0, 0.0]]])
+    fg = torch.tensor([[True, False, True]])
+    labels = torch.tensor([[1, 2, 0]])  # 2 = background at the negative anchor
+    stats.update_cls(scores, target, loss, fg, labels)
+    c = stats.summary()["cls"]
+    assert c["target_mean"] == pytest.approx((0.5 + 0.25) / 2)
+    assert c["score_pos_mean"] == pytest.approx((0.4 + 0.8) / 2)  # the score of each positive's own class
+    assert c["score_neg_mean"] == pytest.approx(0.3)  # best class of the one negative anchor
+    assert c["loss_pos_share"] == pytest.approx((2.0 + 4.0) / 10.0)
+    stats.update_cls(scores, target, loss, torch.zeros(1, 3, dtype=torch.bool), labels)  # no positive: sums add
+    c = stats.summary()["cls"]
+    assert c["target_mean"] == pytest.approx(0.375)
+    assert c["score_neg_mean"] == pytest.approx((0.3 + 0.4 + 0.3 + 0.8) / 4)
+    stats.reset()
+    assert stats.summary()["cls"] is None
+
+
+def test_loss_feeds_the_classification_signal_in_training_only():
+    from yolo_tood.train.loss import TOODLoss
+
+    head = FakeHead(nc=3)
+    criterion = TOODLoss(FakeModel(head))
+    batch = random_batch([3, 0, 5], nc=3)
+    _, _, preds = random_preds(3, 3, 16, 64)
+    head.eval()
+    criterion(preds(), batch)
+    assert criterion.tal_stats.summary()["cls"] is None
+    head.train()
+    criterion(preds(), batch)
+    c = criterion.tal_stats.summary()["cls"]
+    assert 0 < c["target_mean"] <= 1 and 0 < c["score_pos_mean"] < 1 and 0 < c["score_neg_mean"] < 1
+    assert 0 < c["loss_pos_share"] < 1
+
+
+def test_plot_has_the_classification_panel_when_lines_carry_it(tmp_path):
+    empty = {k: {"gts": 0, "pos_per_gt": None, "zero_pos_share": None} for k in SIZE_LABELS}
+    cls = {"target_mean": 1.0, "score_pos_mean": 0.2, "score_neg_mean": 0.01, "loss_pos_share": 0.4}
+    rows = [{"epoch": 1, "phase": "ATSS", "gts": 1, "pos_per_gt": 1.0, "zero_pos_share": 0.0, "by_size": empty,
+             "cls": cls}, {"epoch": 2, "phase": "TAL", "gts": 1, "pos_per_gt": 1.0, "zero_pos_share": 0.0,
+             "by_size": empty}]  # fmt: skip
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = plot_tal_stats(tmp_path / "s.jsonl", tmp_path / "s.png")
+    assert data["cls/score_pos_mean"][0] == 0.2 and data["cls/score_pos_mean"][1] != data["cls/score_pos_mean"][1]
+    assert (tmp_path / "s.png").stat().st_size > 0

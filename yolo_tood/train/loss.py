@@ -322,6 +322,8 @@ class TOODLoss(v8DetectionLoss):
             cls = focal_loss_prob(pred_scores, target, self.hyp.focal_gamma, self.hyp.focal_alpha)
         else:
             cls = quality_focal_loss_prob(pred_scores, target, self.hyp.qfl_beta)
+        if self.head.training:  # as the assignment statistics: training batches only
+            self.tal_stats.update_cls(pred_scores.detach(), target, cls.detach(), res.fg_mask, res.labels)
         return cls.sum() / res.metrics.sum().clamp(min=1)
 
     def _box_loss(

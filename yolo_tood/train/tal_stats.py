@@ -7,10 +7,17 @@ callbacks (``yolo_tood.integration.callbacks``) read it at the end of each epoch
 ``<save_dir>/tal_stats.jsonl`` and reset it, and plot ``<save_dir>/tal_stats.png`` (``yolo_tood.analysis.tal_stats``)
 beside ``results.png`` at the end of training.
 
+The classification signal of the same batches is kept beside it (``TALStats.update_cls``): the mean target of the
+positives (1 in the ATSS warm-up, t_hat with TAL, whose sum is the loss normaliser), the mean predicted score of the
+positives for their class and of the negatives (best class), and the share of the classification loss that comes
+from the positives (the rest pushes negatives down). How fast these move in the first epochs is what tells a head
+that learns to classify slowly from one whose targets are small.
+
 A line of ``tal_stats.jsonl``::
 
     {"epoch": 1, "phase": "ATSS", "gts": 1843, "pos_per_gt": 6.1, "zero_pos_share": 0.02,
-     "by_size": {"<8": {"gts": 210, "pos_per_gt": 2.3, "zero_pos_share": 0.11}, "8-16": {...}, ...}}
+     "by_size": {"<8": {"gts": 210, "pos_per_gt": 2.3, "zero_pos_share": 0.11}, "8-16": {...}, ...},
+     "cls": {"target_mean": 1.0, "score_pos_mean": 0.21, "score_neg_mean": 0.012, "loss_pos_share": 0.35}}
 
 ``epoch`` is 1-based like ``results.csv``; sizes are sqrt(w * h) of the GT box in input (letterboxed) pixels.
 Under DDP only the rank-0 process's batches are counted.
@@ -38,6 +45,8 @@ class TALStats:
         num_pos (torch.Tensor): (5,) positive anchors assigned to them.
         num_zero (torch.Tensor): (5,) GTs that got no positive.
         phases (set[str]): Assignment phases seen ("ATSS", "TAL").
+        cls_sums (torch.Tensor): (6,) sums of the classification signal: positives, their targets, their scores,
+            negatives, their best-class scores, the positives' loss, the whole loss (see ``update_cls``).
 
     Examples:
         >>> stats = TALStats()
@@ -52,6 +61,7 @@ class TALStats:
     def reset(self) -> None:
         """Forget everything accumulated."""
         self.num_gt = self.num_pos = self.num_zero = None
+        self.cls_sums = None
         self.phases: set[str] = set()
 
     @torch.no_grad()
@@ -85,6 +95,54 @@ class TALStats:
         self.num_pos += torch.bincount(bucket, weights=pos, minlength=nb)[:-1]
         self.num_zero += torch.bincount(bucket, weights=(pos == 0).float(), minlength=nb)[:-1]
 
+    @torch.no_grad()
+    def update_cls(
+        self,
+        scores: torch.Tensor,
+        target: torch.Tensor,
+        loss: torch.Tensor,
+        fg_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> None:
+        """Add one batch's classification signal.
+
+        Args:
+            scores (torch.Tensor): (B, A, nc) predicted scores (probabilities).
+            target (torch.Tensor): (B, A, nc) classification targets: the positive's target at its class, 0 elsewhere.
+            loss (torch.Tensor): (B, A, nc) element-wise classification loss, before normalisation.
+            fg_mask (torch.Tensor): (B, A) True for positive anchors.
+            labels (torch.Tensor): (B, A) class of each anchor's GT (read at the positives only).
+        """
+        fg = fg_mask.bool()
+        pos_scores = scores[fg].gather(1, labels[fg].long()[:, None])  # (P, 1) score of the assigned class
+        pos_target = target[fg].gather(1, labels[fg].long()[:, None])  # (P, 1)
+        pos_loss = loss[fg].gather(1, labels[fg].long()[:, None])  # (P, 1)
+        neg_best = scores[~fg].amax(-1) if scores.shape[-1] else scores.new_zeros(0)  # (N,) best class of negatives
+        sums = torch.stack(
+            [
+                fg.sum().float(),
+                pos_target.sum().float(),
+                pos_scores.sum().float(),
+                (~fg).sum().float(),
+                neg_best.sum().float(),
+                pos_loss.sum().float(),
+                loss.sum().float(),
+            ]
+        )
+        self.cls_sums = sums if self.cls_sums is None else self.cls_sums + sums
+
+    def cls_summary(self) -> dict[str, float | None] | None:
+        """Return the classification signal so far (means over the epoch's batches), or None if nothing was added."""
+        if self.cls_sums is None:
+            return None
+        n_pos, t_sum, s_pos, n_neg, s_neg, l_pos, l_all = self.cls_sums.tolist()
+        return {
+            "target_mean": t_sum / n_pos if n_pos else None,
+            "score_pos_mean": s_pos / n_pos if n_pos else None,
+            "score_neg_mean": s_neg / n_neg if n_neg else None,
+            "loss_pos_share": l_pos / l_all if l_all else None,
+        }
+
     def summary(self) -> dict[str, Any]:
         """Return the statistics so far: GTs, mean positives per GT and share of GTs without positives, by size too.
 
@@ -102,4 +160,5 @@ class TALStats:
             "phase": "/".join(sorted(self.phases)) or None,
             **stats(sum(gt), sum(pos), sum(zero)),
             "by_size": {label: stats(*v) for label, v in zip(SIZE_LABELS, zip(gt, pos, zero))},
+            "cls": self.cls_summary(),
         }
