@@ -8,6 +8,9 @@ Usage:
     python scripts/compare.py --seeds 0 --val-only --alignment --data $YOLO_TOOD_SHARED/datasets/bccd/bccd.yaml \
         --models tood tood:atss_epochs=0 tood:box_gain=7.5,cls_gain=0.5,dfl_gain=1.5 --out runs/ablate
 
+    # fine-tuning: both models start from one stock checkpoint (the TOOD model gets its backbone and neck)
+    python scripts/compare.py --seeds 0 --pretrained stock_bccd.pt --data road_traffic.yaml --out runs/finetune
+
     # tiny end-to-end check (minutes, not hours)
     python scripts/compare.py --epochs 1 --imgsz 64 --batch 8 --seeds 0 --models stock stock \
         --data $YOLO_TOOD_SHARED/datasets/bccd/bccd.yaml --out /tmp/compare_tiny
@@ -488,6 +491,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.937,
         help="SGD momentum / Adam beta1 (ultralytics' default 0.937; optimizer=auto picks its own, 0.9)",
     )
+    p.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        help="fine-tune every model from this checkpoint (ultralytics' pretrained=: tensors of the same name and "
+        "shape transfer, so a stock checkpoint gives a TOOD model its backbone and neck)",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -518,6 +528,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": args.device,
         "plots": True,
     }
+    if args.pretrained is not None:  # only when given, so that the records of from-scratch runs stay valid
+        if not args.pretrained.is_file():
+            raise SystemExit(f"compare.py: --pretrained {args.pretrained} is not a file")
+        recipe["pretrained"] = str(args.pretrained.resolve())
     labels = model_labels(args.models)
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     curves: dict[str, list[list[float]]] = {}

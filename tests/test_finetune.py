@@ -48,3 +48,22 @@ def test_stock_checkpoint_transfers_backbone_and_neck(stock_nc, tood_nc):
     assert isinstance(tood.model[-1], TOODDetect)
     for k, v in head_before.items():  # the T-Head keeps its own initialisation (DFL's fixed bins are equal anyway)
         torch.testing.assert_close(state[k], v, msg=f"head tensor {k} was overwritten")
+
+
+def test_compare_fine_tunes_every_model_from_one_checkpoint(tmp_path_factory, tmp_path):
+    """``compare.py --pretrained`` hands the checkpoint to the trainer of each model and records it in the recipe."""
+    import yaml
+    from test_diagnostics import load_script, make_dataset
+
+    compare = load_script("compare")
+    data = make_dataset(tmp_path_factory.mktemp("tiny_finetune"), n_train=2, n_val=2)
+    argv = ["--epochs", "1", "--imgsz", "64", "--batch", "2", "--seeds", "0", "--workers", "0", "--val-only"]
+    argv += ["--data", str(data)]
+    compare.main([*argv, "--models", "stock", "--out", str(tmp_path / "scratch")])
+    start = tmp_path / "scratch" / "runs" / "stock_s0" / "weights" / "best.pt"
+    report = compare.main([*argv, "--models", "tood", "--out", str(tmp_path / "ft"), "--pretrained", str(start)])
+    assert report["recipe"]["pretrained"] == str(start.resolve())
+    args = yaml.safe_load((tmp_path / "ft" / "runs" / "tood_s0" / "args.yaml").read_text())
+    assert args["pretrained"] == str(start.resolve())  # what the ultralytics trainer loaded its weights from
+    with pytest.raises(SystemExit, match="is not a file"):
+        compare.main([*argv, "--models", "tood", "--out", str(tmp_path / "x"), "--pretrained", str(tmp_path / "no.pt")])
