@@ -18,7 +18,7 @@ from ultralytics.utils.metrics import bbox_iou
 
 from .hyp import TOPK_MODES
 
-__all__ = ("ATSSAssigner", "AssignResult", "TOODTaskAlignedAssigner", "dynamic_topk", "gt_sizes")
+__all__ = ("ATSSAssigner", "AssignResult", "TOODTaskAlignedAssigner", "dynamic_topk", "gt_sizes", "widen_small_boxes")
 
 # An anchor centre must be at least this many pixels inside every side of a GT to be a positive of that GT
 # (as MMDetection's TaskAlignedAssigner / ATSSAssigner: min(l, t, r, b) > 0.01).
@@ -109,6 +109,23 @@ def centers_inside(points: torch.Tensor, boxes: torch.Tensor, margin: float = CE
     lt = points - boxes[..., :2]  # (..., 2) distances to the left/top sides
     rb = boxes[..., 2:] - points  # (..., 2) distances to the right/bottom sides
     return torch.minimum(lt.amin(-1), rb.amin(-1)) > margin
+
+
+def widen_small_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
+    """Return xyxy ``boxes`` (..., 4) with every side shorter than ``min_size`` widened to it about the box centre.
+
+    For the centre-in-GT test only, as ultralytics' STAL (``TaskAlignedAssigner.select_candidates_in_gts`` widens GT
+    sides below ``stride[1]`` = 16 px): a GT smaller than a stride can fall between anchor centres and then gets no
+    positive under the strict test of MMDetection's TOOD. ``min_size`` 0 returns ``boxes`` unchanged (the reference).
+
+    Examples:
+        >>> widen_small_boxes(torch.tensor([[10.0, 10.0, 14.0, 40.0]]), 16.0)
+        tensor([[ 4., 10., 20., 40.]])
+    """
+    if min_size <= 0:
+        return boxes
+    centre, wh = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).clamp(min=min_size)
+    return torch.cat((centre - wh / 2, centre + wh / 2), -1)
 
 
 def resolve_claims(gt_ids: torch.Tensor, anchor_ids: torch.Tensor, ious: torch.Tensor, na: int) -> torch.Tensor:
@@ -203,6 +220,8 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         topk_mode (str): "fixed" (m = ``topk`` for every GT) or "dynamic" (m per GT from its size).
         topk_min (int): Smallest m of the dynamic mode.
         topk_max (int): Largest m of the dynamic mode.
+        min_size (float): GT sides shorter than this (pixels) are widened to it for the centre-in-GT test only
+            (``widen_small_boxes``, as ultralytics' STAL); 0, the default, is the reference's strict test.
 
     Examples:
         >>> assigner = TOODTaskAlignedAssigner(topk=13, alpha=1.0, beta=6.0)
@@ -223,6 +242,7 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         topk_mode: str = "fixed",
         topk_min: int = 5,
         topk_max: int = 21,
+        min_size: float = 0.0,
     ):
         """Initialise the assigner with the metric exponents and the number of candidates per GT."""
         super().__init__()
@@ -235,6 +255,7 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         self.beta = beta
         self.topk_mode = topk_mode
         self.topk_min, self.topk_max = topk_min, topk_max
+        self.min_size = min_size
 
     @torch.no_grad()
     def forward(
@@ -306,7 +327,7 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         cand_t, cand = metric.topk(k, dim=1)  # (c, k) over all anchors of all levels
         cand_u = iou.gather(1, cand)  # (c, k)
         del iou, metric
-        pos = (cand_t > 0) & centers_inside(anc[cand], g[:, None])  # (c, k)
+        pos = (cand_t > 0) & centers_inside(anc[cand], widen_small_boxes(g, self.min_size)[:, None])  # (c, k)
         if self.topk_mode == "dynamic":  # topk is sorted: a GT keeps its first k_g columns
             k_g = dynamic_topk(gt_sizes(g), self.topk_min, self.topk_max)
             pos &= torch.arange(k, device=g.device)[None] < k_g[:, None]  # (c, k)
@@ -330,6 +351,8 @@ class ATSSAssigner(_ChunkedAssigner):
     Args:
         topk (int): Candidates per level per GT.
         anchor_scale (float): Side of the square anchor box in strides (mmdet's octave_base_scale).
+        min_size (float): GT sides shorter than this (pixels) are widened to it for the centre-in-GT test only, as in
+            ``TOODTaskAlignedAssigner``; 0, the default, is the reference's strict test.
 
     Examples:
         >>> assigner = ATSSAssigner(topk=9)
@@ -341,11 +364,12 @@ class ATSSAssigner(_ChunkedAssigner):
         tensor([[ True, False, False, False]])
     """
 
-    def __init__(self, topk: int = 9, anchor_scale: float = 8.0):
+    def __init__(self, topk: int = 9, anchor_scale: float = 8.0, min_size: float = 0.0):
         """Initialise the assigner with the number of candidates per level and the anchor box scale."""
         super().__init__()
         self.topk = topk
         self.anchor_scale = anchor_scale
+        self.min_size = min_size
 
     @torch.no_grad()
     def forward(
@@ -416,6 +440,6 @@ class ATSSAssigner(_ChunkedAssigner):
         iou = bbox_iou(g[:, None], anchor_boxes[cand], xywh=False).squeeze_(-1)  # (c, K)
         std = iou.std(1) if iou.shape[1] > 1 else torch.zeros_like(iou[:, 0])  # unbiased, as mmdet
         thr = iou.mean(1) + std  # (c,)
-        pos = (iou >= thr[:, None]) & centers_inside(anc[cand], g[:, None])  # (c, K)
+        pos = (iou >= thr[:, None]) & centers_inside(anc[cand], widen_small_boxes(g, self.min_size)[:, None])
         gt_ids = torch.arange(start, start + c, device=g.device)[:, None].expand_as(cand)
         return gt_ids[pos], cand[pos], iou[pos]

@@ -130,6 +130,10 @@ class TOODHyp:
         tal_topk_min (int): smallest m of the dynamic mode (for GTs of sqrt(w*h) >= 96 px). Default 5.
         tal_topk_max (int): largest m of the dynamic mode (for GTs of sqrt(w*h) <= 8 px). Default 21; 5..21 is the
             range over which the paper found AP flat.
+        tal_min_size (float): GT sides shorter than this many input pixels are widened to it, about the box centre,
+            for the centre-in-GT test of both assigners only (targets and IoUs keep the real box). 0 (default) is
+            the reference's strict test, which gives a GT lying between anchor centres no positive; ultralytics'
+            STAL uses 16 (stride 16) for the same purpose. Opt-in, see BENCHMARKS.md for its measurement.
         atss_topk (int): ATSS candidates per level per ground truth during the warm-up (mmdet ATSSAssigner topk=9).
         qfl_beta (float): beta of the Quality Focal Loss used with TAL (mmdet QualityFocalLoss beta=2.0).
         focal_gamma (float): gamma of the warm-up Focal loss (mmdet FocalLoss gamma=2.0).
@@ -155,6 +159,9 @@ class TOODHyp:
     )
     tal_topk_min: int = _key(5, "smallest m of the dynamic mode (GTs >= 96 px)", minimum=1)
     tal_topk_max: int = _key(21, "largest m of the dynamic mode (GTs <= 8 px)", minimum=1)
+    tal_min_size: float = _key(
+        0.0, "GT sides shorter than this (px) widened to it for the centre-in-GT test (0: the reference)", minimum=0.0
+    )
     atss_fraction: float = _key(
         1 / 3, "ATSS + Focal warm-up before TAL, as a fraction of the run's epochs", maximum=1.0, below_maximum=True
     )
