@@ -76,3 +76,49 @@ def test_key_reaches_both_assigners_and_is_checked():
     assert crit.assigner.min_size == 16.0 and crit.atss_assigner.min_size == 16.0
     with pytest.raises(ValueError, match="tal_min_size"):
         TOODHyp(tal_min_size=-1.0)
+
+
+def bimodal_scene() -> tuple:
+    """A 186 x 179 px GT centred in a 320 px image with 3 levels (strides 8/16/32): its 27 ATSS candidate IoUs are
+    bimodal (P3 anchors ~0.12, P4/P5 ~0.5), and mean + std lies above every one of them."""
+    anc, strides = [], []
+    for s in (8.0, 16.0, 32.0):
+        a, st = grid_anchors(320, s)
+        anc.append(a)
+        strides.append(st)
+    gt = torch.tensor([[[67.0, 70.5, 253.0, 249.5]]])
+    return torch.cat(anc), torch.cat(strides), torch.zeros(1, 1, 1), gt, torch.ones(1, 1, 1)
+
+
+def test_atss_min_pos_keeps_the_best_inside_candidates():
+    from ultralytics.utils.metrics import bbox_iou
+
+    anc, strides, labels, gt, mask = bimodal_scene()
+    ref = ATSSAssigner(topk=9)(anc, strides, labels, gt, mask, num_classes=1)
+    assert int(ref.fg_mask.sum()) == 0  # the reference's threshold leaves this large GT without a positive
+    half = strides * 4
+    iou = bbox_iou(gt[0], torch.cat((anc - half, anc + half), 1), xywh=False).squeeze(-1)  # (A,) anchor-box IoU
+    inside = ((anc > gt[0, 0, :2]) & (anc < gt[0, 0, 2:])).all(1)
+    best = iou.masked_fill(~inside, -1).max()  # 0.508: four P5 anchors around the centre tie
+    res = ATSSAssigner(topk=9, min_pos=1)(anc, strides, labels, gt, mask, num_classes=1)
+    kept = res.fg_mask[0]
+    assert int(kept.sum()) == 4 and bool((iou[kept] == best).all()) and bool(inside[kept].all())  # ties kept
+    res = ATSSAssigner(topk=9, min_pos=5)(anc, strides, labels, gt, mask, num_classes=1)
+    assert int(res.fg_mask.sum()) >= 5 and bool(inside[res.fg_mask[0]].all())
+
+
+def test_atss_min_pos_changes_nothing_where_the_reference_has_positives():
+    anc, strides = grid_anchors(64)
+    gt = torch.tensor([[[6.0, 6.0, 40.0, 30.0], [30.0, 30.0, 60.0, 62.0]]])
+    args = (anc, strides, torch.zeros(1, 2, 1), gt, torch.ones(1, 2, 1))
+    ref, res = ATSSAssigner(topk=9)(*args, num_classes=1), ATSSAssigner(topk=9, min_pos=1)(*args, num_classes=1)
+    assert int(ref.fg_mask.sum()) >= 2 and torch.equal(ref.fg_mask, res.fg_mask) and torch.equal(ref.gt_idx, res.gt_idx)
+
+
+def test_atss_min_pos_key():
+    from yolo_tood.train.loss import TOODLoss
+
+    assert TOODHyp().atss_min_pos == 0  # the reference by default
+    assert TOODLoss(FakeModel(FakeHead(), atss_min_pos=2)).atss_assigner.min_pos == 2
+    with pytest.raises(ValueError, match="atss_min_pos"):
+        TOODHyp(atss_min_pos=-1)

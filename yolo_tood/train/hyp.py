@@ -135,6 +135,10 @@ class TOODHyp:
             the reference's strict test, which gives a GT lying between anchor centres no positive; ultralytics'
             STAL uses 16 (stride 16) for the same purpose. Opt-in, see BENCHMARKS.md for its measurement.
         atss_topk (int): ATSS candidates per level per ground truth during the warm-up (mmdet ATSSAssigner topk=9).
+        atss_min_pos (int): every GT keeps at least this many of its ATSS candidates (the best by IoU among those whose
+            centre is inside it) during the warm-up, however high the mean + std threshold is. 0 (default) is the
+            reference. With YOLO's 3 levels the threshold can exceed every candidate of a large GT, which then trains
+            as background (``yolo_tood.train.assigner.ATSSAssigner``). Opt-in, see BENCHMARKS.md.
         qfl_beta (float): beta of the Quality Focal Loss used with TAL (mmdet QualityFocalLoss beta=2.0).
         focal_gamma (float): gamma of the warm-up Focal loss (mmdet FocalLoss gamma=2.0).
         focal_alpha (float): alpha of the warm-up Focal loss, in [0, 1] (mmdet FocalLoss alpha=0.25).
@@ -167,6 +171,9 @@ class TOODHyp:
     )
     atss_epochs: Optional[int] = _key(None, "explicit warm-up epochs, overriding atss_fraction", optional=True)
     atss_topk: int = _key(9, "ATSS candidates per level per GT during the warm-up", minimum=1)
+    atss_min_pos: int = _key(
+        0, "ATSS positives kept per GT at least (its best inside candidates; 0: the reference)", minimum=0
+    )
     qfl_beta: float = _key(2.0, "beta of the Quality Focal Loss (TAL phase)")
     focal_gamma: float = _key(2.0, "gamma of the warm-up Focal loss")
     focal_alpha: float = _key(0.25, "alpha of the warm-up Focal loss", maximum=1.0)

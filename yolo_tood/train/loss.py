@@ -161,7 +161,9 @@ class TOODLoss(v8DetectionLoss):
             topk_max=self.hyp.tal_topk_max,
             min_size=self.hyp.tal_min_size,
         )
-        self.atss_assigner = ATSSAssigner(self.hyp.atss_topk, min_size=self.hyp.tal_min_size)
+        self.atss_assigner = ATSSAssigner(
+            self.hyp.atss_topk, min_size=self.hyp.tal_min_size, min_pos=self.hyp.atss_min_pos
+        )
         self.dfl_loss = DFLoss(self.reg_max) if self.use_dfl else None
         self.proj = torch.arange(self.reg_max, dtype=torch.float, device=self.device)  # used by bbox_decode
         self.tal_stats = TALStats()  # positives per GT of the training batches; integration.callbacks writes them
