@@ -12,7 +12,8 @@ from test_diagnostics import load_script
 from yolo_tood.analysis.coverage import atss_coverage, coverage_table, level_anchors
 
 # xyxy pixels in a 320 x 320 image: a large GT whose ATSS threshold lies above all its candidates (see
-# test_min_size.bimodal_scene), a 40 x 30 GT that the reference covers, and a 2.5 px GT with no anchor centre of any level inside
+# test_min_size.bimodal_scene), a 40 x 30 GT that the reference covers, and a 2.5 px GT with no anchor centre of any
+# level inside it
 BOXES = {0: (67.0, 70.5, 253.0, 249.5), 1: (6.0, 6.0, 46.0, 36.0), 2: (13.0, 13.0, 15.5, 15.5)}
 
 

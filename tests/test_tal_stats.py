@@ -168,3 +168,19 @@ def test_plot_has_the_classification_panel_when_lines_carry_it(tmp_path):
     data = plot_tal_stats(tmp_path / "s.jsonl", tmp_path / "s.png")
     assert data["cls/score_pos_mean"][0] == 0.2 and data["cls/score_pos_mean"][1] != data["cls/score_pos_mean"][1]
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_per_class_counts_by_hand():
+    stats = TALStats()
+    gt = boxes_of_size([[10.0, 50.0, 10.0], [10.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])[..., None]
+    labels = torch.tensor([[2.0, 0.0, 1.0], [2.0, 0.0, 0.0]])[..., None]  # padding slots carry junk classes
+    # image 0: GT 0 (class 2) 2 positives, GT 1 (class 0) none; image 1: GT 0 (class 2) 1 positive
+    stats.update(assign([[0, 0, -1, -1], [0, -1, -1, -1]]), gt, mask, "TAL", labels, nc=3)
+    by_class = stats.summary()["by_class"]
+    assert by_class == {
+        "0": {"gts": 1, "pos_per_gt": 0.0, "zero_pos_share": 1.0},
+        "2": {"gts": 2, "pos_per_gt": 1.5, "zero_pos_share": 0.0},
+    }  # class 1 only in padding: not listed
+    stats.update(assign([[0, 0, -1, -1], [0, -1, -1, -1]]), gt, mask, "TAL")  # no labels: by_class unchanged
+    assert stats.summary()["by_class"] == by_class

@@ -26,11 +26,12 @@ def test_training_writes_tal_stats(tmp_path):
     lines = [json.loads(x) for x in (run / "tal_stats.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2] and [x["phase"] for x in lines] == ["ATSS", "TAL"]
     for x in lines:
-        assert set(x) == {"epoch", "phase", "gts", "pos_per_gt", "zero_pos_share", "by_size", "cls"}
+        assert set(x) == {"epoch", "phase", "gts", "pos_per_gt", "zero_pos_share", "by_size", "by_class", "cls"}
         if x["phase"] == "ATSS":  # focal loss on hard labels: every positive's target is 1
             assert x["cls"]["target_mean"] == pytest.approx(1.0)
         assert 0 < x["cls"]["target_mean"] <= 1 and 0 <= x["cls"]["loss_pos_share"] <= 1
         assert list(x["by_size"]) == list(SIZE_LABELS)
+        assert x["gts"] == sum(c["gts"] for c in x["by_class"].values())  # every GT has its class
         assert x["gts"] == sum(b["gts"] for b in x["by_size"].values()) > 0  # mosaic may add or crop boxes
         assert x["pos_per_gt"] >= 0 and 0 <= x["zero_pos_share"] <= 1
     assert (run / "tal_stats.png").stat().st_size > 0 and (run / "results.png").exists()

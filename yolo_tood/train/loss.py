@@ -239,7 +239,7 @@ class TOODLoss(v8DetectionLoss):
             )
 
         if self.head.training:  # validation losses (EMA head in eval mode) stay out of the training statistics
-            self.tal_stats.update(res, gt_bboxes, mask_gt, "ATSS" if warmup else "TAL")
+            self.tal_stats.update(res, gt_bboxes, mask_gt, "ATSS" if warmup else "TAL", gt_labels, self.nc)
 
         loss = torch.zeros(3, device=self.device)  # box, cls, dfl
         loss[1] = self._cls_loss(pred_scores, res, warmup)

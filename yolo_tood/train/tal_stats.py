@@ -17,9 +17,11 @@ A line of ``tal_stats.jsonl``::
 
     {"epoch": 1, "phase": "ATSS", "gts": 1843, "pos_per_gt": 6.1, "zero_pos_share": 0.02,
      "by_size": {"<8": {"gts": 210, "pos_per_gt": 2.3, "zero_pos_share": 0.11}, "8-16": {...}, ...},
+     "by_class": {"0": {"gts": 950, "pos_per_gt": 6.4, "zero_pos_share": 0.01}, ...},
      "cls": {"target_mean": 1.0, "score_pos_mean": 0.21, "score_neg_mean": 0.012, "loss_pos_share": 0.35}}
 
-``epoch`` is 1-based like ``results.csv``; sizes are sqrt(w * h) of the GT box in input (letterboxed) pixels.
+``epoch`` is 1-based like ``results.csv``; sizes are sqrt(w * h) of the GT box in input (letterboxed) pixels;
+``by_class`` is keyed by class index (as a string) and lists the classes seen.
 Under DDP only the rank-0 process's batches are counted.
 """
 
@@ -44,6 +46,8 @@ class TALStats:
         num_gt (torch.Tensor): (5,) GTs seen per size bucket.
         num_pos (torch.Tensor): (5,) positive anchors assigned to them.
         num_zero (torch.Tensor): (5,) GTs that got no positive.
+        class_counts (torch.Tensor | None): (3, nc) GTs, positives and zero-positive GTs per class (when the loss passes
+            the GT labels).
         phases (set[str]): Assignment phases seen ("ATSS", "TAL").
         cls_sums (torch.Tensor): (6,) sums of the classification signal: positives, their targets, their scores,
             negatives, their best-class scores, the positives' loss, the whole loss (see ``update_cls``).
@@ -61,11 +65,20 @@ class TALStats:
     def reset(self) -> None:
         """Forget everything accumulated."""
         self.num_gt = self.num_pos = self.num_zero = None
+        self.class_counts = None
         self.cls_sums = None
         self.phases: set[str] = set()
 
     @torch.no_grad()
-    def update(self, res: AssignResult, gt_bboxes: torch.Tensor, mask_gt: torch.Tensor, phase: str) -> None:
+    def update(
+        self,
+        res: AssignResult,
+        gt_bboxes: torch.Tensor,
+        mask_gt: torch.Tensor,
+        phase: str,
+        gt_labels: torch.Tensor | None = None,
+        nc: int = 0,
+    ) -> None:
         """Add one batch's assignment.
 
         Args:
@@ -73,6 +86,8 @@ class TALStats:
             gt_bboxes (torch.Tensor): (B, n_max, 4) padded xyxy GT boxes in input pixels.
             mask_gt (torch.Tensor): (B, n_max, 1) or (B, n_max), nonzero for real GTs.
             phase (str): "ATSS" or "TAL".
+            gt_labels (torch.Tensor, optional): (B, n_max, 1) GT classes, for the per-class counts.
+            nc (int): Number of classes (the per-class counts' width); needed with ``gt_labels``.
         """
         bs, n_max = gt_bboxes.shape[:2]
         device = gt_bboxes.device
@@ -94,6 +109,15 @@ class TALStats:
         self.num_gt += torch.bincount(bucket, minlength=nb)[:-1]
         self.num_pos += torch.bincount(bucket, weights=pos, minlength=nb)[:-1]
         self.num_zero += torch.bincount(bucket, weights=(pos == 0).float(), minlength=nb)[:-1]
+        if gt_labels is not None and nc > 0:
+            cls = torch.where(valid, gt_labels.reshape(-1).long(), nc)  # padding to a dropped bin
+            counts = torch.stack(
+                [
+                    torch.bincount(cls, weights=w, minlength=nc + 1)[:-1]
+                    for w in (valid.float(), pos, (pos == 0).float())
+                ]
+            )  # (3, nc)
+            self.class_counts = counts if self.class_counts is None else self.class_counts + counts
 
     @torch.no_grad()
     def update_cls(
@@ -160,5 +184,8 @@ class TALStats:
             "phase": "/".join(sorted(self.phases)) or None,
             **stats(sum(gt), sum(pos), sum(zero)),
             "by_size": {label: stats(*v) for label, v in zip(SIZE_LABELS, zip(gt, pos, zero))},
+            "by_class": {}
+            if self.class_counts is None
+            else {str(c): stats(*v) for c, v in enumerate(zip(*self.class_counts.tolist())) if v[0] > 0},
             "cls": self.cls_summary(),
         }
