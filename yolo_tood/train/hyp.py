@@ -14,10 +14,11 @@ from typing import Any, Optional, get_type_hints
 
 from ..checks import check_int
 
-__all__ = ("TOPK_MODES", "HypKey", "TOODHyp", "check_warmup", "hyp_schema", "train_overrides")
+__all__ = ("ATSS_CLS_TARGETS", "TOPK_MODES", "HypKey", "TOODHyp", "check_warmup", "hyp_schema", "train_overrides")
 
 
 TOPK_MODES = ("fixed", "dynamic")
+ATSS_CLS_TARGETS = ("hard", "iou")  # warm-up classification targets, see TOODHyp.atss_cls_target
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,11 @@ class TOODHyp:
             the reference's strict test, which gives a GT lying between anchor centres no positive; ultralytics'
             STAL uses 16 (stride 16) for the same purpose. Opt-in, see BENCHMARKS.md for its measurement.
         atss_topk (int): ATSS candidates per level per ground truth during the warm-up (mmdet ATSSAssigner topk=9).
+        atss_cls_target (str): classification target of the warm-up: "hard" (default, the reference: Focal loss
+            with label 1 at the positives) or "iou" (opt-in: Quality Focal Loss towards the IoU of the predicted box
+            with its GT, normalised by the number of positives, as GFL trains with ATSS). With hard labels the score
+            ranks boxes by class only during the warm-up (a third of the run), and val mAP50-95 lags stock's until TAL
+            starts (BENCHMARKS.md).
         atss_min_pos (int): every GT keeps at least this many of its ATSS candidates (the best by IoU among those whose
             centre is inside it) during the warm-up, however high the mean + std threshold is. 0 (default) is the
             reference. With YOLO's 3 levels the threshold can exceed every candidate of a large GT, which then trains
@@ -171,6 +177,9 @@ class TOODHyp:
     )
     atss_epochs: Optional[int] = _key(None, "explicit warm-up epochs, overriding atss_fraction", optional=True)
     atss_topk: int = _key(9, "ATSS candidates per level per GT during the warm-up", minimum=1)
+    atss_cls_target: str = _key(
+        "hard", "warm-up cls target: hard (Focal, the reference) or iou (QFL towards the IoU)", choices=ATSS_CLS_TARGETS
+    )
     atss_min_pos: int = _key(
         0, "ATSS positives kept per GT at least (its best inside candidates; 0: the reference)", minimum=0
     )

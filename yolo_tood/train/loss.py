@@ -242,7 +242,7 @@ class TOODLoss(v8DetectionLoss):
             self.tal_stats.update(res, gt_bboxes, mask_gt, "ATSS" if warmup else "TAL", gt_labels, self.nc)
 
         loss = torch.zeros(3, device=self.device)  # box, cls, dfl
-        loss[1] = self._cls_loss(pred_scores, res, warmup)
+        loss[1] = self._cls_loss(pred_scores, res, warmup, pred_bboxes, stride_tensor)
         loss[0], loss[2] = self._box_loss(
             pred_distri, pred_bboxes, shifts, anchor_points, stride_tensor, imgsz, res, warmup
         )
@@ -312,16 +312,30 @@ class TOODLoss(v8DetectionLoss):
             targets = targets[~empty]
         return targets
 
-    def _cls_loss(self, pred_scores: torch.Tensor, res: AssignResult, warmup: bool) -> torch.Tensor:
+    def _cls_loss(
+        self,
+        pred_scores: torch.Tensor,
+        res: AssignResult,
+        warmup: bool,
+        pred_bboxes: torch.Tensor,
+        stride_tensor: torch.Tensor,
+    ) -> torch.Tensor:
         """Return the classification loss: Focal (warm-up) or QFL, summed over all anchors and classes, normalised.
 
         The normaliser is sum(res.metrics) clamped at 1: the number of positives in the warm-up (metrics are ones)
-        and sum(t_hat) with TAL, as mmdet's ``cls_avg_factor``.
+        and sum(t_hat) with TAL, as mmdet's ``cls_avg_factor``. With ``atss_cls_target: iou`` the warm-up uses QFL
+        towards the IoU of each positive's predicted box (``pred_bboxes`` (B, A, 4) xyxy in grid units, scaled by
+        ``stride_tensor`` (A, 1) to the GT's pixels) with its GT, still normalised by the number of positives (GFL).
         """
         target = torch.zeros_like(pred_scores)  # (B, A, nc)
         fg = res.fg_mask.nonzero(as_tuple=True)  # (b, a) indices of the positives
-        target[fg[0], fg[1], res.labels[fg]] = res.metrics[fg].to(target.dtype)  # 1 (warm-up) or t_hat
-        if warmup:
+        quality = res.metrics[fg].to(target.dtype)  # 1 (warm-up) or t_hat
+        iou_targets = warmup and self.hyp.atss_cls_target == "iou"
+        if iou_targets:  # GFL's target: the IoU of the (detached) predicted box with its GT
+            boxes = pred_bboxes[fg].detach() * stride_tensor[fg[1]]  # (P, 4) pixels
+            quality = bbox_iou(boxes, res.bboxes[fg].to(boxes.dtype), xywh=False).squeeze(-1).clamp(min=0)
+        target[fg[0], fg[1], res.labels[fg]] = quality
+        if warmup and not iou_targets:
             cls = focal_loss_prob(pred_scores, target, self.hyp.focal_gamma, self.hyp.focal_alpha)
         else:
             cls = quality_focal_loss_prob(pred_scores, target, self.hyp.qfl_beta)
