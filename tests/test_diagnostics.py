@@ -379,3 +379,34 @@ def test_compare_tood_variants(tmp_path):
     for bad in ("tood:", "tood:atss_epochs", "tood:lr=0.1", "tood:box_gain=abc", "tood:atss_epochs=-1", *bad_items):
         with pytest.raises(ValueError):
             compare.parse_variant(bad)
+
+
+def test_alignment_reruns_at_batch_1_when_nms_runs_out_of_time(tiny_data, tmp_path, monkeypatch):
+    """The alignment run switches TOOD's pre-NMS bound off; if ultralytics' NMS then hits its time limit (a busy CPU,
+    many classes), the counts are void, so it runs again one image at a time, and fails if that hits it too."""
+    from ultralytics import YOLO
+    from ultralytics.utils import LOGGER
+
+    import yolo_tood.analysis.validator as val_mod
+    from yolo_tood.analysis.nms_guard import NMSTimeLimitError
+
+    batches = []
+    original = val_mod.AlignmentValidator.__call__
+
+    def busy(self, *a, limit_at_batch_1=False, **k):
+        batches.append(self.args.batch)
+        out = original(self, *a, **k)
+        if self.args.batch > 1 or limit_at_batch_1:
+            LOGGER.warning("NMS time limit 2.100s exceeded")  # what ultralytics logs when it drops detections
+        return out
+
+    monkeypatch.setattr(val_mod.AlignmentValidator, "__call__", busy)
+    model = YOLO("yolov8n.yaml")
+    res = evaluate_alignment(model, tiny_data, split="val", imgsz=64, batch=2, save_dir=tmp_path, workers=0)
+    assert batches == [2, 1]  # re-run one image at a time
+    check_result(res, n_images=3, n_objects=6)
+    monkeypatch.setattr(
+        val_mod.AlignmentValidator, "__call__", lambda self, *a, **k: busy(self, *a, limit_at_batch_1=True, **k)
+    )
+    with pytest.raises(NMSTimeLimitError, match="batch-1 alignment run"):
+        evaluate_alignment(model, tiny_data, split="val", imgsz=64, batch=2, save_dir=tmp_path, workers=0)

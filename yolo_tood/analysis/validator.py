@@ -21,6 +21,7 @@ from ultralytics.utils.ops import xywh2xyxy
 
 from ..integration.compat import prepare_batch
 from .alignment import AlignmentAccumulator, AlignmentResult, NMSSettings
+from .nms_guard import NMSTimeLimitGuard
 
 __all__ = ("AlignmentValidator", "evaluate_alignment")
 
@@ -121,18 +122,34 @@ def evaluate_alignment(
     args.update(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, mode="val", task="detect")
     # The statistics rank every anchor's raw prediction: switch off the TOOD head's pre-NMS candidate bound
     bounded = [(m, m.nms_pre) for m in net.modules() if getattr(m, "nms_pre", None)] if hasattr(net, "modules") else []
-    with tempfile.TemporaryDirectory(prefix="alignment_") as tmp:
-        callbacks = yolo.callbacks if yolo is not None else None  # as Model.val does
-        validator = AlignmentValidator(
-            save_dir=Path(save_dir or tmp), args=args, _callbacks=callbacks, alignment_conf=conf
-        )
-        try:
-            for m, _ in bounded:
-                m.nms_pre = 0
+    callbacks = yolo.callbacks if yolo is not None else None  # as Model.val does
+
+    def run(batch_size: int) -> AlignmentValidator:
+        with tempfile.TemporaryDirectory(prefix="alignment_") as tmp:
+            validator = AlignmentValidator(
+                save_dir=Path(save_dir or tmp), args={**args, "batch": batch_size}, _callbacks=callbacks,
+                alignment_conf=conf,
+            )  # fmt: skip
             validator(model=net)
-        finally:
-            for m, k in bounded:
-                m.nms_pre = k
+        return validator
+
+    try:
+        for m, _ in bounded:
+            m.nms_pre = 0
+        # Unbounded, NMS can exceed ultralytics' time limit on a busy CPU and silently drop detections (the counts
+        # and mAP are then void): re-run one image at a time, as compare.py's validations do; fail if that hits it too
+        with NMSTimeLimitGuard() as guard:
+            validator = run(batch)
+        if guard.hits:
+            LOGGER.warning(
+                f"Task alignment ({split}): ultralytics' NMS ran out of time {guard.hits}x at batch {batch}, dropping "
+                "detections; re-running at batch 1"
+            )
+            with NMSTimeLimitGuard(raise_on_exit=True, what=f"the batch-1 alignment run on {split}"):
+                validator = run(1)
+    finally:
+        for m, k in bounded:
+            m.nms_pre = k
     result = validator.alignment.result()
     result.metrics = {k: float(v) for k, v in validator.metrics.results_dict.items()}
     LOGGER.info(
