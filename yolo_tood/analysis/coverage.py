@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ultralytics.utils.metrics import bbox_iou
 
 from ..train.assigner import ATSSAssigner, gt_sizes
 from ..train.tal_stats import SIZE_EDGES, SIZE_LABELS
@@ -93,19 +92,13 @@ def level_anchors(imgsz: int, strides: tuple[int, ...] = (8, 16, 32)) -> tuple[t
     return torch.cat(points), torch.cat(stride_col)
 
 
-def _zero_reason(assigner: ATSSAssigner, gt: torch.Tensor, anc: torch.Tensor, strides: torch.Tensor) -> str:
-    """Return why ``gt`` (4,) got no positive from ``assigner``: ``threshold`` or ``outside``."""
-    levels = torch.unique_consecutive(strides.view(-1), return_counts=True)[1].tolist()
-    centre, cands, first = (gt[:2] + gt[2:]) / 2, [], 0
-    for size in levels:
-        dist = (anc[first : first + size] - centre).square().sum(1)
-        cands.append(dist.topk(min(assigner.topk, size), largest=False).indices + first)
-        first += size
-    cand = torch.cat(cands)
-    half = strides[cand] * (assigner.anchor_scale / 2)
-    iou = bbox_iou(gt[None], torch.cat((anc[cand] - half, anc[cand] + half), 1), xywh=False).view(-1)
-    thr = iou.mean() + (iou.std() if iou.numel() > 1 else 0)
-    return "outside" if bool((iou >= thr).any()) else "threshold"
+def _zero_reason(assigner: ATSSAssigner, gt: torch.Tensor, layout: tuple) -> str:
+    """Return why ``gt`` (4,) got no positive from ``assigner``: ``threshold`` or ``outside``.
+
+    ``layout`` is ``assigner.anchor_layout(...)``; the threshold is the reference's mean + std (before ``min_pos``).
+    """
+    _, iou, thr = assigner.candidates(gt[None], *layout)
+    return "outside" if bool((iou >= thr[:, None]).any()) else "threshold"
 
 
 def atss_coverage(
@@ -151,6 +144,7 @@ def atss_coverage(
     names = [info["names"][i] for i in sorted(info["names"])]
     assigner = ATSSAssigner(topk, min_size=min_size, min_pos=min_pos)
     anc, stride_col = level_anchors(imgsz, strides)
+    layout = assigner.anchor_layout(anc, stride_col)  # for the reasons of the zero-positive GTs
     cov = Coverage(names)
     for b in loader:
         h, w = b["img"].shape[2:]
@@ -174,7 +168,7 @@ def atss_coverage(
                 cov.add(names[cls[j]], zero)
                 cov.add(SIZE_LABELS[buckets[j]], zero)
                 if zero:
-                    cov.reasons[_zero_reason(assigner, gts[j], anc, stride_col)] += 1
+                    cov.reasons[_zero_reason(assigner, gts[j], layout)] += 1
     return cov
 
 

@@ -404,12 +404,7 @@ class ATSSAssigner(_ChunkedAssigner):
         out = _empty_result(bs, na, num_classes, gt_bboxes.dtype, gt_bboxes.device)
         if gt_bboxes.shape[1] == 0 or na == 0:
             return out
-        anc = anc_points.float()
-        strides = stride_tensor.view(-1).float()
-        half = strides[:, None] * (self.anchor_scale / 2)  # (A, 1)
-        anchor_boxes = torch.cat((anc - half, anc + half), 1)  # (A, 4) square anchors
-        _, counts = torch.unique_consecutive(strides, return_counts=True)
-        levels = list(zip(torch.cumsum(counts, 0).sub(counts).tolist(), counts.tolist()))  # (start, size) per level
+        anc, anchor_boxes, levels = self.anchor_layout(anc_points, stride_tensor)
         for b in range(bs):
             valid = mask_gt[b, :, 0].nonzero().squeeze(1)  # (n,)
             n = valid.numel()
@@ -424,6 +419,41 @@ class ATSSAssigner(_ChunkedAssigner):
             self._write(out, b, valid, gt_ids, anchor_ids, labels, gt_bboxes[b, valid], torch.ones_like(ious), ious)
         return out
 
+    def anchor_layout(
+        self, anc_points: torch.Tensor, stride_tensor: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """Return the anchor points (A, 2) as float, their square anchor boxes (A, 4) and each level's (start, size).
+
+        Args:
+            anc_points (torch.Tensor): (A, 2) anchor centres in pixels, level by level.
+            stride_tensor (torch.Tensor): (A, 1) or (A,) stride of each anchor; consecutive equal strides form a level.
+        """
+        anc = anc_points.float()
+        strides = stride_tensor.view(-1).float()
+        half = strides[:, None] * (self.anchor_scale / 2)  # (A, 1)
+        anchor_boxes = torch.cat((anc - half, anc + half), 1)  # (A, 4) square anchors
+        _, counts = torch.unique_consecutive(strides, return_counts=True)
+        levels = list(zip(torch.cumsum(counts, 0).sub(counts).tolist(), counts.tolist()))  # (start, size) per level
+        return anc, anchor_boxes, levels
+
+    def candidates(
+        self, g: torch.Tensor, anc: torch.Tensor, anchor_boxes: torch.Tensor, levels: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ATSS's candidates of GTs ``g`` (c, 4): anchor ids (c, K), their anchor-box IoUs (c, K) and the
+        reference's threshold mean + std (c,), before the centre test and ``min_pos`` (``anchor_layout`` gives the
+        other arguments)."""
+        centre = (g[:, :2] + g[:, 2:]) / 2  # (c, 2)
+        cands = []
+        for first, size in levels:
+            pts = anc[first : first + size]  # (a_l, 2)
+            # squared centre distance ranks like the distance (mmdet's bbox_center_distance)
+            dist = (centre[:, None, 0] - pts[None, :, 0]).square_() + (centre[:, None, 1] - pts[None, :, 1]).square_()
+            cands.append(dist.topk(min(self.topk, size), dim=1, largest=False).indices + first)  # (c, k_l)
+        cand = torch.cat(cands, 1)  # (c, K), K = sum_l min(topk, a_l)
+        iou = bbox_iou(g[:, None], anchor_boxes[cand], xywh=False).squeeze_(-1)  # (c, K)
+        std = iou.std(1) if iou.shape[1] > 1 else torch.zeros_like(iou[:, 0])  # unbiased, as mmdet
+        return cand, iou, iou.mean(1) + std
+
     def _candidate_pairs(
         self,
         start: int,
@@ -435,17 +465,7 @@ class ATSSAssigner(_ChunkedAssigner):
         """Return the positive (GT, anchor) pairs of the GT chunk starting at ``start``: gt ids, anchor ids, IoU."""
         g = boxes[start : start + self._chunk_size(anc.shape[0])]  # (c, 4)
         c = g.shape[0]
-        centre = (g[:, :2] + g[:, 2:]) / 2  # (c, 2)
-        cands = []
-        for first, size in levels:
-            pts = anc[first : first + size]  # (a_l, 2)
-            # squared centre distance ranks like the distance (mmdet's bbox_center_distance)
-            dist = (centre[:, None, 0] - pts[None, :, 0]).square_() + (centre[:, None, 1] - pts[None, :, 1]).square_()
-            cands.append(dist.topk(min(self.topk, size), dim=1, largest=False).indices + first)  # (c, k_l)
-        cand = torch.cat(cands, 1)  # (c, K), K = sum_l min(topk, a_l)
-        iou = bbox_iou(g[:, None], anchor_boxes[cand], xywh=False).squeeze_(-1)  # (c, K)
-        std = iou.std(1) if iou.shape[1] > 1 else torch.zeros_like(iou[:, 0])  # unbiased, as mmdet
-        thr = iou.mean(1) + std  # (c,)
+        cand, iou, thr = self.candidates(g, anc, anchor_boxes, levels)
         inside = centers_inside(anc[cand], widen_small_boxes(g, self.min_size)[:, None])  # (c, K)
         if self.min_pos:  # lower a GT's threshold to its min_pos-th best inside IoU (-1: fewer inside, all of them)
             kth = iou.masked_fill(~inside, -1.0).topk(min(self.min_pos, iou.shape[1]), dim=1).values[:, -1]  # (c,)
