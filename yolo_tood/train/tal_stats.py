@@ -49,7 +49,7 @@ class TALStats:
         class_counts (torch.Tensor | None): (3, nc) GTs, positives and zero-positive GTs per class (when the loss passes
             the GT labels).
         phases (set[str]): Assignment phases seen ("ATSS", "TAL").
-        cls_sums (torch.Tensor): (6,) sums of the classification signal: positives, their targets, their scores,
+        cls_sums (torch.Tensor | None): (7,) sums of the classification signal: positives, their targets, their scores,
             negatives, their best-class scores, the positives' loss, the whole loss (see ``update_cls``).
 
     Examples:
@@ -138,9 +138,10 @@ class TALStats:
             labels (torch.Tensor): (B, A) class of each anchor's GT (read at the positives only).
         """
         fg = fg_mask.bool()
-        pos_scores = scores[fg].gather(1, labels[fg].long()[:, None])  # (P, 1) score of the assigned class
-        pos_target = target[fg].gather(1, labels[fg].long()[:, None])  # (P, 1)
-        pos_loss = loss[fg].gather(1, labels[fg].long()[:, None])  # (P, 1)
+        cls = labels[fg].long()[:, None]  # (P, 1) class of each positive's GT
+        pos_scores = scores[fg].gather(1, cls)  # (P, 1) score of the assigned class
+        pos_target = target[fg].gather(1, cls)  # (P, 1)
+        pos_loss = loss[fg].gather(1, cls)  # (P, 1)
         neg_best = scores[~fg].amax(-1) if scores.shape[-1] else scores.new_zeros(0)  # (N,) best class of negatives
         sums = torch.stack(
             [
