@@ -57,7 +57,7 @@ import torch
 
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD YAMLs and checkpoints load
 from yolo_tood.analysis import AlignmentResult, evaluate_alignment
-from yolo_tood.analysis.nms_guard import NMSTimeLimitGuard
+from yolo_tood.analysis.nms_guard import NMSTimeLimitGuard, run_with_batch1_retry
 from yolo_tood.analysis.plots import plot_score_iou
 from yolo_tood.analysis.report import alignment_table, fmt, json_clean, markdown_table, mean_std, plot_curves, pm
 from yolo_tood.integration.heads import HEADS
@@ -304,18 +304,15 @@ def validate_run(
             exist_ok=True,
         )
 
-    with NMSTimeLimitGuard() as guard:
-        metrics = val(args.batch)
-    if guard.hits:  # detections were dropped: these figures are void, validate again one image at a time
-        with NMSTimeLimitGuard(raise_on_exit=True, what=f"the batch-1 re-validation of {name}"):
-            metrics = val(1)
+    # detections dropped by the NMS time limit make the figures void: validate again one image at a time
+    metrics, hits = run_with_batch1_retry(val, args.batch, f"re-validation of {name}")
     names = metrics.names
     per_class = {names[int(c)]: float(ap) for c, ap in zip(metrics.ap_class_index, metrics.box.ap)}
     return {
         "map50": float(metrics.box.map50),
         "map": float(metrics.box.map),
         "per_class": per_class,
-        "revalidated_batch1": bool(guard.hits),
+        "revalidated_batch1": bool(hits),
     }
 
 

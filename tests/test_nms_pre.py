@@ -99,6 +99,24 @@ def test_nms_guard_counts_and_raises():
     assert quiet.hits == 0
 
 
+def test_batch1_retry_only_when_the_limit_fired():
+    from yolo_tood.analysis.nms_guard import run_with_batch1_retry
+
+    log, calls = logging.getLogger("ultralytics"), []
+
+    def run(batch, limit_at=(16,)):
+        calls.append(batch)
+        if batch in limit_at:
+            log.warning("NMS time limit 2.800s exceeded")
+        return f"figures at batch {batch}"
+
+    assert run_with_batch1_retry(run, 16, "val") == ("figures at batch 1", 1) and calls == [16, 1]
+    calls.clear()
+    assert run_with_batch1_retry(run, 8, "val") == ("figures at batch 8", 0) and calls == [8]
+    with pytest.raises(NMSTimeLimitError, match="during the batch-1 val"):
+        run_with_batch1_retry(lambda b: run(b, limit_at=(16, 1)), 16, "val")
+
+
 def test_nms_guard_sees_ultralytics_own_warning(monkeypatch):
     """The guard catches the warning as ultralytics' NMS emits it (time limit forced to be exceeded)."""
     import ultralytics.utils.nms as nms

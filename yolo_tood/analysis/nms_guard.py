@@ -10,8 +10,11 @@ hit it on every batch-16 validation. Benchmarks and comparisons run by this proj
 from __future__ import annotations
 
 import logging
+from typing import Callable, TypeVar
 
-__all__ = ("NMS_TIME_LIMIT_MESSAGE", "NMSTimeLimitError", "NMSTimeLimitGuard")
+T = TypeVar("T")
+
+__all__ = ("NMS_TIME_LIMIT_MESSAGE", "NMSTimeLimitError", "NMSTimeLimitGuard", "run_with_batch1_retry")
 
 NMS_TIME_LIMIT_MESSAGE = "NMS time limit"  # start of ultralytics' warning (ultralytics.utils.nms)
 
@@ -59,3 +62,27 @@ class NMSTimeLimitGuard(logging.Handler):
                 f"ultralytics' NMS time limit was exceeded {self.hits} time(s) during {self.what}: detections were "
                 "dropped and its figures are void; re-run with batch=1 or on an idle machine"
             )
+
+
+def run_with_batch1_retry(run: Callable[[int], T], batch: int, what: str) -> tuple[T, int]:
+    """Run a validation at ``batch``; if ultralytics' NMS time limit fires, its figures are void: run it at batch 1.
+
+    The time limit is per batch (``2.0 + 0.05 * batch`` s), so one image at a time leaves NMS 2 s per image.
+
+    Args:
+        run (Callable[[int], T]): The validation, given a batch size.
+        batch (int): The batch size to try first.
+        what (str): Name of the job, for the error of a batch-1 run that hits the limit too.
+
+    Returns:
+        (tuple): The result of the run that counts, and the number of hits of the first run (0: no re-run).
+
+    Raises:
+        NMSTimeLimitError: If the batch-1 run hits the limit as well.
+    """
+    with NMSTimeLimitGuard() as guard:
+        result = run(batch)
+    if guard.hits:
+        with NMSTimeLimitGuard(raise_on_exit=True, what=f"the batch-1 {what}"):
+            result = run(1)
+    return result, guard.hits

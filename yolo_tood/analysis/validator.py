@@ -21,7 +21,7 @@ from ultralytics.utils.ops import xywh2xyxy
 
 from ..integration.compat import prepare_batch
 from .alignment import AlignmentAccumulator, AlignmentResult, NMSSettings
-from .nms_guard import NMSTimeLimitGuard
+from .nms_guard import run_with_batch1_retry
 
 __all__ = ("AlignmentValidator", "evaluate_alignment")
 
@@ -138,15 +138,12 @@ def evaluate_alignment(
             m.nms_pre = 0
         # Unbounded, NMS can exceed ultralytics' time limit on a busy CPU and silently drop detections (the counts
         # and mAP are then void): re-run one image at a time, as compare.py's validations do; fail if that hits it too
-        with NMSTimeLimitGuard() as guard:
-            validator = run(batch)
-        if guard.hits:
+        validator, hits = run_with_batch1_retry(run, batch, f"alignment run on {split}")
+        if hits:
             LOGGER.warning(
-                f"Task alignment ({split}): ultralytics' NMS ran out of time {guard.hits}x at batch {batch}, dropping "
-                "detections; re-running at batch 1"
+                f"Task alignment ({split}): ultralytics' NMS ran out of time {hits}x at batch {batch}, dropping "
+                "detections; the figures are those of a re-run at batch 1"
             )
-            with NMSTimeLimitGuard(raise_on_exit=True, what=f"the batch-1 alignment run on {split}"):
-                validator = run(1)
     finally:
         for m, k in bounded:
             m.nms_pre = k
