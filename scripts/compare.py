@@ -70,14 +70,15 @@ MAP_COLUMN = "metrics/mAP50-95(B)"
 # ----------------------------------------------------------------------------------------------------------------------
 # Models and runs
 # ----------------------------------------------------------------------------------------------------------------------
-HEAD_KEYS = tuple(k for k, _ in HEADS[0].yaml_args)  # TOODDetect row args [nc, feat_channels, stacked_convs] (unscaled)
+HEAD_ARGS = dict(HEADS[0].yaml_args)  # TOODDetect row args after nc (feat_channels, stacked_convs unscaled; norm)
+HEAD_KEYS = tuple(HEAD_ARGS)
 
 
 def parse_variant(model: str) -> dict[str, Any]:
     """Parse a TOOD variant ``tood:key=value,key=value`` into its YAML overrides.
 
     Keys are the TOOD YAML keys of ``yolo_tood.train.hyp.hyp_schema()`` and the head's YAML arguments
-    (``feat_channels``/``stacked_convs``, from ``yolo_tood.integration.heads``; given before the scale's width/depth
+    (``feat_channels``/``stacked_convs``/``norm``, from ``yolo_tood.integration.heads``; widths and depths before the scale's width/depth
     multipliers, like the YAML's own values). Values are validated as the model build would validate them.
 
     Args:
@@ -104,7 +105,7 @@ def parse_variant(model: str) -> dict[str, Any]:
             known = ", ".join(sorted(hyp_keys | set(HEAD_KEYS)))
             raise ValueError(f"bad TOOD variant item {pair!r} in {model!r}: use key=value with a key from {known}")
         try:
-            overrides[key] = int(value) if key in HEAD_KEYS else hyp_types[key](value)
+            overrides[key] = type(HEAD_ARGS[key])(value) if key in HEAD_KEYS else hyp_types[key](value)
         except ValueError:
             raise ValueError(f"bad value {value!r} for {key} in {model!r}") from None
     if not overrides:
@@ -147,7 +148,8 @@ def model_cfg(model: str, scale: str, out: Path | None = None, family: str = "yo
         overrides = parse_variant(model)
         tag = variant_tag(overrides)
         cfg = yaml.safe_load(base.read_text())
-        head_row = cfg["head"][-1]  # [from, repeats, TOODDetect, [nc, feat_channels, stacked_convs]]
+        head_row = cfg["head"][-1]  # [from, repeats, TOODDetect, [nc, feat_channels, stacked_convs, ...]]
+        head_row[3] += list(HEAD_ARGS.values())[len(head_row[3]) - 1 :]  # the defaults of args the row omits
         for i, key in enumerate(HEAD_KEYS, start=1):
             if key in overrides:
                 head_row[3][i] = overrides.pop(key)

@@ -22,7 +22,7 @@ from yolo_tood.nn.head import (
 
 
 def make_head(nc: int = 3, reg_max: int = 16, ch=(16, 32, 64), feat_channels: int = 32, stacked_convs: int = 3):
-    head = TOODDetect(nc, feat_channels, stacked_convs, reg_max, ch=ch)
+    head = TOODDetect(nc, feat_channels, stacked_convs, reg_max=reg_max, ch=ch)
     head.stride = torch.tensor([8.0, 16.0, 32.0])
     return head
 
@@ -279,3 +279,35 @@ def test_end2end_request_keeps_one_to_many_outputs():
         head.end2end = True
         after = head(x)[0]
     assert head.end2end is False and torch.equal(before, after) and after.shape == (1, 4 + 3, 8 * 8 + 4 * 4)
+
+
+def test_sepbn_shares_conv_weights_and_keeps_one_batchnorm_per_level():
+    """norm='sepbn' (RTMDet): one conv per stacked layer for all levels, a BatchNorm per level whose statistics are
+    that level's own; the GroupNorm head has the same conv parameters and no per-level norm."""
+    torch.manual_seed(0)
+    gn, sepbn = make_head(feat_channels=16, stacked_convs=2), TOODDetect(3, 16, 2, norm="sepbn", ch=(16, 32, 64))
+    sepbn.stride = gn.stride
+    convs = [m for m in sepbn.inter_convs.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2  # shared over the 3 levels
+    bns = [m for m in sepbn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 3 * (2 + 2)  # per level: one per stacked conv, one per task decomposition
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in sepbn.modules())
+    n_bn = sum(p.numel() for m in bns for p in m.parameters())
+    assert sum(p.numel() for p in sepbn.parameters()) == sum(p.numel() for p in gn.parameters()) - 4 * 2 * 16 + n_bn
+
+    # level l's inputs shifted by 10 * l: after a training pass each level's first BatchNorm saw its own mean
+    x = [t + 10.0 * level for level, t in enumerate(level_inputs(ch=(16, 32, 64)))]
+    with torch.no_grad():
+        sepbn.train()(x)
+        first = sepbn.inter_convs[0]
+        expected = [first.conv(sepbn.adapters[level](t)).mean((0, 2, 3)) for level, t in enumerate(x)]
+    for level, mean in enumerate(expected):  # running mean after one step: momentum 0.1 from 0
+        torch.testing.assert_close(first.norms[level].running_mean, 0.1 * mean, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(first.norms[0].running_mean, first.norms[2].running_mean)
+    y, _ = sepbn.eval()(x)
+    assert y.shape == (2, 4 + 3, 64 + 16 + 4) and y.isfinite().all()
+
+
+def test_bad_norm_is_one_clear_error():
+    with pytest.raises(ValueError, match="norm must be one of gn, sepbn, got 'bn'"):
+        TOODDetect(3, 16, 2, norm="bn", ch=(16,))

@@ -23,15 +23,16 @@ class HeadSpec:
         module (str): Module defining the class (and its sub-modules, allowed for ``ULTRALYTICS_SAFE_LOAD``).
         stands_for (str): The ultralytics head whose ``parse_model`` branch builds it (appends reg_max, end2end, ch).
         criterion (str): ``module:name`` of the loss a model with this head gets from ``init_criterion``.
-        yaml_args (tuple[tuple[str, int], ...]): Head arguments after ``nc`` in the YAML row, with the reference
-            defaults used when the row omits them; widths are scaled like conv widths, depths like repeats.
+        yaml_args (tuple[tuple[str, int | str], ...]): Head arguments after ``nc`` in the YAML row, with the reference
+            defaults used when the row omits them; the first (a width) is scaled like conv widths, the second (a
+            depth) like repeats, the rest are passed as written. A value's type is its default's.
     """
 
     name: str
     module: str
     stands_for: str
     criterion: str
-    yaml_args: tuple[tuple[str, int], ...]
+    yaml_args: tuple[tuple[str, int | str], ...]
 
     @property
     def cls(self) -> type:
@@ -50,7 +51,8 @@ HEADS: tuple[HeadSpec, ...] = (
         module="yolo_tood.nn.head",
         stands_for="Detect",
         criterion="yolo_tood.train.loss:TOODLoss",
-        yaml_args=(("feat_channels", 256), ("stacked_convs", 6)),  # MMDetection's TOOD head defaults
+        # MMDetection's TOOD head defaults: 256 channels, 6 stacked convs, GroupNorm shared over the levels
+        yaml_args=(("feat_channels", 256), ("stacked_convs", 6), ("norm", "gn")),
     ),
 )
 

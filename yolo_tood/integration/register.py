@@ -89,20 +89,21 @@ def _is_tood_row(row: list) -> bool:
 def _head_args(spec: Any, args: list, depth: float, width: float, max_channels: float) -> list:
     """Validate a TOOD head row's ``[nc, *spec.yaml_args]`` and scale width and depth as parse_model scales the model.
 
-    The first argument after ``nc`` is a width (scaled like a conv width), the second a depth (scaled like repeats).
+    The first argument after ``nc`` is a width (scaled like a conv width), the second a depth (scaled like repeats);
+    the others (``norm``) are passed as written and checked by the head.
     """
     from ultralytics.utils.ops import make_divisible
 
     names, defaults = zip(*spec.yaml_args)
     if not isinstance(args, list) or not 1 <= len(args) <= 1 + len(names):
         raise ValueError(f"{spec.name} YAML args must be [nc, {', '.join(names)}], got {args!r}")
-    nc, feat_channels, stacked_convs = (list(args) + list(defaults)[len(args) - 1 :])[: 1 + len(names)]
+    nc, feat_channels, stacked_convs, *rest = (list(args) + list(defaults)[len(args) - 1 :])[: 1 + len(names)]
     for name, value in zip(names, (feat_channels, stacked_convs)):
         check_int(value, name, f"{spec.name} YAML arg")
     feat_channels = make_divisible(min(feat_channels, max_channels) * width, 8)  # as parse_model scales conv widths
     # As parse_model scales repeats, but at least 2: layer attention over a single layer would be a constant
     stacked_convs = max(round(stacked_convs * depth), min(stacked_convs, 2))
-    return [nc, feat_channels, stacked_convs]
+    return [nc, feat_channels, stacked_convs, *rest]
 
 
 def _scaled_copy(d: dict) -> tuple[dict, Any]:
