@@ -78,8 +78,8 @@ def parse_variant(model: str) -> dict[str, Any]:
     """Parse a TOOD variant ``tood:key=value,key=value`` into its YAML overrides.
 
     Keys are the TOOD YAML keys of ``yolo_tood.train.hyp.hyp_schema()`` and the head's YAML arguments
-    (``feat_channels``/``stacked_convs``/``norm``, from ``yolo_tood.integration.heads``; widths and depths before the scale's width/depth
-    multipliers, like the YAML's own values). Values are validated as the model build would validate them.
+    (``feat_channels``/``stacked_convs``/``norm``, from ``yolo_tood.integration.heads``; width and depth given before
+    the scale's multipliers, like the YAML's own values). Values are validated as the model build would validate them.
 
     Args:
         model (str): ``tood:`` followed by comma-separated ``key=value`` pairs.
