@@ -219,3 +219,35 @@ def test_cli_low_opset_error(checkpoint):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "ValueError: TOOD models need ONNX opset>=16" in r.stderr + r.stdout
+
+
+def test_sepbn_head_onnx_parity(tmp_path):
+    """A norm="sepbn" model (per-level BatchNorm with trained statistics) exports to ONNX and matches PyTorch."""
+    import yaml
+
+    torch.manual_seed(0)
+    cfg = yaml.safe_load((ROOT / "cfg" / "yolov8-tood.yaml").read_text())
+    cfg["head"][-1][3] = ["nc", 256, 3, "sepbn"]
+    path = tmp_path / "yolov8n-tood-sepbn.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    yolo = YOLO(path)
+    head = yolo.model.model[-1]
+    perturb_head(head)
+    bns = [m for m in head.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(isinstance(m, torch.nn.GroupNorm) for m in head.modules())
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # per-level statistics as after training: cumulative averages over a few batches
+        for bn in bns:
+            bn.momentum = None
+        yolo.model.train()
+        for _ in range(3):
+            yolo.model(torch.rand(2, 3, 96, 96, generator=g))
+        yolo.model.eval()
+    assert not torch.allclose(bns[0].running_var, torch.ones_like(bns[0].running_var))
+    ckpt = tmp_path / "sepbn.pt"
+    yolo.save(ckpt)
+    f = YOLO(ckpt).export(format="onnx", imgsz=96, opset=17)
+    session = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 96, 96, generator=g)
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert_parity(run_torch(YOLO(ckpt).model.float().eval().fuse(verbose=False), x), out, "sepbn onnx 96px")
