@@ -59,7 +59,16 @@ import yolo_tood  # noqa: F401  registers the TOOD head so TOOD YAMLs and checkp
 from yolo_tood.analysis import AlignmentResult, evaluate_alignment
 from yolo_tood.analysis.nms_guard import NMSTimeLimitGuard, run_with_batch1_retry
 from yolo_tood.analysis.plots import plot_score_iou
-from yolo_tood.analysis.report import alignment_table, fmt, json_clean, markdown_table, mean_std, plot_curves, pm
+from yolo_tood.analysis.report import (
+    alignment_table,
+    curve_gap,
+    fmt,
+    json_clean,
+    markdown_table,
+    mean_std,
+    plot_curves,
+    pm,
+)
 from yolo_tood.integration.heads import HEADS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +79,7 @@ MAP_COLUMN = "metrics/mAP50-95(B)"
 # ----------------------------------------------------------------------------------------------------------------------
 # Models and runs
 # ----------------------------------------------------------------------------------------------------------------------
+CURVE_AFTER = 10  # the curve goal ignores the first 10 epochs (generalisation issue: "after the first 10 epochs")
 HEAD_ARGS = dict(HEADS[0].yaml_args)  # TOODDetect row args after nc (feat_channels, stacked_convs unscaled; norm)
 HEAD_KEYS = tuple(HEAD_ARGS)
 
@@ -368,8 +378,16 @@ def summarize(runs: dict[str, dict[int, dict[str, Any]]], splits: list[str]) -> 
     return summary
 
 
-def write_markdown(path: Path, args: argparse.Namespace, runs: dict, summary: dict, splits: list[str]) -> str:
-    """Write compare.md: recipe, summary, per-class AP, per-seed figures and (optionally) alignment tables."""
+def curve_gaps(curves: dict[str, list[list[float]]], after: int = CURVE_AFTER) -> dict[str, dict[str, Any]]:
+    """Return ``curve_gap`` of every model's val mAP50-95 curve against the first model's (e.g. TOOD vs stock)."""
+    base, *others = curves
+    return {label: curve_gap(curves[base], curves[label], after=after) for label in others}
+
+
+def write_markdown(
+    path: Path, args: argparse.Namespace, runs: dict, summary: dict, splits: list[str], gaps: dict | None = None
+) -> str:
+    """Write compare.md: recipe, summary, per-class AP, per-seed figures, the val curve gaps and alignment tables."""
     labels = list(runs)
     base = labels[0]
     n_seeds = len(args.seeds)
@@ -426,6 +444,24 @@ def write_markdown(path: Path, args: argparse.Namespace, runs: dict, summary: di
             row += [f"{sp['epoch_s']:.1f}", f"{sp['train_img_per_s']:.1f}", f"{sp['wall_s']:.0f}"]
             rows.append(row)
     out += [markdown_table(header, rows), ""]
+    if gaps:
+        out += [f"## Val curve against {base}", ""]
+        out += [
+            f"Val mAP50-95 per epoch, mean over seeds, compared with {base}'s from epoch {CURVE_AFTER + 1} on: the "
+            f"epochs more than 1 point below it and the largest deficit.",
+            "",
+        ]
+        rows = [
+            [
+                label,
+                ", ".join(map(str, g["below"])) or "none",
+                "-" if g["worst"] is None else f"{100 * g['worst']:+.1f} (epoch {g['worst_epoch']})",
+                f"{g['seeds'][1]} / {g['seeds'][0]}",
+            ]
+            for label, g in gaps.items()
+        ]
+        out += [markdown_table(["model", "epochs > 1 point below", "worst (points)", "seeds (model / base)"], rows)]
+        out += [""]
     if args.alignment:
         out += ["## Task alignment (TOOD paper Table 7 analysis)", ""]
         out += [
@@ -569,9 +605,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             curves[label].append(results.get(MAP_COLUMN, []))
 
     summary = summarize(runs, splits)
+    gaps = curve_gaps(curves)
     env = {"ultralytics": __import__("ultralytics").__version__, "torch": torch.__version__}
     env.update(python=platform.python_version(), machine=platform.processor() or platform.machine())
     report = {"args": vars(args), "recipe": recipe, "splits": splits, "env": env, "summary": summary, "runs": runs}
+    report["curve_gaps"] = gaps
     (args.out / "compare.json").write_text(json.dumps(json_clean(report), indent=2, default=str))
     plot_curves(args.out / "compare_map.png", curves)
     outputs = ["compare.json", "compare.md", "compare_map.png"]
@@ -586,7 +624,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         plot_score_iou(results, args.out / "score_iou.png")
         outputs.append("score_iou.png")
-    text = write_markdown(args.out / "compare.md", args, runs, summary, splits)
+    text = write_markdown(args.out / "compare.md", args, runs, summary, splits, gaps)
     print("\n" + text)
     print("\nWrote " + ", ".join(str(args.out / f) for f in outputs))
     return report

@@ -317,6 +317,31 @@ def test_alignment_table_renders_one_row_per_model():
     assert lines[3] == "| tood | - | - | 0 | 0 | 0 | 0 | 0 | - |"
 
 
+def test_curve_gap_hand_case():
+    """Seed means compared epoch by epoch after the excluded start; deficits beyond the margin are listed."""
+    from yolo_tood.analysis.report import curve_gap
+
+    stock = [[0.0, 0.10, 0.20, 0.30, 0.40], [0.0, 0.10, 0.20, 0.34, 0.40]]  # mean 0, .10, .20, .32, .40
+    tood = [[0.0, 0.00, 0.21, 0.30, 0.45, 0.5]]  # one epoch longer: compared up to epoch 5
+    gap = curve_gap(stock, tood, after=2, margin=0.01)
+    assert gap["below"] == [4] and gap["worst_epoch"] == 4 and gap["epochs"] == 5 and gap["seeds"] == (2, 1)
+    assert gap["worst"] == pytest.approx(-0.02)  # epoch 2 (-0.10) is inside the excluded start
+    assert curve_gap(stock, tood, after=0)["below"] == [2, 4]
+    assert curve_gap(stock, stock, after=5) == {
+        "below": [],
+        "worst": None,
+        "worst_epoch": None,
+        "epochs": 5,
+        "seeds": (2, 2),
+    }
+
+
+def test_compare_reports_curve_gaps():
+    compare = load_script("compare")
+    gaps = compare.curve_gaps({"stock": [[0.1] * 12], "tood": [[0.1] * 11 + [0.05]], "other": [[0.2] * 12]})
+    assert gaps["tood"]["below"] == [12] and gaps["other"]["below"] == [] and set(gaps) == {"tood", "other"}
+
+
 def load_script(name: str):
     """Import a script of scripts/ as a module (scripts/ is not a package)."""
     import importlib.util

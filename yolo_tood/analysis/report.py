@@ -17,6 +17,7 @@ __all__ = (
     "ALIGNMENT_COLUMNS",
     "BUDGET_COLUMNS",
     "alignment_table",
+    "curve_gap",
     "fmt",
     "json_clean",
     "markdown_table",
@@ -99,6 +100,43 @@ def plot_curves(path: str | Path, curves: dict[str, list[list[float]]], ylabel: 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def curve_gap(
+    base: list[list[float]], other: list[list[float]], after: int = 10, margin: float = 0.01
+) -> dict[str, Any]:
+    """Compare two per-epoch curves (mean over seeds): where ``other`` falls more than ``margin`` below ``base``.
+
+    The generalisation issue's curve goal ("never more than 1 point below stock after the first 10 epochs") as a
+    number: the seed means are compared epoch by epoch, from epoch ``after + 1`` to the last epoch both have.
+
+    Args:
+        base (list[list[float]]): Per seed, the reference model's per-epoch values (e.g. stock's val mAP50-95).
+        other (list[list[float]]): Per seed, the compared model's per-epoch values.
+        after (int): Epochs excluded from the start (1-based epochs ``1..after``).
+        margin (float): Allowed deficit (0.01 = 1 point of mAP).
+
+    Returns:
+        (dict[str, Any]): ``below`` the 1-based epochs where mean(other) < mean(base) - margin, ``worst`` the most
+            negative mean(other) - mean(base) after ``after`` (None without such epochs), ``worst_epoch`` its epoch,
+            ``epochs`` the epochs compared, ``seeds`` the seed counts (base, other).
+
+    Examples:
+        >>> curve_gap([[0.5, 0.5, 0.5]], [[0.25, 0.375, 0.75]], after=1)
+        {'below': [2], 'worst': -0.125, 'worst_epoch': 2, 'epochs': 3, 'seeds': (1, 1)}
+    """
+    n = min(len(c) for c in (*base, *other)) if base and other else 0
+    diffs = [
+        statistics.fmean(c[e] for c in other) - statistics.fmean(c[e] for c in base) for e in range(after, n)
+    ]  # index e is epoch e + 1
+    worst = min(diffs) if diffs else None
+    return {
+        "below": [after + 1 + i for i, d in enumerate(diffs) if d < -margin],
+        "worst": worst,
+        "worst_epoch": after + 1 + diffs.index(worst) if diffs else None,
+        "epochs": n,
+        "seeds": (len(base), len(other)),
+    }
 
 
 ALIGNMENT_COLUMNS = ("model", "PCC top-50", "IoU top-10", "correct", "duplicate", "error", "redundant", "objects")
