@@ -159,9 +159,9 @@ def model_cfg(model: str, scale: str, out: Path | None = None, family: str = "yo
         tag = variant_tag(overrides)
         cfg = yaml.safe_load(base.read_text())
         head_row = cfg["head"][-1]  # [from, repeats, TOODDetect, [nc, feat_channels, stacked_convs, ...]]
-        head_row[3] += list(HEAD_ARGS.values())[len(head_row[3]) - 1 :]  # the defaults of args the row omits
         for i, key in enumerate(HEAD_KEYS, start=1):
             if key in overrides:
+                head_row[3] += list(HEAD_ARGS.values())[len(head_row[3]) - 1 : i]  # defaults of omitted args before
                 head_row[3][i] = overrides.pop(key)
         cfg.update(overrides)
         path = out / "cfg" / f"{family}{scale}-tood-{tag}.yaml"  # scale in the name, for ultralytics' scale guess

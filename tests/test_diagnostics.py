@@ -392,7 +392,9 @@ def test_compare_tood_variants(tmp_path):
     assert path.name == "yolov8n-tood-atss_epochs0_box_gain7.5_feat_channels512.yaml"
     cfg = yaml.safe_load(path.read_text())
     assert (cfg["atss_epochs"], cfg["box_gain"], cfg["cls_gain"]) == (0, 7.5, 1.0)  # untouched keys keep defaults
-    assert cfg["head"][-1][3] == ["nc", 512, 3]
+    assert cfg["head"][-1][3] == ["nc", 512, 3]  # args after the last override are left to their defaults
+    sepbn = yaml.safe_load(Path(compare.model_cfg("tood:norm=sepbn", "n", tmp_path)).read_text())
+    assert sepbn["head"][-1][3] == ["nc", 256, 3, "sepbn"]
 
     from ultralytics.nn.tasks import DetectionModel
 
