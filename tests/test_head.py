@@ -311,3 +311,19 @@ def test_sepbn_shares_conv_weights_and_keeps_one_batchnorm_per_level():
 def test_bad_norm_is_one_clear_error():
     with pytest.raises(ValueError, match="norm must be one of gn, sepbn, got 'bn'"):
         TOODDetect(3, 16, 2, norm="bn", ch=(16,))
+
+
+def test_tap_none_has_no_offset_branch_and_decodes_as_stock_detect():
+    """tap='none' (the ablation without TAP's re-sampling): no offset convs, zero offsets, boxes around the anchors."""
+    torch.manual_seed(0)
+    head = TOODDetect(3, 16, 2, tap="none", ch=(16, 32, 64))
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    assert head.reg_offset is None and not any("reg_offset" in n for n, _ in head.named_parameters())
+    x = level_inputs(ch=(16, 32, 64))
+    out = head.train()(x)
+    assert out["offsets"].shape == (2, 8, 64 + 16 + 4) and not out["offsets"].any()
+    with torch.no_grad():
+        y, preds = head.eval()(x)
+        torch.testing.assert_close(y[:, :4], Detect._get_decode_boxes(head, preds), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="tap must be one of faithful, none, got 'off'"):
+        TOODDetect(3, 16, 2, tap="off", ch=(16,))

@@ -95,7 +95,8 @@ def test_model_yaml_is_not_mutated_and_loss_is_tood():
     [
         (["nc", 256, 0], "stacked_convs"),
         (["nc", "wide", 3], "feat_channels"),
-        (["nc", 256, 3, "gn", 9], r"\[nc, feat_channels, stacked_convs, norm\]"),
+        (["nc", 256, 3, "gn", "faithful", 9], r"\[nc, feat_channels, stacked_convs, norm, tap\]"),
+        (["nc", 256, 3, "gn", "off"], "tap must be one of faithful, none"),
         (["nc", 256, 3, "bn"], "norm must be one of gn, sepbn"),
     ],
 )

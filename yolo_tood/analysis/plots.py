@@ -168,6 +168,8 @@ def head_maps(model: torch.nn.Module, img: torch.Tensor) -> dict[str, list[torch
         "cls_attention": head.cls_decomp.layer_attention,
         "reg_attention": head.reg_decomp.layer_attention,
     }  # each module runs once per level, in level order
+    if head.reg_offset is None:  # tap="none": no offset branch, all offsets are zero
+        del hooked["offsets"]
     handles = [m.register_forward_hook(lambda _m, _i, o, k=k: outs[k].append(o[0].float())) for k, m in hooked.items()]
     try:
         model.eval()(img)
@@ -177,7 +179,8 @@ def head_maps(model: torch.nn.Module, img: torch.Tensor) -> dict[str, list[torch
     return {
         "prob": [p[0].sigmoid() for p in outs["prob"]],
         "score": [(c.sigmoid() * p.sigmoid()).sqrt().amax(0) for c, p in zip(outs["cls"], outs["prob"])],
-        "offsets": [o.view(4, 2, *o.shape[-2:]) for o in outs["offsets"]],
+        "offsets": [o.view(4, 2, *o.shape[-2:]) for o in outs["offsets"]]
+        or [c.new_zeros(4, 2, *c.shape[-2:]) for c in outs["cls"]],
         "cls_attention": [a.view(-1).sigmoid() for a in outs["cls_attention"]],
         "reg_attention": [a.view(-1).sigmoid() for a in outs["reg_attention"]],
         "stride": [s for s in head.stride.float()],

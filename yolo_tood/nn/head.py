@@ -20,6 +20,7 @@ from ..checks import check_int
 __all__ = (
     "DFLExpectation",
     "HEAD_NORMS",
+    "TAP_MODES",
     "Scale",
     "SepBNConv",
     "TaskDecomposition",
@@ -83,6 +84,9 @@ def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
 # Normalisation of the shared head convs: "gn" one GroupNorm shared over levels (MMDetection's TOOD head), "sepbn"
 # one BatchNorm per level behind the shared conv weights (RTMDet's SepBN; folds into the conv at export)
 HEAD_NORMS = ("gn", "sepbn")
+# TAP's box re-sampling: "faithful" the reference's (side k from the edge location a + O_k predicts), "none" no
+# re-sampling at all (no offset branch; boxes decoded around each anchor as stock Detect): the ablation of TOOD Table 4
+TAP_MODES = ("faithful", "none")
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -407,6 +411,7 @@ class TOODDetect(Detect):
         stacked_convs (int): Number of stacked 3x3 convs (scaled by the model depth in the YAML).
         norm (str): Normalisation of the shared convs (inter_convs and both decompositions): ``gn``, one GroupNorm
             shared over the levels as the reference, or ``sepbn``, one BatchNorm per level as RTMDet (``SepBNConv``).
+        tap (str): TAP's box re-sampling: ``faithful`` (the reference) or ``none`` (no offset branch, for ablations).
         reg_max (int): DFL bins per side; 1 for plain distances.
         end2end (bool): Must be False: TOOD has no one-to-one branch.
         ch (tuple[int, ...]): Input channels of each level, filled in by ``parse_model``.
@@ -429,6 +434,7 @@ class TOODDetect(Detect):
         feat_channels: int = 256,
         stacked_convs: int = 6,
         norm: str = "gn",
+        tap: str = "faithful",
         reg_max: int = 16,
         end2end: bool = False,
         ch: tuple[int, ...] | list[int] = (),
@@ -439,6 +445,8 @@ class TOODDetect(Detect):
         check_int(reg_max, "reg_max", "TOODDetect")
         if norm not in HEAD_NORMS:
             raise ValueError(f"TOODDetect: norm must be one of {', '.join(HEAD_NORMS)}, got {norm!r}")
+        if tap not in TAP_MODES:
+            raise ValueError(f"TOODDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
         if end2end:
             raise ValueError("TOODDetect has no one-to-one (end2end) branch; remove 'end2end' from the model YAML")
         if not ch:
@@ -470,8 +478,11 @@ class TOODDetect(Detect):
         self.cls_prob = nn.Sequential(
             nn.Conv2d(c * s, c // 4, 1), nn.ReLU(inplace=True), nn.Conv2d(c // 4, 1, 3, padding=1)
         )
-        self.reg_offset = nn.Sequential(
-            nn.Conv2d(c * s, c // 4, 1), nn.ReLU(inplace=True), nn.Conv2d(c // 4, 4 * 2, 3, padding=1)
+        self.tap = tap
+        self.reg_offset = (
+            nn.Sequential(nn.Conv2d(c * s, c // 4, 1), nn.ReLU(inplace=True), nn.Conv2d(c // 4, 4 * 2, 3, padding=1))
+            if tap == "faithful"
+            else None
         )
         self.scales = nn.ModuleList(Scale(1.0) for _ in ch)
         self.dfl = DFLExpectation(reg_max) if reg_max > 1 else nn.Identity()
@@ -479,13 +490,15 @@ class TOODDetect(Detect):
 
     def _init_weights(self) -> None:
         """Initialise as MMDetection's TOOD head: normal std 0.01 convs, prior-probability biases, offsets std 0.001."""
-        for m in (*self.adapters, *self.inter_convs, self.tood_cls, self.tood_reg, *self.cls_prob, *self.reg_offset):
+        offset_convs = self.reg_offset or ()
+        for m in (*self.adapters, *self.inter_convs, self.tood_cls, self.tood_reg, *self.cls_prob, *offset_convs):
             for conv in m.modules():
                 if isinstance(conv, nn.Conv2d):
                     nn.init.normal_(conv.weight, std=0.01)
                     if conv.bias is not None:
                         nn.init.zeros_(conv.bias)
-        nn.init.normal_(self.reg_offset[-1].weight, std=0.001)
+        if self.reg_offset is not None:
+            nn.init.normal_(self.reg_offset[-1].weight, std=0.001)
         self.bias_init()
 
     @property
@@ -555,6 +568,8 @@ class TOODDetect(Detect):
             scores = inference_score(cls_logits, prob_logits)
 
         reg = self.scales[level](self.tood_reg(self.reg_decomp(feat, avg_feat, level)))  # (B, 4*reg_max, H, W)
+        if self.reg_offset is None:  # tap="none": no re-sampling, every side measured from the anchor
+            return reg, reg.new_zeros(reg.shape[0], 8, *reg.shape[2:]), scores
         offsets = self.reg_offset(feat)  # (B, 8, H, W)
         boxes = resample_by_offsets(reg, offsets)
         b, _, h, w = boxes.shape
