@@ -82,10 +82,10 @@ def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # Normalisation of the shared head convs: "gn" one GroupNorm shared over levels (MMDetection's TOOD head), "sepbn"
-# one BatchNorm per level behind the shared conv weights (RTMDet's SepBN; folds into the conv at export)
+# one BatchNorm per level behind the shared conv weights (RTMDet's SepBN; the stacked convs' fold into them at export)
 HEAD_NORMS = ("gn", "sepbn")
 # TAP's box re-sampling: "faithful" the reference's (side k from the edge location a + O_k predicts), "none" no
-# re-sampling at all (no offset branch; boxes decoded around each anchor as stock Detect): the ablation of TOOD Table 4
+# re-sampling at all (no offset branch; boxes decoded around each anchor as stock Detect), for ablations
 TAP_MODES = ("faithful", "none")
 
 
