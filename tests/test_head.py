@@ -309,8 +309,28 @@ def test_sepbn_shares_conv_weights_and_keeps_one_batchnorm_per_level():
 
 
 def test_bad_norm_is_one_clear_error():
-    with pytest.raises(ValueError, match="norm must be one of gn, sepbn, got 'bn'"):
+    with pytest.raises(ValueError, match="norm must be one of gn, gn8, sepbn, got 'bn'"):
         TOODDetect(3, 16, 2, norm="bn", ch=(16,))
+    with pytest.raises(ValueError, match="norm 'gn8' needs feat_channels divisible by 8, got 12"):
+        TOODDetect(3, 12, 2, norm="gn8", ch=(16,))
+
+
+@pytest.mark.parametrize("channels, gn_groups, gn8_groups", [(64, 32, 8), (256, 32, 32), (16, 16, 2)])
+def test_gn8_keeps_the_reference_group_width(channels, gn_groups, gn8_groups):
+    """norm='gn8': every GroupNorm (stacked convs and both decompositions) has 8 channels per group, the reference's
+    256 / 32; 'gn' keeps the reference's 32 groups (2 channels each at scale n's 64). At 256 channels both are the
+    reference. Parameters are the same; each 8-channel group of a gn8 output is normalised on its own."""
+    torch.manual_seed(0)
+    gn = TOODDetect(3, channels, 2, ch=(16, 32, 64))
+    gn8 = TOODDetect(3, channels, 2, norm="gn8", ch=(16, 32, 64))
+    groups = lambda head: [m.num_groups for m in head.modules() if isinstance(m, torch.nn.GroupNorm)]  # noqa: E731
+    assert groups(gn) == [gn_groups] * 4 and groups(gn8) == [gn8_groups] * 4
+    assert sum(p.numel() for p in gn8.parameters()) == sum(p.numel() for p in gn.parameters())
+    norm = gn8.inter_convs[0][1]  # affine weight 1, bias 0 at init: the output is the normalised input
+    y = norm(torch.randn(2, channels, 5, 5) * torch.arange(1.0, channels + 1).view(1, -1, 1, 1))
+    per_group = y.view(2, gn8_groups, -1)
+    torch.testing.assert_close(per_group.mean(-1), torch.zeros(2, gn8_groups), atol=1e-5, rtol=0)
+    torch.testing.assert_close(per_group.var(-1, unbiased=False), torch.ones(2, gn8_groups), atol=1e-3, rtol=0)
 
 
 def test_tap_none_has_no_offset_branch_and_decodes_as_stock_detect():

@@ -97,7 +97,7 @@ def test_model_yaml_is_not_mutated_and_loss_is_tood():
         (["nc", "wide", 3], "feat_channels"),
         (["nc", 256, 3, "gn", "faithful", 9], r"\[nc, feat_channels, stacked_convs, norm, tap\]"),
         (["nc", 256, 3, "gn", "off"], "tap must be one of faithful, none"),
-        (["nc", 256, 3, "bn"], "norm must be one of gn, sepbn"),
+        (["nc", 256, 3, "bn"], "norm must be one of gn, gn8, sepbn"),
     ],
 )
 def test_bad_head_row_gives_clear_error(args, match):

@@ -81,18 +81,29 @@ def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.where(scores >= kth, scores, torch.zeros_like(scores))
 
 
-# Normalisation of the shared head convs: "gn" one GroupNorm shared over levels (MMDetection's TOOD head), "sepbn"
-# one BatchNorm per level behind the shared conv weights (RTMDet's SepBN; the stacked convs' fold into them at export)
-HEAD_NORMS = ("gn", "sepbn")
+# Normalisation of the shared head convs: "gn" one GroupNorm shared over levels (MMDetection's TOOD head: 32 groups),
+# "gn8" the same with the reference's group WIDTH instead of its count (8 channels per group, as 256 / 32; at scale n's
+# 64 channels "gn" has 32 groups of 2), "sepbn" one BatchNorm per level behind the shared conv weights (RTMDet's
+# SepBN; the stacked convs' fold into them at export)
+HEAD_NORMS = ("gn", "gn8", "sepbn")
+GN_GROUP_WIDTH = 8  # channels per group of norm="gn8": the reference's 256 channels / 32 groups
 # TAP's box re-sampling: "faithful" the reference's (side k from the edge location a + O_k predicts), "none" no
 # re-sampling at all (no offset branch; boxes decoded around each anchor as stock Detect), for ablations
 TAP_MODES = ("faithful", "none")
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups as the reference, or the largest divisor of ``channels`` below 32 for narrow heads."""
-    groups = math.gcd(32, channels)
-    return nn.GroupNorm(groups, channels)
+def _group_norm(channels: int, group_width: int = 0) -> nn.GroupNorm:
+    """GroupNorm with 32 groups as the reference (or the largest divisor of ``channels`` below 32 for narrow heads).
+
+    With ``group_width`` the groups have that many channels instead (``channels`` must be a multiple of it).
+    """
+    if group_width:
+        if channels % group_width:
+            raise ValueError(
+                f"TOODDetect: norm 'gn{group_width}' needs feat_channels divisible by {group_width}, got {channels}"
+            )
+        return nn.GroupNorm(channels // group_width, channels)
+    return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
 def _level_norms(channels: int, levels: int) -> nn.ModuleList:
@@ -327,6 +338,7 @@ class TaskDecomposition(nn.Module):
         la_down_rate (int): Reduction of the layer-attention bottleneck; the reference uses 8 * stacked_convs.
         levels (int): 0 for one GroupNorm shared over the levels (the reference); else one BatchNorm per level (SepBN,
             see ``SepBNConv``), and ``forward`` takes the level.
+        group_width (int): Channels per GroupNorm group; 0 for 32 groups as the reference (``_group_norm``).
 
     Examples:
         >>> td = TaskDecomposition(64, 3, 24)
@@ -335,7 +347,9 @@ class TaskDecomposition(nn.Module):
         torch.Size([2, 64, 10, 10])
     """
 
-    def __init__(self, feat_channels: int, stacked_convs: int, la_down_rate: int, levels: int = 0):
+    def __init__(
+        self, feat_channels: int, stacked_convs: int, la_down_rate: int, levels: int = 0, group_width: int = 0
+    ):
         """Initialize the layer attention and the reduction conv."""
         super().__init__()
         self.feat_channels = feat_channels
@@ -346,7 +360,7 @@ class TaskDecomposition(nn.Module):
             nn.Conv2d(self.in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, stacked_convs, 1)
         )
         self.reduction_conv = nn.Conv2d(self.in_channels, feat_channels, 1, bias=False)
-        self.norm = _level_norms(feat_channels, levels) if levels else _group_norm(feat_channels)
+        self.norm = _level_norms(feat_channels, levels) if levels else _group_norm(feat_channels, group_width)
         self.act = nn.ReLU(inplace=True)
         for m in self.layer_attention:  # as the reference: attention std 0.001, reduction std 0.01
             if isinstance(m, nn.Conv2d):
@@ -410,7 +424,9 @@ class TOODDetect(Detect):
         feat_channels (int): Width C of the shared stacked convs (scaled by the model width in the YAML).
         stacked_convs (int): Number of stacked 3x3 convs (scaled by the model depth in the YAML).
         norm (str): Normalisation of the shared convs (inter_convs and both decompositions): ``gn``, one GroupNorm
-            shared over the levels as the reference, or ``sepbn``, one BatchNorm per level as RTMDet (``SepBNConv``).
+            shared over the levels with 32 groups as the reference; ``gn8``, the same with 8 channels per group (the
+            reference's group width; differs from ``gn`` below 256 channels); or ``sepbn``, one BatchNorm per level as
+            RTMDet (``SepBNConv``).
         tap (str): TAP's box re-sampling: ``faithful`` (the reference) or ``none`` (no offset branch, for ablations).
         reg_max (int): DFL bins per side; 1 for plain distances.
         end2end (bool): Must be False: TOOD has no one-to-one branch.
@@ -463,16 +479,19 @@ class TOODDetect(Detect):
         self.norm = norm
         c, s = feat_channels, stacked_convs
         sepbn_levels = self.nl if norm == "sepbn" else 0
+        group_width = GN_GROUP_WIDTH if norm == "gn8" else 0
 
         self.adapters = nn.ModuleList(nn.Conv2d(x, c, 1) for x in ch)
         self.inter_convs = nn.ModuleList(
             SepBNConv(c, self.nl)
             if sepbn_levels
-            else nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), _group_norm(c), nn.ReLU(inplace=True))
+            else nn.Sequential(
+                nn.Conv2d(c, c, 3, padding=1, bias=False), _group_norm(c, group_width), nn.ReLU(inplace=True)
+            )
             for _ in range(s)
         )
-        self.cls_decomp = TaskDecomposition(c, s, la_down_rate=8 * s, levels=sepbn_levels)
-        self.reg_decomp = TaskDecomposition(c, s, la_down_rate=8 * s, levels=sepbn_levels)
+        self.cls_decomp = TaskDecomposition(c, s, 8 * s, levels=sepbn_levels, group_width=group_width)
+        self.reg_decomp = TaskDecomposition(c, s, 8 * s, levels=sepbn_levels, group_width=group_width)
         self.tood_cls = nn.Conv2d(c, nc, 3, padding=1)
         self.tood_reg = nn.Conv2d(c, 4 * reg_max, 3, padding=1)
         self.cls_prob = nn.Sequential(
