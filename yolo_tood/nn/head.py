@@ -95,15 +95,11 @@ TAP_MODES = ("faithful", "none")
 def _group_norm(channels: int, group_width: int = 0) -> nn.GroupNorm:
     """GroupNorm with 32 groups as the reference (or the largest divisor of ``channels`` below 32 for narrow heads).
 
-    With ``group_width`` the groups have that many channels instead (``channels`` must be a multiple of it).
+    With ``group_width`` the groups have that many channels instead (``channels`` must be a multiple of it; TOODDetect
+    checks its ``feat_channels``).
     """
-    if group_width:
-        if channels % group_width:
-            raise ValueError(
-                f"TOODDetect: norm 'gn{group_width}' needs feat_channels divisible by {group_width}, got {channels}"
-            )
-        return nn.GroupNorm(channels // group_width, channels)
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    groups = channels // group_width if group_width else math.gcd(32, channels)
+    return nn.GroupNorm(groups, channels)
 
 
 def _level_norms(channels: int, levels: int) -> nn.ModuleList:
@@ -461,6 +457,10 @@ class TOODDetect(Detect):
         check_int(reg_max, "reg_max", "TOODDetect")
         if norm not in HEAD_NORMS:
             raise ValueError(f"TOODDetect: norm must be one of {', '.join(HEAD_NORMS)}, got {norm!r}")
+        if norm == "gn8" and feat_channels % GN_GROUP_WIDTH:
+            raise ValueError(
+                f"TOODDetect: norm 'gn8' needs feat_channels divisible by {GN_GROUP_WIDTH}, got {feat_channels}"
+            )
         if tap not in TAP_MODES:
             raise ValueError(f"TOODDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
         if end2end:
@@ -490,8 +490,8 @@ class TOODDetect(Detect):
             )
             for _ in range(s)
         )
-        self.cls_decomp = TaskDecomposition(c, s, 8 * s, levels=sepbn_levels, group_width=group_width)
-        self.reg_decomp = TaskDecomposition(c, s, 8 * s, levels=sepbn_levels, group_width=group_width)
+        self.cls_decomp = TaskDecomposition(c, s, la_down_rate=8 * s, levels=sepbn_levels, group_width=group_width)
+        self.reg_decomp = TaskDecomposition(c, s, la_down_rate=8 * s, levels=sepbn_levels, group_width=group_width)
         self.tood_cls = nn.Conv2d(c, nc, 3, padding=1)
         self.tood_reg = nn.Conv2d(c, 4 * reg_max, 3, padding=1)
         self.cls_prob = nn.Sequential(
