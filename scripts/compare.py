@@ -80,7 +80,8 @@ MAP_COLUMN = "metrics/mAP50-95(B)"
 # Models and runs
 # ----------------------------------------------------------------------------------------------------------------------
 CURVE_AFTER = 10  # the curve goal ignores the first 10 epochs (generalisation issue: "after the first 10 epochs")
-HEAD_ARGS = dict(HEADS[0].yaml_args)  # TOODDetect row args after nc (feat_channels, stacked_convs unscaled; norm, tap)
+# TOODDetect row args after nc (feat_channels, stacked_convs unscaled; norm, tap, adapter)
+HEAD_ARGS = dict(HEADS[0].yaml_args)
 HEAD_KEYS = tuple(HEAD_ARGS)
 
 
@@ -88,9 +89,9 @@ def parse_variant(model: str) -> dict[str, Any]:
     """Parse a TOOD variant ``tood:key=value,key=value`` into its YAML overrides.
 
     Keys are the TOOD YAML keys of ``yolo_tood.train.hyp.hyp_schema()`` and the head's YAML arguments
-    (``feat_channels``/``stacked_convs``/``norm``/``tap``, from ``yolo_tood.integration.heads``; width and depth
-    given before the scale's multipliers, like the YAML's own values). Values are validated as the model build would
-    validate them.
+    (``feat_channels``/``stacked_convs``/``norm``/``tap``/``adapter``, from ``yolo_tood.integration.heads``; width and
+    depth given before the scale's multipliers, like the YAML's own values). Values are validated as the model build
+    would validate them.
 
     Args:
         model (str): ``tood:`` followed by comma-separated ``key=value`` pairs.

@@ -347,3 +347,34 @@ def test_tap_none_has_no_offset_branch_and_decodes_as_stock_detect():
         torch.testing.assert_close(y[:, :4], Detect._get_decode_boxes(head, preds), rtol=0, atol=0)
     with pytest.raises(ValueError, match="tap must be one of faithful, none, got 'off'"):
         TOODDetect(3, 16, 2, tap="off", ch=(16,))
+
+
+def test_conv_adapter_is_stock_detects_first_layer_per_level():
+    """adapter='conv': a 3x3 ultralytics Conv (BatchNorm, SiLU) per level, PyTorch's init; it fuses for export."""
+    from ultralytics.nn.modules import Conv
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+    torch.manual_seed(0)
+    ch = (16, 32, 64)
+    linear = TOODDetect(3, 16, 2, ch=ch)
+    head = TOODDetect(3, 16, 2, adapter="conv", ch=ch)
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    assert all(isinstance(a, Conv) and a.conv.kernel_size == (3, 3) for a in head.adapters)
+    assert all(isinstance(a.act, torch.nn.SiLU) and a.conv.in_channels == c for a, c in zip(head.adapters, ch))
+    # 3x3 weights without bias (BatchNorm's affine instead) replace the 1x1 weights with bias
+    extra = sum(c * 16 * 9 + 2 * 16 - (c * 16 + 16) for c in ch)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(head) - count(linear) == extra
+    for a, c in zip(head.adapters, ch):  # PyTorch's init (std 1 / sqrt(3 * fan_in)), not the head's std 0.01
+        assert a.conv.weight.std().item() == pytest.approx((3 * c * 9) ** -0.5, rel=0.15)
+    x = level_inputs(ch=ch)
+    with torch.no_grad():
+        head.adapters[0].bn.running_mean.uniform_(-0.5, 0.5)  # a non-trivial BatchNorm to fold
+        y = head.eval()(x)[0]
+        for a in head.adapters:  # as DetectionModel.fuse() does for every Conv
+            a.conv = fuse_conv_and_bn(a.conv, a.bn)
+            del a.bn
+            a.forward = a.forward_fuse
+        torch.testing.assert_close(head(x)[0], y, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="adapter must be one of linear, conv, got 'deep'"):
+        TOODDetect(3, 16, 2, adapter="deep", ch=(16,))

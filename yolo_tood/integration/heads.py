@@ -25,7 +25,8 @@ class HeadSpec:
         criterion (str): ``module:name`` of the loss a model with this head gets from ``init_criterion``.
         yaml_args (tuple[tuple[str, int | str], ...]): Head arguments after ``nc`` in the YAML row, with the reference
             defaults used when the row omits them; the first (a width) is scaled like conv widths, the second (a
-            depth) like repeats, the rest (``norm``, ``tap``) are passed as written. A value's type is its default's.
+            depth) like repeats, the rest (``norm``, ``tap``, ``adapter``) are passed as written. A value's type is its
+            default's.
     """
 
     name: str
@@ -51,8 +52,15 @@ HEADS: tuple[HeadSpec, ...] = (
         module="yolo_tood.nn.head",
         stands_for="Detect",
         criterion="yolo_tood.train.loss:TOODLoss",
-        # MMDetection's TOOD head defaults: 256 channels, 6 stacked convs, GroupNorm shared over the levels, TAP
-        yaml_args=(("feat_channels", 256), ("stacked_convs", 6), ("norm", "gn"), ("tap", "faithful")),
+        # MMDetection's TOOD head defaults: 256 channels, 6 stacked convs, GroupNorm shared over the levels, TAP; the
+        # per-level 1x1 adapter is this head's (YOLOv8's neck levels differ in width)
+        yaml_args=(
+            ("feat_channels", 256),
+            ("stacked_convs", 6),
+            ("norm", "gn"),
+            ("tap", "faithful"),
+            ("adapter", "linear"),
+        ),
     ),
 )
 

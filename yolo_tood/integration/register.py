@@ -90,7 +90,7 @@ def _head_args(spec: Any, args: list, depth: float, width: float, max_channels: 
     """Validate a TOOD head row's ``[nc, *spec.yaml_args]`` and scale width and depth as parse_model scales the model.
 
     The first argument after ``nc`` is a width (scaled like a conv width), the second a depth (scaled like repeats);
-    the others (``norm``, ``tap``) are passed as written and checked by the head.
+    the others (``norm``, ``tap``, ``adapter``) are passed as written and checked by the head.
     """
     from ultralytics.utils.ops import make_divisible
 

@@ -12,12 +12,13 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ultralytics.nn.modules import DFL, Detect
+from ultralytics.nn.modules import DFL, Conv, Detect
 from ultralytics.utils import LOGGER
 
 from ..checks import check_int
 
 __all__ = (
+    "ADAPTERS",
     "DFLExpectation",
     "HEAD_NORMS",
     "TAP_MODES",
@@ -90,6 +91,10 @@ GN_GROUP_WIDTH = 8  # channels per group of norm="gn8": the reference's 256 chan
 # TAP's box re-sampling: "faithful" the reference's (side k from the edge location a + O_k predicts), "none" no
 # re-sampling at all (no offset branch; boxes decoded around each anchor as stock Detect), for ablations
 TAP_MODES = ("faithful", "none")
+# The per-level layer that maps each neck level to the shared width: "linear" a 1x1 conv (the smallest map for YOLOv8's
+# unequal neck widths), "conv" ultralytics' Conv (3x3 conv, BatchNorm, SiLU), the layer each branch of stock Detect
+# starts with; per-level capacity where it is cheap (P4/P5 maps are 4x/16x smaller than P3), for ablations
+ADAPTERS = ("linear", "conv")
 
 
 def _group_norm(channels: int, group_width: int = 0) -> nn.GroupNorm:
@@ -424,6 +429,8 @@ class TOODDetect(Detect):
             reference's group width; differs from ``gn`` below 256 channels); or ``sepbn``, one BatchNorm per level as
             RTMDet (``SepBNConv``).
         tap (str): TAP's box re-sampling: ``faithful`` (the reference) or ``none`` (no offset branch, for ablations).
+        adapter (str): The per-level layer mapping ``ch[l]`` to ``feat_channels``: ``linear``, a 1x1 conv; or ``conv``,
+            ultralytics' ``Conv`` (3x3, BatchNorm, SiLU; PyTorch's init), the first layer of each stock Detect branch.
         reg_max (int): DFL bins per side; 1 for plain distances.
         end2end (bool): Must be False: TOOD has no one-to-one branch.
         ch (tuple[int, ...]): Input channels of each level, filled in by ``parse_model``.
@@ -447,6 +454,7 @@ class TOODDetect(Detect):
         stacked_convs: int = 6,
         norm: str = "gn",
         tap: str = "faithful",
+        adapter: str = "linear",
         reg_max: int = 16,
         end2end: bool = False,
         ch: tuple[int, ...] | list[int] = (),
@@ -463,6 +471,8 @@ class TOODDetect(Detect):
             )
         if tap not in TAP_MODES:
             raise ValueError(f"TOODDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
+        if adapter not in ADAPTERS:
+            raise ValueError(f"TOODDetect: adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
         if end2end:
             raise ValueError("TOODDetect has no one-to-one (end2end) branch; remove 'end2end' from the model YAML")
         if not ch:
@@ -481,7 +491,8 @@ class TOODDetect(Detect):
         sepbn_levels = self.nl if norm == "sepbn" else 0
         group_width = GN_GROUP_WIDTH if norm == "gn8" else 0
 
-        self.adapters = nn.ModuleList(nn.Conv2d(x, c, 1) for x in ch)
+        self.adapter = adapter
+        self.adapters = nn.ModuleList(nn.Conv2d(x, c, 1) if adapter == "linear" else Conv(x, c, 3) for x in ch)
         self.inter_convs = nn.ModuleList(
             SepBNConv(c, self.nl)
             if sepbn_levels
@@ -508,9 +519,13 @@ class TOODDetect(Detect):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """Initialise as MMDetection's TOOD head: normal std 0.01 convs, prior-probability biases, offsets std 0.001."""
+        """Initialise as MMDetection's TOOD head: normal std 0.01 convs, prior-probability biases, offsets std 0.001.
+
+        ``adapter="conv"`` adapters keep PyTorch's init, as the stock Detect layer they are.
+        """
         offset_convs = self.reg_offset or ()
-        for m in (*self.adapters, *self.inter_convs, self.tood_cls, self.tood_reg, *self.cls_prob, *offset_convs):
+        linear_adapters = self.adapters if self.adapter == "linear" else ()
+        for m in (*linear_adapters, *self.inter_convs, self.tood_cls, self.tood_reg, *self.cls_prob, *offset_convs):
             for conv in m.modules():
                 if isinstance(conv, nn.Conv2d):
                     nn.init.normal_(conv.weight, std=0.01)
