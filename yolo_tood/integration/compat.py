@@ -204,6 +204,13 @@ RELIED_ON: tuple[Internal, ...] = (
     Internal("ultralytics.nn.modules:Detect.forward_head", ("self", "x", "box_head", "cls_head"), (), "nn/head.py"),
     Internal("ultralytics.nn.modules:Detect._inference", ("self", "x"), (), "nn/head.py"),
     Internal("ultralytics.nn.modules:DFL.__init__", ("self", "c1"), (), "nn/head.py", "DFLExpectation subclasses it"),
+    Internal(
+        "ultralytics.nn.modules:Conv.__init__",
+        ("self", "c1", "c2", "k", "s", "p", "g", "d", "act"),
+        (),
+        "nn/head.py",
+        "adapter='conv' builds Conv(c1, c2, 3): conv + bn + act, which DetectionModel.fuse() folds for export",
+    ),
     # train/loss.py: TOODLoss subclasses v8DetectionLoss without calling its __init__
     Internal(
         "ultralytics.utils.loss:v8DetectionLoss.__init__",
