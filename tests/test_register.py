@@ -108,6 +108,25 @@ def test_bad_head_row_gives_clear_error(args, match):
         DetectionModel(cfg, verbose=False)
 
 
+def test_conv_adapters_fold_with_the_models_fuse():
+    """adapter='conv' adapters are ultralytics Convs, so DetectionModel.fuse() (run before every export) folds their
+    BatchNorms into the convs, with the same outputs."""
+    torch.manual_seed(0)
+    cfg = load_cfg(TOOD_YAML, "n", nc=3)
+    cfg["head"][-1] = [[15, 18, 21], 1, "TOODDetect", ["nc", 256, 3, "gn", "faithful", "conv"]]
+    model = DetectionModel(cfg, verbose=False).eval()
+    adapters = model.model[-1].adapters
+    with torch.no_grad():
+        for a in adapters:  # non-trivial BatchNorms to fold
+            a.bn.running_mean.uniform_(-0.5, 0.5)
+            a.bn.running_var.uniform_(0.5, 2.0)
+        x = torch.rand(1, 3, 64, 64)
+        y = model(x)[0]
+        model.fuse(verbose=False)
+        assert not any(hasattr(a, "bn") for a in adapters)
+        torch.testing.assert_close(model(x)[0], y, atol=1e-5, rtol=1e-4)
+
+
 def test_mixing_stock_detect_is_rejected():
     cfg = load_cfg(TOOD_YAML, "n", nc=3)
     cfg["head"].insert(-1, [[15, 18, 21], 1, "Detect", ["nc"]])
