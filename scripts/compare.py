@@ -16,10 +16,11 @@ Usage:
         --data $YOLO_TOOD_SHARED/datasets/bccd/bccd.yaml --out /tmp/compare_tiny
 
 Models (``--family`` yolov8 by default): ``stock`` is ultralytics' ``{family}{scale}.yaml``, ``tood`` is this repo's
-``cfg/{family}{scale}-tood.yaml`` (one
-YAML with ``scales:``, resolved by ultralytics' scale naming), ``tood:key=value,...`` is a TOOD variant for ablations
-(e.g. ``tood:atss_epochs=0`` or ``tood:feat_channels=512``; its YAML is written to ``--out``/cfg), and any other value
-is used as a model YAML path. Each
+``cfg/{family}{scale}-tood.yaml`` (the T-Head; one YAML with ``scales:``, resolved by ultralytics' scale naming),
+``tap`` is ``cfg/{family}{scale}-tap.yaml`` (the stock head with TOOD's task-aligned predictor, TAPDetect),
+``tood:key=value,...`` / ``tap:key=value,...`` are variants for ablations (e.g. ``tood:atss_epochs=0``,
+``tood:feat_channels=512``, ``tap:tap=none``; the YAML is written to ``--out``/cfg), and any other value is used as a
+model YAML path. Each
 (model, seed) trains through the ultralytics trainer with the same data, epochs, imgsz, batch, seed, optimizer and
 learning rate, ``deterministic=True``, then is validated (best.pt) on ``val`` and, if the data YAML has one, ``test``.
 
@@ -80,9 +81,18 @@ MAP_COLUMN = "metrics/mAP50-95(B)"
 # Models and runs
 # ----------------------------------------------------------------------------------------------------------------------
 CURVE_AFTER = 10  # the curve goal ignores the first 10 epochs (generalisation issue: "after the first 10 epochs")
-# TOODDetect row args after nc (feat_channels, stacked_convs unscaled; norm, tap, adapter)
-HEAD_ARGS = dict(HEADS[0].yaml_args)
+# The head models by name: ``tood`` (TOODDetect, cfg/{family}-tood.yaml), ``tap`` (TAPDetect, cfg/{family}-tap.yaml),
+# and their row args after nc (TOODDetect: feat_channels, stacked_convs unscaled, norm, tap, adapter; TAPDetect: tap)
+HEAD_MODELS = {"tood": "TOODDetect", "tap": "TAPDetect"}
+HEAD_ROW_ARGS = {model: dict(next(h for h in HEADS if h.name == name).yaml_args) for model, name in HEAD_MODELS.items()}
+HEAD_ARGS = HEAD_ROW_ARGS["tood"]  # the TOOD head's, as before
 HEAD_KEYS = tuple(HEAD_ARGS)
+
+
+def head_model(model: str) -> str | None:
+    """Return ``tood`` or ``tap`` for a head model name or variant (``tap``, ``tap:key=value``), else None."""
+    base = model.split(":", 1)[0]
+    return base if base in HEAD_MODELS and (model == base or model.startswith(base + ":")) else None
 
 
 def parse_variant(model: str) -> dict[str, Any]:
@@ -108,20 +118,24 @@ def parse_variant(model: str) -> dict[str, Any]:
     """
     from yolo_tood.train.hyp import TOODHyp, hyp_schema
 
+    base = head_model(model)
+    if base is None or ":" not in model:
+        raise ValueError(f"{model!r} is not a head variant: use tood:key=value,... or tap:key=value,...")
+    head_args = HEAD_ROW_ARGS[base]
     hyp_types = {k.name: k.type for k in hyp_schema()}
     hyp_keys = set(hyp_types)
     overrides: dict[str, Any] = {}
     for pair in filter(None, model.split(":", 1)[1].split(",")):
         key, sep, value = pair.partition("=")
-        if not sep or key not in hyp_keys | set(HEAD_KEYS):
-            known = ", ".join(sorted(hyp_keys | set(HEAD_KEYS)))
-            raise ValueError(f"bad TOOD variant item {pair!r} in {model!r}: use key=value with a key from {known}")
+        if not sep or key not in hyp_keys | set(head_args):
+            known = ", ".join(sorted(hyp_keys | set(head_args)))
+            raise ValueError(f"bad {base} variant item {pair!r} in {model!r}: use key=value with a key from {known}")
         try:
-            overrides[key] = type(HEAD_ARGS[key])(value) if key in HEAD_KEYS else hyp_types[key](value)
+            overrides[key] = type(head_args[key])(value) if key in head_args else hyp_types[key](value)
         except ValueError:
             raise ValueError(f"bad value {value!r} for {key} in {model!r}") from None
     if not overrides:
-        raise ValueError(f"TOOD variant {model!r} has no key=value overrides")
+        raise ValueError(f"{base} variant {model!r} has no key=value overrides")
     TOODHyp.from_yaml({k: v for k, v in overrides.items() if k in hyp_keys})  # same checks as the model build
     return overrides
 
@@ -147,26 +161,27 @@ def model_cfg(model: str, scale: str, out: Path | None = None, family: str = "yo
     """
     if model == "stock":
         return f"{family}{scale}.yaml"
-    if model == "tood" or model.startswith("tood:"):
-        base = REPO / "cfg" / f"{family}-tood.yaml"
+    if (kind := head_model(model)) is not None:
+        base = REPO / "cfg" / f"{family}-{kind}.yaml"
         if not base.exists():
-            raise FileNotFoundError(f"{base} not found: no TOOD YAML for family {family!r}")
-        if model == "tood":
-            return str(REPO / "cfg" / f"{family}{scale}-tood.yaml")  # ultralytics maps it to {family}-tood.yaml + scale
+            raise FileNotFoundError(f"{base} not found: no {kind} YAML for family {family!r}")
+        if model == kind:
+            return str(REPO / "cfg" / f"{family}{scale}-{kind}.yaml")  # ultralytics maps it to {family}-{kind}.yaml
         if out is None:
-            raise ValueError("a TOOD variant needs an output directory for its YAML")
+            raise ValueError(f"a {kind} variant needs an output directory for its YAML")
         import yaml
 
         overrides = parse_variant(model)
         tag = variant_tag(overrides)
         cfg = yaml.safe_load(base.read_text())
-        head_row = cfg["head"][-1]  # [from, repeats, TOODDetect, [nc, feat_channels, stacked_convs, ...]]
-        for i, key in enumerate(HEAD_KEYS, start=1):
+        head_row = cfg["head"][-1]  # [from, repeats, TOODDetect | TAPDetect, [nc, *head args]]
+        head_args = HEAD_ROW_ARGS[kind]
+        for i, key in enumerate(head_args, start=1):
             if key in overrides:
-                head_row[3] += list(HEAD_ARGS.values())[len(head_row[3]) - 1 : i]  # defaults of omitted args before
+                head_row[3] += list(head_args.values())[len(head_row[3]) - 1 : i]  # defaults of omitted args before
                 head_row[3][i] = overrides.pop(key)
         cfg.update(overrides)
-        path = out / "cfg" / f"{family}{scale}-tood-{tag}.yaml"  # scale in the name, for ultralytics' scale guess
+        path = out / "cfg" / f"{family}{scale}-{kind}-{tag}.yaml"  # scale in the name, for ultralytics' scale guess
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return str(path)
@@ -176,12 +191,13 @@ def model_cfg(model: str, scale: str, out: Path | None = None, family: str = "yo
 def model_labels(models: list[str]) -> list[str]:
     """Return unique labels for the model list (``stock stock`` -> ``stock stock_2``), used in run names and tables.
 
-    A TOOD variant ``tood:key=value,...`` is labelled ``tood-<tag>`` (see ``variant_tag``).
+    A variant ``tood:key=value,...`` / ``tap:key=value,...`` is labelled ``tood-<tag>`` / ``tap-<tag>`` (see
+    ``variant_tag``).
     """
     labels, seen = [], {}
     for m in models:
-        if m.startswith("tood:"):
-            base = f"tood-{variant_tag(parse_variant(m))}"
+        if (kind := head_model(m)) is not None and m != kind:
+            base = f"{kind}-{variant_tag(parse_variant(m))}"
         else:
             base = Path(m).stem if m.endswith((".yaml", ".yml")) else m
         seen[base] = seen.get(base, 0) + 1
@@ -513,8 +529,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--models",
         nargs="+",
         default=["stock", "tood"],
-        help="stock, tood, a TOOD variant such as tood:atss_epochs=0,box_gain=7.5 (TOOD YAML keys, feat_channels, "
-        "stacked_convs), or model YAML paths",
+        help="stock, tood, tap, a variant such as tood:atss_epochs=0,box_gain=7.5 (TOOD YAML keys and the head's "
+        "YAML args: feat_channels, stacked_convs, norm, tap, adapter for tood; tap for tap) or tap:tap=none, or "
+        "model YAML paths",
     )
     p.add_argument(
         "--optimizer",

@@ -3,6 +3,8 @@ re-sampling (an integer offset borrows the neighbour's edge), the invalid-box fa
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,9 +129,9 @@ def single_level_head(reg_max: int, seed: int = 0) -> TOODDetect:
     head = TOODDetect(nc=3, feat_channels=32, stacked_convs=2, reg_max=reg_max, ch=(16,))
     head.stride = torch.tensor([8.0])
     with torch.no_grad():
-        if reg_max == 1:  # plain distances 4 +- 0.5: every box valid, also with a one-cell offset
-            torch.nn.init.normal_(head.tood_reg.weight, std=0.01)
-            head.tood_reg.bias.fill_(4.0)
+        if reg_max == 1:  # plain distances exp(log 4 +- small), about 4: every box valid, also with a one-cell offset
+            torch.nn.init.normal_(head.tood_reg.weight, std=0.003)
+            head.tood_reg.bias.fill_(math.log(4.0))
         else:  # bin logits that differ from location to location
             torch.nn.init.normal_(head.tood_reg.weight, std=0.3)
         head.reg_offset[-1].weight.zero_()  # offsets = the conv's bias, the same at every location
@@ -221,7 +223,7 @@ def test_plain_distance_head_applies_the_fallback():
         for conv in (head.tood_reg, head.reg_offset[-1]):
             conv.weight.zero_()
             conv.bias.zero_()
-        head.tood_reg.bias.copy_(torch.tensor([0.5, 1.0, 0.6, 1.0]))  # l = 0.5, r = 0.6
+        head.tood_reg.bias.copy_(torch.tensor([0.5, 1.0, 0.6, 1.0]).log())  # distances exp(x): l = 0.5, r = 0.6
         head.reg_offset[-1].bias[1] = 0.9  # left side measured 0.9 cell to the right
     boxes, offsets, _ = head.forward_level(x[0], 0)
     # interior: l = 0.5 - 0.9 = -0.4, l + r = 0.2 >= 0, kept. Last column: the sample at w - 0.1 reads 0.1 * 0.5
@@ -369,3 +371,41 @@ def test_conv_adapter_is_stock_detects_first_layer_per_level():
         assert a.conv.weight.std().item() == pytest.approx((3 * c * 9) ** -0.5, rel=0.15)
     with pytest.raises(ValueError, match="adapter must be one of linear, conv, got 'deep'"):
         TOODDetect(3, 16, 2, adapter="deep", ch=(16,))
+
+
+def test_plain_distances_never_invert_a_box_for_any_conv_output():
+    """reg_max 1: distances are Scale(exp(x)) as the reference, so for any conv output (here weights of std 3 and
+    offsets of several cells) every decoded box has x1 <= x2 and y1 <= y2; the fallback itself is a valid box.
+
+    With raw distances an inverted box such as [3, 3, 1, 1] against a GT [0, 0, 4, 4] has 1 - GIoU = 0.75, the loss of
+    the valid [1, 1, 3, 3], so nothing pushed it back (MMDetection PR #7567)."""
+    from ultralytics.utils.metrics import bbox_iou
+
+    inverted, valid = torch.tensor([[3.0, 3.0, 1.0, 1.0]]), torch.tensor([[1.0, 1.0, 3.0, 3.0]])
+    gt = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    assert 1 - bbox_iou(inverted, gt, xywh=False, GIoU=True).item() == pytest.approx(0.75)  # why it matters
+    assert 1 - bbox_iou(valid, gt, xywh=False, GIoU=True).item() == pytest.approx(0.75)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        head = make_head(reg_max=1)
+        with torch.no_grad():
+            torch.nn.init.normal_(head.tood_reg.weight, std=3.0)
+            torch.nn.init.normal_(head.tood_reg.bias, std=3.0)
+            torch.nn.init.normal_(head.reg_offset[-1].weight, std=1.0)
+            torch.nn.init.normal_(head.reg_offset[-1].bias, std=3.0)
+        x = level_inputs(batch=2)
+        with torch.no_grad():
+            y, preds = head.eval()(x)
+        xyxy = xywh2xyxy(y[:, :4].transpose(1, 2))  # (B, A, 4)
+        assert (xyxy[..., 2] >= xyxy[..., 0]).all() and (xyxy[..., 3] >= xyxy[..., 1]).all(), seed
+        assert preds["offsets"].abs().sum() > 0  # some locations kept their re-sampled box
+
+
+def test_offset_convs_start_at_the_reference_std():
+    """Both reg_offset convs are initialised normal(std=0.001) as MMDetection's TOOD head (not 0.01 then 0.001)."""
+    torch.manual_seed(0)
+    head = TOODDetect(nc=80, feat_channels=64, stacked_convs=2, ch=(64, 128, 256))
+    first, last = head.reg_offset[0].weight, head.reg_offset[-1].weight
+    for w in (first, last):
+        assert w.std().item() == pytest.approx(0.001, rel=0.1)
+    assert head.tood_reg.weight.std().item() == pytest.approx(0.01, rel=0.1)  # the other convs stay at 0.01

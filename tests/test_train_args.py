@@ -54,25 +54,33 @@ def elsewhere(tmp_path, monkeypatch) -> Path:
 
 
 def test_the_package_ships_both_families_with_five_scales():
-    assert sorted(f.name for f in CFG_DIR.glob("*.yaml")) == ["yolo11-tood.yaml", "yolov8-tood.yaml"]
-    assert shipped_configs() == ["yolo11{n,s,m,l,x}-tood.yaml", "yolov8{n,s,m,l,x}-tood.yaml"]
+    names = ["yolo11-tap.yaml", "yolo11-tood.yaml", "yolov8-tap.yaml", "yolov8-tood.yaml"]
+    assert sorted(f.name for f in CFG_DIR.glob("*.yaml")) == names
+    assert shipped_configs() == [
+        "yolo11{n,s,m,l,x}-tap.yaml",
+        "yolo11{n,s,m,l,x}-tood.yaml",
+        "yolov8{n,s,m,l,x}-tap.yaml",
+        "yolov8{n,s,m,l,x}-tood.yaml",
+    ]
 
 
+@pytest.mark.parametrize("kind,head", [("tood", "TOODDetect"), ("tap", "TAPDetect")])
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("scale", list("nsmlx"))
-def test_bare_name_resolves_from_any_directory(elsewhere, family, scale):
-    d = yaml_model_load(f"{family}{scale}-tood.yaml")
-    assert d["scale"] == scale and d["yaml_file"] == f"{family}{scale}-tood.yaml"  # as ultralytics records stock names
-    assert d["head"][-1][2] == "TOODDetect"
-    assert d["backbone"] == yaml.safe_load((CFG_DIR / f"{family}-tood.yaml").read_text())["backbone"]
+def test_bare_name_resolves_from_any_directory(elsewhere, family, scale, kind, head):
+    d = yaml_model_load(f"{family}{scale}-{kind}.yaml")
+    assert d["scale"] == scale and d["yaml_file"] == f"{family}{scale}-{kind}.yaml"  # as ultralytics records stock
+    assert d["head"][-1][2] == head
+    assert d["backbone"] == yaml.safe_load((CFG_DIR / f"{family}-{kind}.yaml").read_text())["backbone"]
 
 
-@pytest.mark.parametrize("name", ["yolov8x-tood.yaml", "yolo11n-tood.yaml"])
+@pytest.mark.parametrize("name", ["yolov8x-tood.yaml", "yolo11n-tood.yaml", "yolov8s-tap.yaml", "yolo11x-tap.yaml"])
 def test_yolo_builds_a_bare_name(elsewhere, name):
     from ultralytics import YOLO
 
     model = YOLO(name)
-    assert type(model.model.model[-1]).__name__ == "TOODDetect" and model.task == "detect"
+    head = "TAPDetect" if "-tap" in name else "TOODDetect"
+    assert type(model.model.model[-1]).__name__ == head and model.task == "detect"
 
 
 def test_a_local_file_of_the_same_name_wins(elsewhere):
@@ -84,13 +92,16 @@ def test_a_local_file_of_the_same_name_wins(elsewhere):
     assert yaml_model_load("yolo11s-tood.yaml")["tal_topk"] == 13  # other names: still the packaged files
 
 
-@pytest.mark.parametrize("name", ["yolov8q-tood.yaml", "yolov9-tood.yaml", "yolov8n-tood.yml", "cfg/yolov8n-tood.yaml"])
+@pytest.mark.parametrize(
+    "name", ["yolov8q-tood.yaml", "yolov9-tood.yaml", "yolov8n-tood.yml", "cfg/yolov8n-tood.yaml", "yolov8q-tap.yaml"]
+)
 def test_a_wrong_tood_name_is_one_line_naming_it_and_the_shipped_configs(elsewhere, name):
     with pytest.raises(FileNotFoundError) as e:
         yaml_model_load(name)
     msg = str(e.value)
     assert f"'{name}' does not exist" in msg and "\n" not in msg
     assert "yolov8{n,s,m,l,x}-tood.yaml" in msg and "yolo11{n,s,m,l,x}-tood.yaml" in msg
+    assert "yolov8{n,s,m,l,x}-tap.yaml" in msg and "yolo11{n,s,m,l,x}-tap.yaml" in msg
 
 
 @pytest.mark.parametrize("name", ["yolov8s.yaml", "yolo11x.yaml", "yolov8q.yaml", "yolov9.yaml"])

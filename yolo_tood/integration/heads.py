@@ -24,9 +24,11 @@ class HeadSpec:
         stands_for (str): The ultralytics head whose ``parse_model`` branch builds it (appends reg_max, end2end, ch).
         criterion (str): ``module:name`` of the loss a model with this head gets from ``init_criterion``.
         yaml_args (tuple[tuple[str, int | str], ...]): Head arguments after ``nc`` in the YAML row, with the reference
-            defaults used when the row omits them; the first (a width) is scaled like conv widths, the second (a
-            depth) like repeats, the rest (``norm``, ``tap``, ``adapter``) are passed as written. A value's type is its
-            default's.
+            defaults used when the row omits them. With ``scaled`` the first (a width) is scaled like conv widths and
+            the second (a depth) like repeats; the others (``norm``, ``tap``, ``adapter``) are passed as written. A
+            value's type is its default's.
+        scaled (bool): Whether the first two ``yaml_args`` are a width and a depth that the model scale multiplies
+            (TOODDetect's tower); a head without its own tower (TAPDetect) has none.
     """
 
     name: str
@@ -34,6 +36,7 @@ class HeadSpec:
     stands_for: str
     criterion: str
     yaml_args: tuple[tuple[str, int | str], ...]
+    scaled: bool = True
 
     @property
     def cls(self) -> type:
@@ -61,6 +64,15 @@ HEADS: tuple[HeadSpec, ...] = (
             ("tap", "faithful"),
             ("adapter", "linear"),
         ),
+    ),
+    HeadSpec(
+        name="TAPDetect",
+        module="yolo_tood.nn.tap_head",
+        stands_for="Detect",
+        criterion="yolo_tood.train.loss:TOODLoss",
+        # the stock Detect branches (cv2, cv3, dfl) under their stock names, plus TOOD's task-aligned predictor
+        yaml_args=(("tap", "faithful"),),
+        scaled=False,
     ),
 )
 

@@ -19,7 +19,8 @@ import sys
 
 TARGET = "ultralytics.nn.tasks"
 CFG_TARGET = "ultralytics.utils"  # defines DEFAULT_CFG_DICT, the train arguments ultralytics accepts
-HEAD_MODULES = ("yolo_tood.nn.head",)  # heads.HEADS' modules; kept literal so the hook imports nothing more
+# heads.HEADS' modules; kept literal so the hook imports nothing more
+HEAD_MODULES = ("yolo_tood.nn.head", "yolo_tood.nn.tap_head")
 # Module paths before the layer folders; checkpoints pickled then name their classes through them.
 OLD_MODULES = {
     "yolo_tood.head": "yolo_tood.nn.head",
@@ -62,6 +63,10 @@ def _after_exec(name: str, module) -> None:
         add_train_args()
     else:
         allow_safe_load(module)
+        if TARGET in sys.modules and "yolo_tood.integration.register" in sys.modules:
+            from yolo_tood.integration.register import import_head_modules
+
+            import_head_modules(name)  # those register() could not import while this one was executing
 
 
 class _RegisteringLoader:

@@ -89,15 +89,18 @@ def _is_tood_row(row: list) -> bool:
 def _head_args(spec: Any, args: list, depth: float, width: float, max_channels: float) -> list:
     """Validate a TOOD head row's ``[nc, *spec.yaml_args]`` and scale width and depth as parse_model scales the model.
 
-    The first argument after ``nc`` is a width (scaled like a conv width), the second a depth (scaled like repeats);
-    the others (``norm``, ``tap``, ``adapter``) are passed as written and checked by the head.
+    For a ``scaled`` head the first argument after ``nc`` is a width (scaled like a conv width), the second a depth
+    (scaled like repeats); the others (``norm``, ``tap``, ``adapter``) are passed as written and checked by the head.
     """
     from ultralytics.utils.ops import make_divisible
 
     names, defaults = zip(*spec.yaml_args)
     if not isinstance(args, list) or not 1 <= len(args) <= 1 + len(names):
         raise ValueError(f"{spec.name} YAML args must be [nc, {', '.join(names)}], got {args!r}")
-    nc, feat_channels, stacked_convs, *rest = (list(args) + list(defaults)[len(args) - 1 :])[: 1 + len(names)]
+    full = (list(args) + list(defaults)[len(args) - 1 :])[: 1 + len(names)]
+    if not spec.scaled:
+        return full
+    nc, feat_channels, stacked_convs, *rest = full
     for name, value in zip(names, (feat_channels, stacked_convs)):
         check_int(value, name, f"{spec.name} YAML arg")
     feat_channels = make_divisible(min(feat_channels, max_channels) * width, 8)  # as parse_model scales conv widths
@@ -143,8 +146,9 @@ def _wrap_parse_model(original: Callable) -> Callable:
 
 
 def _looks_tood(path: Path) -> bool:
-    """True for a YAML name meant for yolo-tood (``*tood*.yaml``); other names go to ultralytics unchanged."""
-    return path.suffix in (".yaml", ".yml") and "tood" in path.stem.lower()
+    """True for a YAML name meant for yolo-tood (``*tood*.yaml``, ``*-tap.yaml``); others go to ultralytics as is."""
+    stem = path.stem.lower()
+    return path.suffix in (".yaml", ".yml") and ("tood" in stem or re.search(r"-tap(\b|-|_|$)", stem) is not None)
 
 
 def _shipped_config(path: Path, unified: Path) -> Path | None:
@@ -302,7 +306,21 @@ def register() -> None:
     if engine_model is not None and getattr(engine_model, "yaml_model_load", None) is original_load:
         _patch(engine_model, "yaml_model_load", lambda _: tasks.yaml_model_load)
     _add_callbacks()
-    for spec in HEADS:  # the import hook allows a head module's classes for safe loading when it executes
+    import_head_modules()
+
+
+def import_head_modules(executed: str = "") -> None:
+    """Import every head module of ``HEADS`` (the import hook then allows its classes for safe loading).
+
+    Not while one of them is still executing: importing ultralytics from ``yolo_tood.nn.head`` runs ``register()``
+    half-way through that module, and ``yolo_tood.nn.tap_head`` imports from it. The hook calls this again right
+    after each head module has executed (``executed``: that module, whose import is not finished in name only), so
+    every one is imported once all can be.
+    """
+    executing = [s.module for s in HEADS if s.module != executed and sys.modules.get(s.module) is not None]
+    if any(getattr(getattr(sys.modules[m], "__spec__", None), "_initializing", False) for m in executing):
+        return
+    for spec in HEADS:
         if spec.module not in sys.modules:
             __import__(spec.module)
 

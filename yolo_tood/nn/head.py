@@ -33,6 +33,8 @@ __all__ = (
     "offset_distances",
     "resample_by_offsets",
     "side_shifts",
+    "task_aligned_outputs",
+    "TaskAlignedOutputs",
 )
 
 PRIOR_PROB = 0.01  # cls and probability-map bias prior, as MMDetection's TOOD head
@@ -40,6 +42,10 @@ PRIOR_PROB = 0.01  # cls and probability-map bias prior, as MMDetection's TOOD h
 SIDE_SHIFT_CHANNELS = (1, 2, 5, 6)
 # Candidates per image kept before NMS at inference (MMDetection's TOOD: nms_pre=1000 per level). See keep_topk_scores.
 NMS_PRE = 1000
+# Plain distances (reg_max 1) are exp(x) in stride units as the reference; x is clamped here (see forward_level)
+MAX_LOG_DISTANCE = math.log(1e4)
+OFFSET_INIT_STD = 0.001  # both reg_offset convs, as MMDetection's TOOD head (normal_init(std=0.001)), so samples start
+# at the anchor
 
 
 def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -288,6 +294,100 @@ def keep_valid_boxes(
     return torch.where(valid, resampled, original), torch.where(valid, offsets, torch.zeros_like(offsets))
 
 
+def task_aligned_outputs(
+    reg: torch.Tensor,
+    cls_logits: torch.Tensor,
+    prob_logits: torch.Tensor,
+    offsets: torch.Tensor | None,
+    dfl: nn.Module,
+    training: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return TAP's outputs of one level: the aligned score and the re-sampled box prediction (paper section 3.1).
+
+    The step every task-aligned head shares once it has its cls logits, probability map M, box prediction and
+    offsets (``TOODDetect`` from its T-Head tower, ``TAPDetect`` from the stock branches): score
+    sqrt(sigmoid(cls) * sigmoid(M)), each box side re-sampled at location + O_k, and the un-resampled prediction kept
+    where the faithful box is invalid (``keep_valid_boxes``, as MMDetection).
+
+    Args:
+        reg (torch.Tensor): Box prediction (B, 4 * reg_max, H, W): DFL logits, or distances when reg_max is 1.
+        cls_logits (torch.Tensor): Classification logits (B, nc, H, W).
+        prob_logits (torch.Tensor): Probability-map logits M (B, 1, H, W).
+        offsets (torch.Tensor | None): Offsets (B, 8, H, W), (dy, dx) per side; None for no re-sampling (tap="none").
+        dfl (nn.Module): The head's distance decoder (``DFLExpectation`` or ``nn.Identity``), for the validity test.
+        training (bool): True for the finite-gradient score (float32, for the loss); at inference the plain form is
+            the same value in fewer ops.
+
+    Returns:
+        boxes (torch.Tensor): (B, 4 * reg_max, H, W), side k re-sampled at location + O_k.
+        offsets (torch.Tensor): (B, 8, H, W), zero where the un-resampled prediction was kept (all zero without TAP).
+        scores (torch.Tensor): Aligned scores in [0, 1], (B, nc, H, W).
+    """
+    scores = aligned_score(cls_logits, prob_logits) if training else inference_score(cls_logits, prob_logits)
+    if offsets is None:  # no re-sampling, every side measured from the anchor
+        return reg, reg.new_zeros(reg.shape[0], 8, *reg.shape[2:]), scores
+    boxes = resample_by_offsets(reg, offsets)
+    b, c, h, w = boxes.shape
+    # the validity test needs the distances only as values: detached, so it adds nothing to the backward pass
+    dist = dfl(boxes.detach().view(b, c, h * w)).view(b, 4, h, w)
+    boxes, offsets = keep_valid_boxes(dist + offset_distances(offsets.detach()), boxes, offsets, reg)
+    return boxes, offsets, scores
+
+
+class TaskAlignedOutputs:
+    """Inference of a task-aligned head: boxes decoded with TAP's offsets, scores already probabilities, nms_pre.
+
+    A mixin for ``Detect`` subclasses whose training dict is ``{"boxes", "offsets", "scores", "feats"}`` with
+    "scores" the aligned scores (probabilities, not logits): ``TOODDetect`` and ``TAPDetect``. It holds behaviour
+    only (no ``nn.Module`` state and no properties), so a head that keeps stock ``cv2`` / ``cv3`` children is not
+    shadowed by it. The class attributes are the ones TOODLoss and yolo-tood's callbacks read.
+    """
+
+    epoch: int | None = None  # trainer's current 0-based epoch, set by yolo_tood's callbacks; None outside training
+    nms_pre: int = NMS_PRE  # inference candidates per image before NMS (keep_topk_scores); 0 keeps all
+    atss_epochs: int | None = None  # warm-up length resolved from the trainer's epochs by the callbacks
+
+    def forward_head(self, x: list[torch.Tensor], **kwargs) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Return the training dict of ultralytics' Detect contract, plus TAP's offsets, from ``forward_level``.
+
+        ``Detect.forward`` passes the stock branches as keywords; the head's ``forward_level`` reads its own modules.
+
+        Returns:
+            (dict): ``boxes`` (B, 4 * reg_max, A) re-sampled box prediction, ``offsets`` (B, 8, A) the offsets it was
+                re-sampled with ((dy, dx) per side, feature-map pixels), ``scores`` (B, nc, A) aligned scores
+                (probabilities, not logits), ``feats`` the input levels.
+        """
+        bs = x[0].shape[0]
+        boxes, offsets, scores = zip(*(self.forward_level(xi, i) for i, xi in enumerate(x)))
+        return {
+            "boxes": torch.cat([b.view(bs, 4 * self.reg_max, -1) for b in boxes], -1),
+            "offsets": torch.cat([o.view(bs, 8, -1) for o in offsets], -1),
+            "scores": torch.cat([s.view(bs, self.nc, -1) for s in scores], -1),
+            "feats": x,
+        }
+
+    def _get_decode_boxes(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decode as ``Detect`` does, with side k measured from (anchor + O_k) as TAP's re-sampled box.
+
+        ``Detect`` decodes ``dist2bbox(DFL(boxes), anchors) * strides``; the faithful distances add the offset term
+        (``offset_distances``), and ``dist2bbox`` is linear in its distances, so the decode of that term around a zero
+        anchor is added to Detect's boxes (xywh or xyxy alike).
+        """
+        boxes = super()._get_decode_boxes(x)  # (B, 4, A) pixels; also sets self.anchors and self.strides
+        delta = offset_distances(x["offsets"])  # (B, 4, A) feature-map pixels = stride units
+        return boxes + self.decode_bboxes(delta, self.anchors.new_zeros(1, 2, 1)) * self.strides
+
+    def _inference(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decode boxes as ``Detect`` does (with TAP's offsets); the scores are already probabilities, so no sigmoid.
+
+        Only the ``nms_pre`` best (anchor, class) scores of each image stay non-zero (``keep_topk_scores``).
+        """
+        scores = x["scores"]
+        if self.nms_pre:
+            scores = keep_topk_scores(scores, self.nms_pre)
+        return torch.cat((self._get_decode_boxes(x), scores), 1)
+
+
 class DFLExpectation(DFL):
     """Ultralytics' ``DFL`` (same fixed bin weights, same value), computed in layouts that run faster.
 
@@ -391,7 +491,7 @@ class TaskDecomposition(nn.Module):
         return self.act(norm(out.view(b, self.feat_channels, h, w)))
 
 
-class TOODDetect(Detect):
+class TOODDetect(TaskAlignedOutputs, Detect):
     """TOOD's task-aligned head (T-Head + TAP) for YOLOv8, a drop-in ``Detect`` replacement.
 
     Structure per level l (shared weights across levels as TOOD, except the adapters and scales):
@@ -406,9 +506,9 @@ class TOODDetect(Detect):
         - YOLOv8's neck levels have different widths, so a per-level 1x1 ``adapters`` conv maps them to one width
           before the shared ``inter_convs``.
         - Box regression is ultralytics' DFL distribution (4 x reg_max logits, in stride units) so that ultralytics'
-          decoding, validator and exporter work unchanged; with ``reg_max: 1`` it is the plain distance, as YOLOv8.
-          The per-level ``Scale`` multiplies that output: the reference's distance scale when reg_max is 1, a
-          per-level temperature of the bin logits otherwise (initialised at 1, the identity). With DFL, a
+          decoding, validator and exporter work unchanged; with ``reg_max: 1`` it is the plain distance
+          Scale_l(exp(x)) in stride units, the reference's (positive for any conv output). With DFL the per-level
+          ``Scale`` is a per-level temperature of the bin logits (initialised at 1, the identity). With DFL, a
           fractional offset blends the neighbours' bin logits bilinearly (then the expectation is taken), where the
           reference blends their decoded edges; at integer offsets the two are the same.
 
@@ -442,10 +542,6 @@ class TOODDetect(Detect):
         >>> head.eval()(x)[0].shape
         torch.Size([1, 84, 8400])
     """
-
-    epoch: int | None = None  # trainer's current 0-based epoch, set by yolo_tood's callbacks; None outside training
-    nms_pre: int = NMS_PRE  # inference candidates per image before NMS (keep_topk_scores); 0 keeps all
-    atss_epochs: int | None = None  # warm-up length resolved from the trainer's epochs by the callbacks
 
     def __init__(
         self,
@@ -525,14 +621,15 @@ class TOODDetect(Detect):
         """
         offset_convs = self.reg_offset or ()
         linear_adapters = self.adapters if self.adapter == "linear" else ()
-        for m in (*linear_adapters, *self.inter_convs, self.tood_cls, self.tood_reg, *self.cls_prob, *offset_convs):
+        for m, std in (
+            *((m, 0.01) for m in (*linear_adapters, *self.inter_convs, self.tood_cls, self.tood_reg, *self.cls_prob)),
+            *((m, OFFSET_INIT_STD) for m in offset_convs),  # both offset convs, as MMDetection's reg_offset
+        ):
             for conv in m.modules():
                 if isinstance(conv, nn.Conv2d):
-                    nn.init.normal_(conv.weight, std=0.01)
+                    nn.init.normal_(conv.weight, std=std)
                     if conv.bias is not None:
                         nn.init.zeros_(conv.bias)
-        if self.reg_offset is not None:
-            nn.init.normal_(self.reg_offset[-1].weight, std=0.001)
         self.bias_init()
 
     @property
@@ -596,56 +693,14 @@ class TOODDetect(Detect):
         avg_feat = F.adaptive_avg_pool2d(feat, 1)  # shared by both decompositions, as the reference
 
         cls_logits, prob_logits = self.tood_cls(self.cls_decomp(feat, avg_feat, level)), self.cls_prob(feat)
-        if self.training:  # the finite-gradient form; at inference the plain form is the same value in fewer ops
-            scores = aligned_score(cls_logits, prob_logits)  # float32, for the loss
-        else:
-            scores = inference_score(cls_logits, prob_logits)
-
-        reg = self.scales[level](self.tood_reg(self.reg_decomp(feat, avg_feat, level)))  # (B, 4*reg_max, H, W)
-        if self.reg_offset is None:  # tap="none": no re-sampling, every side measured from the anchor
-            return reg, reg.new_zeros(reg.shape[0], 8, *reg.shape[2:]), scores
-        offsets = self.reg_offset(feat)  # (B, 8, H, W)
-        boxes = resample_by_offsets(reg, offsets)
-        b, _, h, w = boxes.shape
-        # the validity test needs the distances only as values: detached, so it adds nothing to the backward pass
-        dist = self.dfl(boxes.detach().view(b, 4 * self.reg_max, h * w)).view(b, 4, h, w)
-        boxes, offsets = keep_valid_boxes(dist + offset_distances(offsets.detach()), boxes, offsets, reg)
-        return boxes, offsets, scores
-
-    def forward_head(self, x: list[torch.Tensor], **kwargs) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """Return the training dict of ultralytics' Detect contract, plus TAP's offsets.
-
-        Returns:
-            (dict): ``boxes`` (B, 4 * reg_max, A) re-sampled box prediction, ``offsets`` (B, 8, A) the offsets it was
-                re-sampled with ((dy, dx) per side, feature-map pixels), ``scores`` (B, nc, A) aligned scores
-                (probabilities, not logits), ``feats`` the input levels.
-        """
-        bs = x[0].shape[0]
-        boxes, offsets, scores = zip(*(self.forward_level(xi, i) for i, xi in enumerate(x)))
-        return {
-            "boxes": torch.cat([b.view(bs, 4 * self.reg_max, -1) for b in boxes], -1),
-            "offsets": torch.cat([o.view(bs, 8, -1) for o in offsets], -1),
-            "scores": torch.cat([s.view(bs, self.nc, -1) for s in scores], -1),
-            "feats": x,
-        }
-
-    def _get_decode_boxes(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Decode as ``Detect`` does, with side k measured from (anchor + O_k) as TAP's re-sampled box.
-
-        ``Detect`` decodes ``dist2bbox(DFL(boxes), anchors) * strides``; the faithful distances add the offset term
-        (``offset_distances``), and ``dist2bbox`` is linear in its distances, so the decode of that term around a zero
-        anchor is added to Detect's boxes (xywh or xyxy alike).
-        """
-        boxes = super()._get_decode_boxes(x)  # (B, 4, A) pixels; also sets self.anchors and self.strides
-        delta = offset_distances(x["offsets"])  # (B, 4, A) feature-map pixels = stride units
-        return boxes + self.decode_bboxes(delta, self.anchors.new_zeros(1, 2, 1)) * self.strides
-
-    def _inference(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Decode boxes as ``Detect`` does (with TAP's offsets); the scores are already probabilities, so no sigmoid.
-
-        Only the ``nms_pre`` best (anchor, class) scores of each image stay non-zero (``keep_topk_scores``).
-        """
-        scores = x["scores"]
-        if self.nms_pre:
-            scores = keep_topk_scores(scores, self.nms_pre)
-        return torch.cat((self._get_decode_boxes(x), scores), 1)
+        reg = self.tood_reg(self.reg_decomp(feat, avg_feat, level))  # (B, 4*reg_max, H, W)
+        if self.reg_max == 1:
+            # Plain distances as the reference, Scale_l(exp(x)) in stride units: positive for any conv output, so the
+            # un-resampled fallback of keep_valid_boxes is always a valid box (a raw output could invert a box, which
+            # GIoU does not push back: MMDetection PR #7567). exp in float32 (in fp16 it overflows above x = 11.1) of x
+            # clamped at log(1e4): a distance of 10^4 strides is past any image, and an inf distance would make the
+            # decoded box NaN (inf - inf); MMDetection has no clamp, its exp simply overflows there
+            reg = _fp32(reg).clamp(max=MAX_LOG_DISTANCE).exp()
+        reg = self.scales[level](reg)  # DFL: a per-level temperature of the bin logits, initialised at 1
+        offsets = self.reg_offset(feat) if self.reg_offset is not None else None  # (B, 8, H, W)
+        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training)

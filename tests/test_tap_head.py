@@ -1,0 +1,155 @@
+"""TAPDetect: the stock YOLO head with TOOD's task-aligned predictor, which fine-tunes from stock checkpoints.
+
+What it must show (issue: a pretrained-compatible TOOD head): every stock tensor keeps its name and shape, so a stock
+checkpoint transfers exactly what it transfers into a stock model; right after loading it the model predicts the
+stock boxes with scores that are a monotone map of stock's; the new predictor learns from the first step.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils.torch_utils import intersect_dicts
+
+from yolo_tood.integration.register import CFG_DIR
+from yolo_tood.nn.tap_head import TAP_PRIOR_PROB, TAPDetect
+
+FAMILIES = ("yolov8", "yolo11")
+
+
+def stock_and_tap(family: str, nc: int, scale: str = "n") -> tuple[DetectionModel, DetectionModel]:
+    torch.manual_seed(0)
+    return (
+        DetectionModel(f"{family}{scale}.yaml", nc=nc, verbose=False),
+        DetectionModel(f"{family}{scale}-tap.yaml", nc=nc, verbose=False),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_stock(tmp_path_factory) -> Path:
+    """A stock yolov8n checkpoint trained (one epoch, 64 px) and saved by ultralytics' trainer."""
+    from test_diagnostics import make_dataset
+
+    root = tmp_path_factory.mktemp("tap_stock")
+    data = make_dataset(root / "data", n_train=4, n_val=2)
+    torch.manual_seed(0)
+    YOLO("yolov8n.yaml").train(
+        data=str(data), epochs=1, imgsz=64, batch=2, workers=0, device="cpu", project=str(root), name="stock",
+        plots=False, val=False,
+    )  # fmt: skip
+    return root / "stock" / "weights" / "last.pt"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_stock_tensor_keeps_its_name_and_shape(family):
+    stock, tap = stock_and_tap(family, nc=80)
+    stock_sd, tap_sd = stock.state_dict(), tap.state_dict()
+    assert {k: v.shape for k, v in stock_sd.items()} == {k: tap_sd[k].shape for k in stock_sd}
+    new = sorted({k.split(".")[2] for k in set(tap_sd) - set(stock_sd)})
+    assert new == ["cls_prob", "reg_offset"]  # the task-aligned predictor is the only addition
+    head = tap.model[-1]
+    assert isinstance(head, TAPDetect) and head.legacy == (family == "yolov8")  # YOLOv8's cls branch, YOLO11's DW one
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("source_nc,nc", [(80, 80), (80, 7), (3, 7)])
+def test_a_stock_checkpoint_transfers_what_it_transfers_into_stock(family, source_nc, nc):
+    """``DetectionModel.load`` into TAPDetect takes every tensor it takes into a stock model, cv3 rebuild included."""
+    source, _ = stock_and_tap(family, nc=source_nc)
+    counts = {}
+    for kind in ("stock", "tap"):
+        torch.manual_seed(1)
+        model = DetectionModel(f"{family}n{'-tap' if kind == 'tap' else ''}.yaml", nc=nc, verbose=False)
+        model.load(source, verbose=False)
+        taken = intersect_dicts(source.state_dict(), model.state_dict())
+        counts[kind] = set(taken)
+        for k in taken:
+            torch.testing.assert_close(model.state_dict()[k], source.state_dict()[k], msg=k)
+        if kind == "tap":  # the predictor follows cv3's width after load rebuilt cv3 at the source width
+            head = model.model[-1]
+            assert head.cls_prob[0][0].in_channels == head.cv2[0][-1].in_channels + head.cv3[0][-1].in_channels
+            model.eval()(torch.zeros(1, 3, 64, 64))
+    assert counts["tap"] == counts["stock"] and len(counts["stock"]) > 300
+
+
+def test_it_starts_as_the_stock_checkpoint(trained_stock):
+    """Same boxes, scores sqrt(TAP_PRIOR_PROB * p): same ranking, and p = 0.25 maps to 0.25 (predict's conf)."""
+    stock = YOLO(trained_stock).model.float().eval()
+    torch.manual_seed(3)
+    tap = DetectionModel("yolov8n-tap.yaml", nc=stock.nc, verbose=False)
+    tap.load(torch.load(trained_stock, weights_only=False), verbose=False)
+    tap.eval().model[-1].nms_pre = 0  # every score, for the element-wise comparison
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        ref, out = stock(x)[0], tap(x)[0]
+    torch.testing.assert_close(out[:, :4], ref[:, :4], atol=1e-3, rtol=0)  # pixels
+    torch.testing.assert_close(out[:, 4:], (TAP_PRIOR_PROB * ref[:, 4:]).sqrt(), atol=1e-6, rtol=1e-5)
+    assert math.isclose(math.sqrt(TAP_PRIOR_PROB * 0.25), 0.25)
+    order_ref = ref[:, 4:].flatten(1).argsort(dim=1, descending=True, stable=True)[:, :500]
+    order_out = out[:, 4:].flatten(1).argsort(dim=1, descending=True, stable=True)[:, :500]
+    assert torch.equal(order_ref, order_out)
+
+
+def test_the_predictor_learns_from_the_first_step():
+    """Zero last weights still get gradients: one optimiser step moves M and the offsets off their no-op."""
+    from test_loss import random_batch
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n-tap.yaml", nc=3, verbose=False).train()
+    head = model.model[-1]
+    head.epoch, head.atss_epochs = 0, 0  # TAL, as the callbacks set it for a run without warm-up
+    batch = {**random_batch([3, 2], nc=3), "img": torch.rand(2, 3, 64, 64)}
+    loss, _ = model.loss(batch, model(batch["img"]))
+    loss.sum().backward()
+    for name in ("cls_prob", "reg_offset"):
+        grads = [p[-1].weight.grad for p in getattr(head, name)]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), name
+
+
+def test_tap_none_has_no_offsets():
+    head = TAPDetect(nc=3, tap="none", ch=(16, 32, 64))
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    out = head.train()([torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4), torch.randn(1, 64, 2, 2)])
+    assert head.reg_offset is None and not out["offsets"].any()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"tap": "deform"}, "TAPDetect: tap must be one of faithful, none, got 'deform'"),
+        ({"end2end": True}, "TAPDetect has no one-to-one"),
+        ({"nc": 0}, "nc"),
+        ({"ch": ()}, "no input levels"),
+    ],
+)
+def test_bad_arguments_are_one_line(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TAPDetect(**{"nc": 3, "ch": (16, 32, 64), **kwargs})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("scale", list("nsmlx"))
+def test_budget_params_and_gflops_within_five_percent_of_stock(family, scale):
+    """The predictor's cost at 640 px and 80 classes: params and GFLOPs <= 1.05x stock at every scale."""
+    from ultralytics.utils.torch_utils import get_flops, get_num_params
+
+    stock, tap = stock_and_tap(family, nc=80, scale=scale)
+    assert get_num_params(tap) <= 1.05 * get_num_params(stock)
+    assert get_flops(tap, 640) <= 1.05 * get_flops(stock, 640)
+
+
+def test_tap_configs_ship_with_the_tood_ones():
+    assert (CFG_DIR / "yolov8-tap.yaml").is_file() and (CFG_DIR / "yolo11-tap.yaml").is_file()
+    for family in FAMILIES:  # the stock layers of ultralytics' own YAML, the head row aside
+        import yaml
+        from ultralytics.nn.tasks import yaml_model_load
+
+        tap = yaml.safe_load((CFG_DIR / f"{family}-tap.yaml").read_text())
+        stock = yaml_model_load(f"{family}.yaml")
+        assert tap["backbone"] == stock["backbone"] and tap["head"][:-1] == stock["head"][:-1]
+        assert tap["head"][-1][2] == "TAPDetect" and stock["head"][-1][2] == "Detect"

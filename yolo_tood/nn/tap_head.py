@@ -1,0 +1,160 @@
+"""TOOD's task-aligned predictor (TAP) on the stock YOLO head: ``TAPDetect``, a head that fine-tunes from stock weights.
+
+Ultralytics transfers pretrained weights by name and shape only (``DetectionModel.load``), so the T-Head of
+``TOODDetect`` inherits nothing of a trained stock head. ``TAPDetect`` keeps every stock ``Detect`` parameter under its
+stock name and shape (``cv2``, ``cv3``, ``dfl``; YOLOv8's legacy cls branch or YOLO11's depthwise one, as
+``parse_model`` chooses) and adds TOOD's task-aligned predictor (paper section 3.1) per level:
+
+    P_l -> cv2_l[:-1] -> box feature  -> cv2_l[-1] -> box prediction (DFL)   \\
+    P_l -> cv3_l[:-1] -> cls feature  -> cv3_l[-1] -> cls logits              |
+    [box feature, cls feature] = task-interactive feature                    |
+        -> cls_prob_l (1x1, ReLU, 3x3) -> M        score = sqrt(sig(cls) * sig(M))
+        -> reg_offset_l (1x1, ReLU, 3x3) -> O       side k re-sampled at a + O_k (TAP, as TOODDetect)
+
+The reference reads M and O from the T-Head's stacked features, which both tasks share; the stock head has no shared
+tower, so the task-interactive feature here is the last hidden feature of each branch, concatenated. The predictor
+is per level, as the stock branches it reads.
+
+It starts as the stock model: the last conv of ``cls_prob`` and of ``reg_offset`` has zero weights, so right after a
+stock checkpoint is loaded M is a constant (score a monotone map of stock's sigmoid) and every offset is 0 (the stock
+boxes exactly).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from ultralytics.nn.modules import Detect
+
+from ..checks import check_int
+from .head import OFFSET_INIT_STD, TAP_MODES, TaskAlignedOutputs, task_aligned_outputs
+
+__all__ = ("TAPDetect", "TAP_PRIOR_PROB")
+
+# Deviation: M's bias prior. The reference's 0.01 is for a head trained from scratch; on a transferred cls branch it
+# would scale every trained score p to sqrt(0.01 p) (0.05 at p = 0.25), under ultralytics' predict threshold
+# (conf 0.25) for all of them. With sigmoid(M) = 0.25, sqrt(0.25 p) = p exactly at p = 0.25, so right after loading a
+# stock checkpoint predict() keeps the same boxes as stock at its default threshold (and ranks them as stock).
+TAP_PRIOR_PROB = 0.25
+
+
+def _predictor(in_channels: int, out_channels: int) -> nn.Sequential:
+    """TAP's predictor: 1x1 (to a quarter of the width), ReLU, 3x3 (as MMDetection's ``cls_prob`` / ``reg_offset``)."""
+    hidden = max(in_channels // 4, 1)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, out_channels, 3, padding=1)
+    )
+
+
+class TAPDetect(TaskAlignedOutputs, Detect):
+    """Stock ``Detect`` with TOOD's task-aligned predictor: M, offsets, aligned score and TAP's box re-sampling.
+
+    Every stock parameter keeps its stock name and shape, so ``pretrained=<stock .pt>`` transfers what a stock model
+    transfers from it; ``cls_prob`` and ``reg_offset`` are the only new tensors. The training dict is TOODDetect's
+    (``boxes``, ``offsets``, ``scores`` as aligned probabilities, ``feats``), so ``TOODLoss`` trains it unchanged, and
+    inference (``TaskAlignedOutputs``) decodes the re-sampled boxes and bounds the candidates before NMS.
+
+    Args:
+        nc (int): Number of classes.
+        tap (str): TAP's box re-sampling: ``faithful`` (the reference) or ``none`` (no offset branch: the stock box
+            prediction, only the score is aligned), for ablations.
+        reg_max (int): DFL bins per side, filled in by ``parse_model``.
+        end2end (bool): Must be False: TAP has no one-to-one branch.
+        ch (tuple[int, ...]): Input channels of each level, filled in by ``parse_model``.
+
+    Examples:
+        >>> head = TAPDetect(nc=80, ch=(64, 128, 256))
+        >>> head.stride = torch.tensor([8.0, 16.0, 32.0])
+        >>> x = [torch.randn(1, 64, 80, 80), torch.randn(1, 128, 40, 40), torch.randn(1, 256, 20, 20)]
+        >>> head.eval()(x)[0].shape
+        torch.Size([1, 84, 8400])
+    """
+
+    def __init__(
+        self,
+        nc: int = 80,
+        tap: str = "faithful",
+        reg_max: int = 16,
+        end2end: bool = False,
+        ch: tuple[int, ...] | list[int] = (),
+    ):
+        """Initialize the stock branches (``Detect.__init__``) and the task-aligned predictor on top."""
+        check_int(nc, "nc", "TAPDetect")
+        check_int(reg_max, "reg_max", "TAPDetect")
+        if tap not in TAP_MODES:
+            raise ValueError(f"TAPDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
+        if end2end:
+            raise ValueError("TAPDetect has no one-to-one (end2end) branch; remove 'end2end' from the model YAML")
+        if not ch:
+            raise ValueError("TAPDetect: no input levels; its YAML row needs 'from' levels, e.g. [15, 18, 21]")
+        super().__init__(nc, reg_max, False, ch)
+        self.tap = tap
+        self._build_predictor()
+
+    def _interactive_channels(self) -> int:
+        """Width of the task-interactive feature: the box branch's last hidden width plus the cls branch's."""
+        return self.cv2[0][-1].in_channels + self.cv3[0][-1].in_channels
+
+    def _build_predictor(self) -> None:
+        """Build ``cls_prob`` and ``reg_offset`` (one per level) for the current branch widths, at a no-op init."""
+        c = self._interactive_channels()
+        device, dtype = self.cv3[0][-1].weight.device, self.cv3[0][-1].weight.dtype
+        self.cls_prob = nn.ModuleList(_predictor(c, 1) for _ in range(self.nl)).to(device, dtype)
+        self.reg_offset = (
+            nn.ModuleList(_predictor(c, 4 * 2) for _ in range(self.nl)).to(device, dtype)
+            if self.tap == "faithful"
+            else None
+        )
+        stds = [(p, 0.01) for p in self.cls_prob] + [(p, OFFSET_INIT_STD) for p in self.reg_offset or ()]
+        for predictor, std in stds:
+            nn.init.normal_(predictor[0].weight, std=std)  # the first conv as the reference: M 0.01, offsets 0.001
+            nn.init.zeros_(predictor[0].bias)
+            # Deviation: zero last weights (the reference: std 0.01 for M, 0.001 for O) so that the head starts as the
+            # stock head it was loaded from; the weights still get gradients (their input, the hidden map, is not 0),
+            # as YOLOv6 and PP-YOLOE start their zero-initialised predictors
+            nn.init.zeros_(predictor[-1].weight)
+            nn.init.zeros_(predictor[-1].bias)
+        self._init_prob_bias()
+
+    def _init_prob_bias(self) -> None:
+        """Set M's bias to the prior ``TAP_PRIOR_PROB`` (see there why not the reference's 0.01)."""
+        for predictor in self.cls_prob:
+            nn.init.constant_(predictor[-1].bias, -math.log((1 - TAP_PRIOR_PROB) / TAP_PRIOR_PROB))
+
+    def bias_init(self) -> None:
+        """Initialise the stock biases as ``Detect`` does, then M's prior; rebuild the predictor if cv3 was rebuilt.
+
+        ``DetectionModel.load`` rebuilds ``cv3`` at the source checkpoint's width when the class counts make the
+        widths differ (a COCO checkpoint, 80 classes, on a 7-class set) and then calls ``bias_init``: the
+        task-interactive feature is then wider, so the predictor is built again for it (at its no-op init) before the
+        state dict is loaded.
+        """
+        super().bias_init()
+        if hasattr(self, "cls_prob"):  # Detect.__init__ has not built the predictor yet when it is first called
+            if self.cls_prob[0][0].in_channels != self._interactive_channels():
+                self._build_predictor()
+            else:
+                self._init_prob_bias()
+
+    def forward_level(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the stock branches and the task-aligned predictor on one level.
+
+        Args:
+            x (torch.Tensor): Neck feature (B, ch[level], H, W).
+            level (int): Pyramid level index.
+
+        Returns:
+            boxes (torch.Tensor): Box prediction (B, 4 * reg_max, H, W), side k re-sampled at location + O_k.
+            offsets (torch.Tensor): The offsets O (B, 8, H, W), zero where the un-resampled prediction was kept.
+            scores (torch.Tensor): Aligned scores in [0, 1], (B, nc, H, W).
+        """
+        box_branch, cls_branch = self.cv2[level], self.cv3[level]
+        box_feat = box_branch[:-1](x)  # (B, c2, H, W)
+        cls_feat = cls_branch[:-1](x)  # (B, c3, H, W)
+        feat = torch.cat((box_feat, cls_feat), 1)  # task-interactive feature (B, c2 + c3, H, W)
+        reg, cls_logits = box_branch[-1](box_feat), cls_branch[-1](cls_feat)
+        prob_logits = self.cls_prob[level](feat)  # (B, 1, H, W)
+        offsets = self.reg_offset[level](feat) if self.reg_offset is not None else None  # (B, 8, H, W)
+        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training)
