@@ -84,6 +84,32 @@ def test_head_inference_keeps_nms_pre_candidates_per_image():
         torch.testing.assert_close(y[i, 4:].flatten().topk(100).values, top)
 
 
+def test_head_inference_keeps_nms_pre_candidates_per_level():
+    """nms_pre_mode="level": nms_pre candidates per level and image (MMDetection's nms_pre), 3 levels here."""
+    head = make_head()
+    x = [torch.randn(2, c, 128 // s, 128 // s) for c, s in zip((8, 16, 32), (8, 16, 32))]  # 256 + 64 + 16 anchors
+    head.nms_pre = 0
+    y_all, _ = head(x)
+    head.nms_pre, head.nms_pre_mode = 40, "level"
+    try:
+        y, _ = head(x)
+    finally:
+        head.nms_pre_mode = "image"
+    torch.testing.assert_close(y[:, :4], y_all[:, :4])
+    for lo, hi in ((0, 256), (256, 320), (320, 336)):  # each level keeps exactly its own 40 largest pairs
+        kept, ref = y[:, 4:, lo:hi], y_all[:, 4:, lo:hi]
+        assert (kept > 0).sum((1, 2)).tolist() == [40, 40]
+        for i in range(2):
+            torch.testing.assert_close(kept[i].flatten().topk(40).values, ref[i].flatten().topk(40).values)
+
+
+def test_bad_nms_pre_mode_is_one_line():
+    head = make_head()
+    head.nms_pre_mode = "anchor"
+    with pytest.raises(ValueError, match="nms_pre_mode must be one of image, level, got 'anchor'"):
+        head([torch.randn(1, c, 128 // s, 128 // s) for c, s in zip((8, 16, 32), (8, 16, 32))])
+
+
 def test_nms_guard_counts_and_raises():
     log = logging.getLogger("ultralytics")
     with NMSTimeLimitGuard() as guard:

@@ -29,6 +29,8 @@ __all__ = (
     "aligned_score",
     "inference_score",
     "keep_topk_scores",
+    "keep_topk_scores_per_level",
+    "NMS_PRE_MODES",
     "keep_valid_boxes",
     "offset_distances",
     "resample_by_offsets",
@@ -86,6 +88,30 @@ def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
     pairs = scores.gather(2, anchors[:, None].expand(b, nc, k)) * real[:, None]  # (B, nc, k), padding scores 0
     kth = pairs.reshape(b, nc * k).topk(k, dim=1).values[:, -1:, None]  # (B, 1, 1) the k-th largest pair score
     return torch.where(scores >= kth, scores, torch.zeros_like(scores))
+
+
+def keep_topk_scores_per_level(scores: torch.Tensor, k: int, level_sizes: list[int]) -> torch.Tensor:
+    """``keep_topk_scores`` applied to each pyramid level on its own: MMDetection's ``nms_pre`` (k per level).
+
+    Args:
+        scores (torch.Tensor): (B, nc, A) scores in [0, 1], the levels' anchors one after another.
+        k (int): Candidates kept per level and image.
+        level_sizes (list[int]): Anchors of each level (H_l * W_l), summing to A.
+
+    Returns:
+        (torch.Tensor): (B, nc, A) scores, all but the top ``k`` of each level and image set to 0.
+
+    Examples:
+        >>> s = torch.tensor([[[0.9, 0.8, 0.1, 0.2]]])
+        >>> keep_topk_scores_per_level(s, 1, [2, 2])
+        tensor([[[0.9000, 0.0000, 0.0000, 0.2000]]])
+    """
+    return torch.cat([keep_topk_scores(level, k) for level in scores.split(level_sizes, 2)], 2)
+
+
+# Where the pre-NMS bound applies: "image" keeps nms_pre (anchor, class) pairs per image over all levels, "level"
+# nms_pre per level as MMDetection's nms_pre (3 levels: 3 * nms_pre per image)
+NMS_PRE_MODES = ("image", "level")
 
 
 # Normalisation of the shared head convs: "gn" one GroupNorm shared over levels (MMDetection's TOOD head: 32 groups),
@@ -344,7 +370,8 @@ class TaskAlignedOutputs:
     """
 
     epoch: int | None = None  # trainer's current 0-based epoch, set by yolo_tood's callbacks; None outside training
-    nms_pre: int = NMS_PRE  # inference candidates per image before NMS (keep_topk_scores); 0 keeps all
+    nms_pre: int = NMS_PRE  # inference candidates before NMS (keep_topk_scores); 0 keeps all
+    nms_pre_mode: str = "image"  # NMS_PRE_MODES: nms_pre per image or per level
     atss_epochs: int | None = None  # warm-up length resolved from the trainer's epochs by the callbacks
 
     def forward_head(self, x: list[torch.Tensor], **kwargs) -> dict[str, torch.Tensor | list[torch.Tensor]]:
@@ -383,7 +410,11 @@ class TaskAlignedOutputs:
         Only the ``nms_pre`` best (anchor, class) scores of each image stay non-zero (``keep_topk_scores``).
         """
         scores = x["scores"]
-        if self.nms_pre:
+        if self.nms_pre_mode not in NMS_PRE_MODES:
+            raise ValueError(f"nms_pre_mode must be one of {', '.join(NMS_PRE_MODES)}, got {self.nms_pre_mode!r}")
+        if self.nms_pre and self.nms_pre_mode == "level":
+            scores = keep_topk_scores_per_level(scores, self.nms_pre, [f.shape[2] * f.shape[3] for f in x["feats"]])
+        elif self.nms_pre:
             scores = keep_topk_scores(scores, self.nms_pre)
         return torch.cat((self._get_decode_boxes(x), scores), 1)
 
