@@ -88,16 +88,18 @@ def write_plots(
     alpha: float = 1.0,
     beta: float = 6.0,
 ) -> list[Path]:
-    """Write score_iou.png, distributions.png and maps_<image>.png (first TOOD model) into ``out``; return the paths."""
+    """Write score_iou.png, distributions.png and maps_<image>.png (first TOOD / TAP model) into ``out``; return paths."""
     from ultralytics import YOLO
 
     from yolo_tood.nn.head import TOODDetect
+    from yolo_tood.nn.tap_head import TAPDetect
 
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "score_iou.png", out / "distributions.png"]
     plot_score_iou(results, written[0])
     plot_distributions(results, written[1], alpha=alpha, beta=beta)
-    tood = next((m for m in models if isinstance(YOLO(m).model.model[-1], TOODDetect)), None) if map_images else None
+    heads = (TOODDetect, TAPDetect)
+    tood = next((m for m in models if isinstance(YOLO(m).model.model[-1], heads)), None) if map_images else None
     if tood is not None:
         net = YOLO(tood).model
         for image in split_images(data, split, map_images):

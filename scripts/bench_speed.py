@@ -1,6 +1,7 @@
-"""Inference cost of the TOOD head against stock YOLOv8: CPU latency (PyTorch and onnxruntime), params and GFLOPs.
+"""Inference cost of the TOOD heads against stock YOLOv8: CPU latency (PyTorch and onnxruntime), params and GFLOPs.
 
-For each scale, stock ``{family}{scale}.yaml`` and ``cfg/{family}{scale}-tood.yaml`` (``--family``, yolov8 by
+For each scale, stock ``{family}{scale}.yaml``, ``cfg/{family}{scale}-tood.yaml`` (the T-Head) and
+``cfg/{family}{scale}-tap.yaml`` (the stock head with TOOD's task-aligned predictor) (``--family``, yolov8 by
 default) are built in one process, randomly
 initialised with nc=80, fused and put in eval mode as ultralytics' predictor does (``model.fuse()``). They are timed
 at 640x640, batch 1, in interleaved rounds (each model once per round, in a shuffled order) after a warm-up, so that
@@ -115,7 +116,8 @@ def bench_scale(
     from ultralytics.utils.torch_utils import get_flops, get_num_params
 
     tood_cfg = str(ROOT / "cfg" / f"{family}{scale}-tood.yaml")
-    yolos = {"stock": build(f"{family}{scale}.yaml"), "tood": build(tood_cfg)}
+    tap_cfg = str(ROOT / "cfg" / f"{family}{scale}-tap.yaml")  # the stock head + TOOD's task-aligned predictor
+    yolos = {"stock": build(f"{family}{scale}.yaml"), "tood": build(tood_cfg), "tap": build(tap_cfg)}
     if reference:
         yolos["tood_ref"] = build(tood_cfg)
         use_reference_path(yolos["tood_ref"])
@@ -196,6 +198,7 @@ def table(results: dict[str, dict], threads: int, load: tuple[float, float], fam
         "stock": family + "{}",
         "tood": family + "{}-tood",
         "tood_ref": family + "{}-tood, before (reference path)",
+        "tap": family + "{}-tap",
     }
     metrics = ("params", "gflops", "gflops_all", "torch_ms", "ort_ms")
     for scale, r in results.items():
@@ -207,8 +210,8 @@ def table(results: dict[str, dict], threads: int, load: tuple[float, float], fam
             )
         for k in keys[1:]:
             q = {m: ratio(r, m, k) for m in metrics}
-            label = "TOOD / stock" if k == "tood" else "TOOD before / stock"
-            bold = "**" if k == "tood" else ""
+            label = {"tood": "TOOD / stock", "tap": "TAP / stock"}.get(k, "TOOD before / stock")
+            bold = "**" if k in ("tood", "tap") else ""
             lines.append(
                 f"| {bold}{scale}: {label}{bold} | {q['params']:.3f} | {q['gflops']:.3f} | {q['gflops_all']:.3f} "
                 f"| {bold}{q['torch_ms']:.3f}{bold} | {bold}{q['ort_ms']:.3f}{bold} |"

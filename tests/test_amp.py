@@ -105,10 +105,11 @@ def test_centerness_of_sub_pixel_box_in_fp16_is_finite():
     assert c.dtype == torch.float32 and torch.isfinite(c).all()
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["tood", "tap"])
+def model(request):
+    """A yolov8n TOOD (T-Head) or TAP (stock head + task-aligned predictor) model in training mode."""
     torch.manual_seed(0)
-    m = DetectionModel(str(CFG), nc=80, verbose=False).train()
+    m = DetectionModel(str(CFG.with_name(f"yolov8n-{request.param}.yaml")), nc=80, verbose=False).train()
     m.args = get_cfg()
     return m
 

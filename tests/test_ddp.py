@@ -68,10 +68,13 @@ def data(tmp_path_factory) -> Path:
     return make_shapes_dataset(tmp_path_factory.mktemp("ddp_data"), train=16, val=8, imgsz=64)
 
 
-@pytest.mark.parametrize("from_weights", [False, True], ids=["from_yaml", "from_model"])
-def test_generated_ddp_worker_trains_tood(data, tmp_path, monkeypatch, from_weights):
+@pytest.mark.parametrize(
+    "kind,from_weights", [("tood", False), ("tood", True), ("tap", False)], ids=["from_yaml", "from_model", "tap"]
+)
+def test_generated_ddp_worker_trains_tood(data, tmp_path, monkeypatch, kind, from_weights):
     monkeypatch.setattr(dist, "USER_CONFIG_DIR", tmp_path)  # the DDP files go under USER_CONFIG_DIR/DDP
-    model = YOLO(CFG)
+    head_name = {"tood": "TOODDetect", "tap": "TAPDetect"}[kind]
+    model = YOLO(CFG.with_name(f"yolov8n-{kind}.yaml"))
     if from_weights:
         model.save(tmp_path / "start.pt")
         model = YOLO(tmp_path / "start.pt")
@@ -81,11 +84,11 @@ def test_generated_ddp_worker_trains_tood(data, tmp_path, monkeypatch, from_weig
 
     log = run_python([file], tmp_path)  # what each rank runs, here as a single non-distributed worker
     assert "TOOD: starting at epoch 1 in the TAL phase" in log  # TOOD callbacks ran in the worker (1 epoch: no warm-up)
-    assert "TOODDetect" in log or from_weights  # a model built from the YAML prints its layer table
+    assert head_name in log or from_weights  # a model built from the YAML prints its layer table
     best = tmp_path / "ddp" / "weights" / "best.pt"
     assert best.exists(), log[-3000:]
     trained = YOLO(best).model
-    assert type(trained.model[-1]).__name__ == "TOODDetect"
+    assert type(trained.model[-1]).__name__ == head_name
     assert type(trained.criterion if trained.criterion is not None else trained.init_criterion()).__name__ == (
         "TOODLoss"
     )

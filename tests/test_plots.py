@@ -62,12 +62,18 @@ def test_distributions_use_the_same_pairs_and_the_metric(results, tmp_path):
         plot_distributions({"x": replace(results["aligned"], score_iou=None)}, tmp_path / "x.png")
 
 
-@pytest.fixture(scope="module")
-def tood_model():
+@pytest.fixture(scope="module", params=["tood", "tap"])
+def tood_model(request):
+    """A yolov8n model with the T-Head (``tood``) or the stock head + task-aligned predictor (``tap``)."""
     from ultralytics.nn.tasks import DetectionModel
 
     torch.manual_seed(0)
-    return DetectionModel(str(TOOD_CFG), nc=2, verbose=False).eval()
+    model = DetectionModel(str(TOOD_CFG.with_name(f"yolov8n-{request.param}.yaml")), nc=2, verbose=False).eval()
+    if request.param == "tap":  # off the no-op start, so that M and the offsets vary over the map
+        with torch.no_grad():
+            for predictor in (*model.model[-1].cls_prob, *model.model[-1].reg_offset):
+                torch.nn.init.normal_(predictor[-1].weight, std=0.3)
+    return model
 
 
 def test_head_maps_match_the_head_output(tood_model, tmp_path):
@@ -77,7 +83,10 @@ def test_head_maps_match_the_head_output(tood_model, tmp_path):
     sizes = [(64 // int(s)) ** 2 for s in head.stride]
     assert [m.numel() for m in maps["prob"]] == sizes
     assert [tuple(o.shape[:2]) for o in maps["offsets"]] == [(4, 2)] * head.nl
-    assert all(a.shape == (head.stacked_convs,) and bool(((a > 0) & (a < 1)).all()) for a in maps["cls_attention"])
+    if hasattr(head, "stacked_convs"):  # the T-Head's layer attention; TAPDetect has none
+        assert all(a.shape == (head.stacked_convs,) and bool(((a > 0) & (a < 1)).all()) for a in maps["cls_attention"])
+    else:
+        assert maps["cls_attention"] == [] and all(o.abs().sum() > 0 for o in maps["offsets"])
     nms_pre, head.nms_pre = head.nms_pre, 0
     try:
         out = tood_model(img)[0]  # (1, 4 + nc, A)
@@ -85,7 +94,7 @@ def test_head_maps_match_the_head_output(tood_model, tmp_path):
         head.nms_pre = nms_pre
     best = out[0, 4:].amax(0)  # best class score per anchor
     assert torch.allclose(torch.cat([s.flatten() for s in maps["score"]]), best, atol=1e-6)
-    with pytest.raises(ValueError, match="TOODDetect"):
+    with pytest.raises(ValueError, match="TOODDetect or TAPDetect head, got Detect"):
         from ultralytics.nn.tasks import DetectionModel
 
         head_maps(DetectionModel("yolov8n.yaml", nc=2, verbose=False), img)

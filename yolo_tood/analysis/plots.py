@@ -146,31 +146,43 @@ def head_maps(model: torch.nn.Module, img: torch.Tensor) -> dict[str, list[torch
     """Run ``model`` on one image and return the TOOD head's intermediate maps per level, read by forward hooks.
 
     Args:
-        model (torch.nn.Module): A DetectionModel whose last module is ``TOODDetect``.
+        model (torch.nn.Module): A DetectionModel whose last module is ``TOODDetect`` or ``TAPDetect``.
         img (torch.Tensor): (1, 3, H, W) input in [0, 1].
 
     Returns:
         (dict[str, list[torch.Tensor]]): One entry per level, each for image 0:
             ``prob`` (H_l, W_l) sigmoid(M), the probability map; ``score`` (H_l, W_l) the aligned score of the best
             class, sqrt(sigmoid(cls) * sigmoid(M)); ``offsets`` (4, 2, H_l, W_l) TAP's (dy, dx) per box side in
-            feature-map pixels; ``cls_attention`` and ``reg_attention`` (S,) layer-attention weights; ``stride`` ().
+            feature-map pixels; ``cls_attention`` and ``reg_attention`` (S,) layer-attention weights (empty for
+            TAPDetect, which has none); ``stride`` ().
     """
     from ..nn.head import TOODDetect
+    from ..nn.tap_head import TAPDetect
 
     head = model.model[-1]
-    if not isinstance(head, TOODDetect):
-        raise ValueError(f"head maps need a TOODDetect head, got {type(head).__name__}")
     outs: dict[str, list[torch.Tensor]] = {k: [] for k in ("cls", "prob", "offsets", "cls_attention", "reg_attention")}
-    hooked = {
-        "cls": head.tood_cls,
-        "prob": head.cls_prob,
-        "offsets": head.reg_offset,
-        "cls_attention": head.cls_decomp.layer_attention,
-        "reg_attention": head.reg_decomp.layer_attention,
-    }  # each module runs once per level, in level order
-    if head.reg_offset is None:  # tap="none": no offset branch, all offsets are zero
-        del hooked["offsets"]
-    handles = [m.register_forward_hook(lambda _m, _i, o, k=k: outs[k].append(o[0].float())) for k, m in hooked.items()]
+    # each hooked module runs once per level, in level order (TAPDetect's are one module per level)
+    if isinstance(head, TOODDetect):
+        hooked = {
+            "cls": [head.tood_cls],
+            "prob": [head.cls_prob],
+            "offsets": [head.reg_offset] if head.reg_offset is not None else [],  # tap="none": all offsets zero
+            "cls_attention": [head.cls_decomp.layer_attention],
+            "reg_attention": [head.reg_decomp.layer_attention],
+        }
+    elif isinstance(head, TAPDetect):  # the stock cls branch's last conv, the predictor; no layer attention
+        hooked = {
+            "cls": [branch[-1] for branch in head.cv3],
+            "prob": list(head.cls_prob),
+            "offsets": list(head.reg_offset or ()),
+        }
+    else:
+        raise ValueError(f"head maps need a TOODDetect or TAPDetect head, got {type(head).__name__}")
+    handles = [
+        m.register_forward_hook(lambda _m, _i, o, k=k: outs[k].append(o[0].float()))
+        for k, modules in hooked.items()
+        for m in modules
+    ]
     try:
         model.eval()(img)
     finally:
@@ -209,7 +221,7 @@ def plot_head_maps(
     image and the layer-attention weights of the classification and regression decompositions per level.
 
     Args:
-        model (torch.nn.Module): A DetectionModel with a ``TOODDetect`` head.
+        model (torch.nn.Module): A DetectionModel with a ``TOODDetect`` or ``TAPDetect`` head.
         image (str | Path): Image file.
         path (str | Path): Output PNG.
         imgsz (int): Letterboxed input size.
@@ -262,9 +274,12 @@ def plot_head_maps(
     axes[0, nl].set_title(Path(image).name, fontsize=8)
     axes[0, nl].axis("off")
     ax = axes[1, nl]
-    s = len(maps["cls_attention"][0])
+    if not maps["cls_attention"]:  # TAPDetect: the stock branches have no task decomposition
+        ax.text(0.5, 0.5, "no layer attention\n(stock branches + TAP)", ha="center", va="center", fontsize=8)
+        ax.axis("off")
+    s = len(maps["cls_attention"][0]) if maps["cls_attention"] else 0
     width = 0.8 / (2 * nl)
-    for lvl in range(nl):
+    for lvl in range(nl if s else 0):
         for t, (task, hatch) in enumerate((("cls", ""), ("reg", "//"))):
             weights = maps[f"{task}_attention"][lvl].cpu().numpy()
             pos = np.arange(s) + (2 * lvl + t) * width - 0.4 + width / 2
@@ -278,10 +293,11 @@ def plot_head_maps(
                 lw=0.3,
                 label=f"P{round(math.log2(float(maps['stride'][lvl])))} {task}",
             )
-    ax.set_xticks(range(s), [f"layer {i + 1}" for i in range(s)])
-    ax.set_ylim(0, 1)
-    ax.set_title("layer attention (task decomposition)", fontsize=8)
-    ax.legend(fontsize=6, ncol=2)
+    if s:
+        ax.set_xticks(range(s), [f"layer {i + 1}" for i in range(s)])
+        ax.set_ylim(0, 1)
+        ax.set_title("layer attention (task decomposition)", fontsize=8)
+        ax.legend(fontsize=6, ncol=2)
     ax = axes[2, nl]
     for name, color in zip(SIDES, SIDE_COLORS):
         ax.plot([], [], color=color, label=f"{name} side offset")

@@ -211,6 +211,37 @@ RELIED_ON: tuple[Internal, ...] = (
         "nn/head.py",
         "adapter='conv' builds Conv(c1, c2, 3): conv + bn + act, which DetectionModel.fuse() folds for export",
     ),
+    # nn/tap_head.py: TAPDetect subclasses Detect and keeps its branches
+    Internal(
+        "ultralytics.nn.modules:Detect.__init__",
+        ("self", "nc", "reg_max", "end2end", "ch"),
+        (),
+        "nn/tap_head.py",
+        "called: builds the stock cv2 / cv3 / dfl that TAPDetect keeps under their names; cv2[i][:-1] and cv3[i][:-1] "
+        "are run separately from their last conv, so each branch must stay an nn.Sequential ending in the predictor",
+    ),
+    Internal(
+        "ultralytics.nn.modules:Detect.bias_init",
+        ("self",),
+        (),
+        "nn/tap_head.py",
+        "called by TAPDetect.bias_init (stock biases), which then sets M's prior",
+    ),
+    Internal(
+        "ultralytics.nn.tasks:BaseModel.load",
+        ("self", "weights", "verbose"),
+        (),
+        "nn/tap_head.py",
+        "rebuilds cv3 at the source checkpoint's width when the class counts differ, then calls head.bias_init(), "
+        "where TAPDetect rebuilds its predictor for the new width; then intersect_dicts transfers by name and shape",
+    ),
+    Internal(
+        "ultralytics.utils.torch_utils:intersect_dicts",
+        None,
+        (),
+        "nn/tap_head.py",
+        "the name-and-shape transfer TAPDetect's stock names are kept for (tests/test_tap_head.py)",
+    ),
     # train/loss.py: TOODLoss subclasses v8DetectionLoss without calling its __init__
     Internal(
         "ultralytics.utils.loss:v8DetectionLoss.__init__",
