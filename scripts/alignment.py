@@ -88,7 +88,7 @@ def write_plots(
     alpha: float = 1.0,
     beta: float = 6.0,
 ) -> list[Path]:
-    """Write score_iou.png, distributions.png and maps_<image>.png (first TOOD / TAP model) into ``out``; return paths."""
+    """Write score_iou.png, distributions.png and maps_<image>.png (first TOOD / TAP model) into ``out``."""
     from ultralytics import YOLO
 
     from yolo_tood.nn.head import TOODDetect
