@@ -153,3 +153,22 @@ def test_tap_configs_ship_with_the_tood_ones():
         stock = yaml_model_load(f"{family}.yaml")
         assert tap["backbone"] == stock["backbone"] and tap["head"][:-1] == stock["head"][:-1]
         assert tap["head"][-1][2] == "TAPDetect" and stock["head"][-1][2] == "Detect"
+
+
+def test_the_trainer_transfers_as_many_tensors_as_into_stock(trained_stock, tmp_path, log):
+    """``train(pretrained=stock.pt)``: ultralytics' "Transferred N/M items" has the same N for TAP as for stock."""
+    import re
+
+    from test_diagnostics import make_dataset
+
+    data = make_dataset(tmp_path / "data", n_train=2, n_val=2)
+    kw = dict(data=str(data), epochs=1, imgsz=64, batch=2, workers=0, device="cpu", plots=False, val=False)
+    counts = {}
+    for cfg in ("yolov8n.yaml", "yolov8n-tap.yaml"):
+        del log[:]
+        YOLO(cfg).train(pretrained=str(trained_stock), project=str(tmp_path), name=cfg, **kw)
+        lines = [m for m in log if m.startswith("Transferred")]
+        assert lines, log[-20:]
+        counts[cfg] = tuple(int(v) for v in re.findall(r"\d+", lines[0])[:2])
+    (stock_n, stock_m), (tap_n, tap_m) = counts["yolov8n.yaml"], counts["yolov8n-tap.yaml"]
+    assert tap_n == stock_n and tap_m == stock_m + 24  # 3 levels x 2 predictors x 2 convs x (weight, bias)

@@ -152,7 +152,8 @@ def test_a_bad_train_argument_is_the_schema_line(args, match):
     assert "\n" not in str(e.value)
 
 
-def test_python_train_reaches_the_criteria_of_the_model_and_its_ema(shapes, tmp_path):
+@pytest.mark.parametrize("name", ["yolov8n-tood.yaml", "yolov8n-tap.yaml"])
+def test_python_train_reaches_the_criteria_of_the_model_and_its_ema(shapes, tmp_path, name):
     """model.train(tal_topk=9): the loss of the trained model and the EMA's validation loss use it; args.yaml has it."""
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import unwrap_model
@@ -164,7 +165,7 @@ def test_python_train_reaches_the_criteria_of_the_model_and_its_ema(shapes, tmp_
             c = unwrap_model(m).criterion
             seen[name] = (c.hyp.tal_topk, c.assigner.topk, c.hyp.atss_fraction, c.hyp.tal_beta)
 
-    model = YOLO("yolov8n-tood.yaml")
+    model = YOLO(name)
     model.add_callback("on_fit_epoch_end", record)  # after the epoch's validation, which creates the EMA criterion
     model.train(data=str(shapes), project=str(tmp_path), name="py", tal_topk=9, atss_fraction=0.5, **_kw(TRAIN))
     assert seen == {"model": (9, 9, 0.5, 6.0), "ema": (9, 9, 0.5, 6.0)}  # tal_beta: the YAML's
