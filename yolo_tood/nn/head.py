@@ -42,7 +42,8 @@ __all__ = (
 PRIOR_PROB = 0.01  # cls and probability-map bias prior, as MMDetection's TOOD head
 # Offset channels along each side's own axis in the (dy, dx) x (left, top, right, bottom) layout: dx_l, dy_t, dx_r, dy_b
 SIDE_SHIFT_CHANNELS = (1, 2, 5, 6)
-# Candidates per image kept before NMS at inference (MMDetection's TOOD: nms_pre=1000 per level). See keep_topk_scores.
+# Candidates per image kept before NMS at inference, over all levels (MMDetection's TOOD: nms_pre=1000 per level, here
+# the opt-in nms_pre_mode="level"). See keep_topk_scores.
 NMS_PRE = 1000
 # Plain distances (reg_max 1) are exp(x) in stride units as the reference; x is clamped here (see forward_level)
 MAX_LOG_DISTANCE = math.log(1e4)
@@ -56,8 +57,10 @@ def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
     TOOD's aligned score sqrt(sigmoid(cls) * sigmoid(M)) and QFL leave many more (anchor, class) pairs above
     ultralytics' validation threshold (conf 0.001, multi-label) than stock YOLOv8, and NMS time grows with their
     number (postprocess ~140 ms per image against ~5 ms for stock on BCCD, and ultralytics' NMS time limit then drops
-    detections). MMDetection bounds this with ``nms_pre=1000`` candidates per level before NMS; here the bound is
-    over all levels and classes of an image, inside the head's inference output so that exported graphs carry it
+    detections). MMDetection bounds this with ``nms_pre=1000`` candidates per level before NMS; here the default
+    bound is over all levels and classes of an image (BCCD val, BENCHMARKS section 20b: mAP50-95 within 1e-4 of the
+    unbounded one and postprocess at stock's, where the per-level form, ``keep_topk_scores_per_level``, costs 3-4x
+    stock's postprocess for the same mAP), inside the head's inference output so that exported graphs carry it
     too (TopK + GatherElements + Where). The shape is kept (same output contract): the other scores become 0, below
     every threshold.
 
