@@ -274,30 +274,30 @@ def plot_head_maps(
     axes[0, nl].set_title(Path(image).name, fontsize=8)
     axes[0, nl].axis("off")
     ax = axes[1, nl]
-    if not maps["cls_attention"]:  # TAPDetect: the stock branches have no task decomposition
-        ax.text(0.5, 0.5, "no layer attention\n(stock branches + TAP)", ha="center", va="center", fontsize=8)
-        ax.axis("off")
-    s = len(maps["cls_attention"][0]) if maps["cls_attention"] else 0
-    width = 0.8 / (2 * nl)
-    for lvl in range(nl if s else 0):
-        for t, (task, hatch) in enumerate((("cls", ""), ("reg", "//"))):
-            weights = maps[f"{task}_attention"][lvl].cpu().numpy()
-            pos = np.arange(s) + (2 * lvl + t) * width - 0.4 + width / 2
-            ax.bar(
-                pos,
-                weights,
-                width,
-                color=f"C{lvl}",
-                hatch=hatch,
-                edgecolor="k",
-                lw=0.3,
-                label=f"P{round(math.log2(float(maps['stride'][lvl])))} {task}",
-            )
-    if s:
+    if maps["cls_attention"]:
+        s = len(maps["cls_attention"][0])
+        width = 0.8 / (2 * nl)
+        for lvl in range(nl):
+            for t, (task, hatch) in enumerate((("cls", ""), ("reg", "//"))):
+                weights = maps[f"{task}_attention"][lvl].cpu().numpy()
+                pos = np.arange(s) + (2 * lvl + t) * width - 0.4 + width / 2
+                ax.bar(
+                    pos,
+                    weights,
+                    width,
+                    color=f"C{lvl}",
+                    hatch=hatch,
+                    edgecolor="k",
+                    lw=0.3,
+                    label=f"P{round(math.log2(float(maps['stride'][lvl])))} {task}",
+                )
         ax.set_xticks(range(s), [f"layer {i + 1}" for i in range(s)])
         ax.set_ylim(0, 1)
         ax.set_title("layer attention (task decomposition)", fontsize=8)
         ax.legend(fontsize=6, ncol=2)
+    else:  # TAPDetect: the stock branches have no task decomposition
+        ax.text(0.5, 0.5, "no layer attention\n(stock branches + TAP)", ha="center", va="center", fontsize=8)
+        ax.axis("off")
     ax = axes[2, nl]
     for name, color in zip(SIDES, SIDE_COLORS):
         ax.plot([], [], color=color, label=f"{name} side offset")

@@ -148,7 +148,7 @@ def _wrap_parse_model(original: Callable) -> Callable:
 def _looks_tood(path: Path) -> bool:
     """True for a YAML name meant for yolo-tood (``*tood*.yaml``, ``*-tap.yaml``); others go to ultralytics as is."""
     stem = path.stem.lower()
-    return path.suffix in (".yaml", ".yml") and ("tood" in stem or re.search(r"-tap(\b|-|_|$)", stem) is not None)
+    return path.suffix in (".yaml", ".yml") and ("tood" in stem or re.search(r"-tap(\b|_)", stem) is not None)
 
 
 def _shipped_config(path: Path, unified: Path) -> Path | None:
@@ -317,8 +317,8 @@ def import_head_modules(executed: str = "") -> None:
     after each head module has executed (``executed``: that module, whose import is not finished in name only), so
     every one is imported once all can be.
     """
-    executing = [s.module for s in HEADS if s.module != executed and sys.modules.get(s.module) is not None]
-    if any(getattr(getattr(sys.modules[m], "__spec__", None), "_initializing", False) for m in executing):
+    loaded = [s.module for s in HEADS if s.module != executed and sys.modules.get(s.module) is not None]
+    if any(getattr(getattr(sys.modules[m], "__spec__", None), "_initializing", False) for m in loaded):
         return
     for spec in HEADS:
         if spec.module not in sys.modules:

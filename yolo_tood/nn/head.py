@@ -410,7 +410,8 @@ class TaskAlignedOutputs:
     def _inference(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """Decode boxes as ``Detect`` does (with TAP's offsets); the scores are already probabilities, so no sigmoid.
 
-        Only the ``nms_pre`` best (anchor, class) scores of each image stay non-zero (``keep_topk_scores``).
+        Only the ``nms_pre`` best (anchor, class) scores of each image (``nms_pre_mode="image"``,
+        ``keep_topk_scores``) or of each level (``"level"``, ``keep_topk_scores_per_level``) stay non-zero.
         """
         scores = x["scores"]
         if self.nms_pre_mode not in NMS_PRE_MODES:
