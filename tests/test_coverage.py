@@ -1,4 +1,4 @@
-"""ATSS coverage before training (yolo_tood.analysis.coverage, scripts/assign_coverage.py) on a hand-made dataset."""
+"""ATSS coverage before training (yolo_tood.analysis.coverage, yolo-tood coverage) on a hand-made dataset."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_diagnostics import load_script
 
 from yolo_tood.analysis.coverage import atss_coverage, coverage_table, level_anchors
 
@@ -58,10 +57,11 @@ def test_coverage_counts_and_reasons(tmp_path):
 
 
 def test_script_settings(tmp_path, capsys):
-    script = load_script("assign_coverage")
+    from yolo_tood.commands import coverage as script
+
     assert script.parse_setting("reference") == {"topk": 9, "min_pos": 0, "min_size": 0.0}
     assert script.parse_setting("atss_min_pos=1,tal_min_size=16") == {"topk": 9, "min_pos": 1, "min_size": 16.0}
-    with pytest.raises(SystemExit, match="unknown key"):
+    with pytest.raises(ValueError, match="bad setting item 'tal_topk=3'"):
         script.parse_setting("tal_topk=3")
     with pytest.raises(ValueError, match="atss_min_pos"):
         script.parse_setting("atss_min_pos=-1")

@@ -337,19 +337,10 @@ def test_curve_gap_hand_case():
 
 
 def test_compare_reports_curve_gaps():
-    compare = load_script("compare")
+    from yolo_tood.commands import compare
+
     gaps = compare.curve_gaps({"stock": [[0.1] * 12], "tood": [[0.1] * 11 + [0.05]], "other": [[0.2] * 12]})
     assert gaps["tood"]["below"] == [12] and gaps["other"]["below"] == [] and set(gaps) == {"tood", "other"}
-
-
-def load_script(name: str):
-    """Import a script of scripts/ as a module (scripts/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_alignment_cli_writes_table_and_json(tiny_data, tmp_path, capsys):
@@ -357,7 +348,9 @@ def test_alignment_cli_writes_table_and_json(tiny_data, tmp_path, capsys):
 
     out = tmp_path / "align.json"
     argv = ["--models", "yolov8n.yaml", "--names", "random", "--data", str(tiny_data), "--imgsz", "64"]
-    load_script("alignment").main([*argv, "--batch", "2", "--json", str(out)])
+    from yolo_tood.commands import alignment as alignment_command
+
+    alignment_command.main([*argv, "--batch", "2", "--json", str(out)])
     assert "| random |" in capsys.readouterr().out
     payload = json.loads(out.read_text())
     assert payload["models"]["random"]["num_images"] == 3
@@ -366,8 +359,8 @@ def test_alignment_cli_writes_table_and_json(tiny_data, tmp_path, capsys):
 
 def test_compare_helpers():
     from yolo_tood.analysis import report
+    from yolo_tood.commands import compare
 
-    compare = load_script("compare")
     assert compare.model_labels(["stock", "stock", "tood"]) == ["stock", "stock_2", "tood"]
     assert compare.model_cfg("stock", "s") == "yolov8s.yaml"
     assert report.mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2}
@@ -384,7 +377,8 @@ def test_compare_helpers():
 def test_compare_tood_variants(tmp_path):
     import yaml
 
-    compare = load_script("compare")
+    from yolo_tood.commands import compare
+
     variant = "tood:atss_epochs=0,box_gain=7.5,feat_channels=512"
     assert compare.parse_variant(variant) == {"atss_epochs": 0, "box_gain": 7.5, "feat_channels": 512}
     assert compare.model_labels([variant, "tood"]) == ["tood-atss_epochs0_box_gain7.5_feat_channels512", "tood"]

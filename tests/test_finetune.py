@@ -50,12 +50,13 @@ def test_stock_checkpoint_transfers_backbone_and_neck(stock_nc, tood_nc):
         torch.testing.assert_close(state[k], v, msg=f"head tensor {k} was overwritten")
 
 
-def test_compare_fine_tunes_every_model_from_one_checkpoint(tmp_path_factory, tmp_path):
-    """``compare.py --pretrained`` hands the checkpoint to the trainer of each model and records it in the recipe."""
+def test_compare_fine_tunes_every_model_from_one_checkpoint(tmp_path_factory, tmp_path, capsys):
+    """``yolo-tood compare --pretrained`` hands the checkpoint to each model's trainer and records it in the recipe."""
     import yaml
-    from test_diagnostics import load_script, make_dataset
+    from test_diagnostics import make_dataset
 
-    compare = load_script("compare")
+    from yolo_tood.commands import compare
+
     data = make_dataset(tmp_path_factory.mktemp("tiny_finetune"), n_train=2, n_val=2)
     argv = ["--epochs", "1", "--imgsz", "64", "--batch", "2", "--seeds", "0", "--workers", "0", "--val-only"]
     argv += ["--data", str(data)]
@@ -65,5 +66,8 @@ def test_compare_fine_tunes_every_model_from_one_checkpoint(tmp_path_factory, tm
     assert report["recipe"]["pretrained"] == str(start.resolve())
     args = yaml.safe_load((tmp_path / "ft" / "runs" / "tood_s0" / "args.yaml").read_text())
     assert args["pretrained"] == str(start.resolve())  # what the ultralytics trainer loaded its weights from
-    with pytest.raises(SystemExit, match="is not a file"):
+    with pytest.raises(SystemExit) as exc:
         compare.main([*argv, "--models", "tood", "--out", str(tmp_path / "x"), "--pretrained", str(tmp_path / "no.pt")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and err.startswith("yolo-tood compare: error: argument --pretrained:")
+    assert err.endswith("no.pt' is not a file") and not (tmp_path / "x").exists()  # refused before any run

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_diagnostics import GT_BOX, REPO, load_script, make_dataset, shrinking_boxes
+from test_diagnostics import GT_BOX, REPO, make_dataset, shrinking_boxes
 
 from yolo_tood.analysis.alignment import AlignmentAccumulator, alignment_stats
 from yolo_tood.analysis.plots import alignment_metric, head_maps, plot_distributions, plot_head_maps, plot_score_iou
+from yolo_tood.commands import alignment as alignment_command
+from yolo_tood.commands import compare as compare_command
 
 TOOD_CFG = REPO / "cfg" / "yolov8n-tood.yaml"
 
@@ -112,9 +114,7 @@ def test_head_maps_png(tood_model, tmp_path):
 def test_alignment_script_writes_the_plots(tmp_path_factory, tmp_path):
     data = make_dataset(tmp_path_factory.mktemp("tiny_plots"))
     argv = ["--models", "yolov8n.yaml", str(TOOD_CFG), "--names", "stock", "tood", "--data", str(data)]
-    load_script("alignment").main(
-        [*argv, "--imgsz", "64", "--batch", "2", "--plots", str(tmp_path), "--map-images", "2"]
-    )
+    alignment_command.main([*argv, "--imgsz", "64", "--batch", "2", "--plots", str(tmp_path), "--map-images", "2"])
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     assert names == ["distributions.png", "maps_0.png", "maps_1.png", "score_iou.png"]
 
@@ -122,7 +122,7 @@ def test_alignment_script_writes_the_plots(tmp_path_factory, tmp_path):
 def test_compare_alignment_writes_score_iou(tmp_path_factory, tmp_path):
     data = make_dataset(tmp_path_factory.mktemp("tiny_compare"), n_train=2, n_val=2)
     argv = ["--epochs", "1", "--imgsz", "64", "--batch", "2", "--seeds", "0", "--models", "stock", "--workers", "0"]
-    load_script("compare").main([*argv, "--data", str(data), "--out", str(tmp_path), "--alignment", "--val-only"])
+    compare_command.main([*argv, "--data", str(data), "--out", str(tmp_path), "--alignment", "--val-only"])
     assert (tmp_path / "score_iou.png").stat().st_size > 0
     assert (tmp_path / "runs" / "stock_s0" / "score_iou_val.pt").exists()
     assert "score_iou.png" in (tmp_path / "compare.md").read_text()

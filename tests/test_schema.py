@@ -1,4 +1,4 @@
-"""The one hyper-parameter schema: TOODHyp, the README table and compare.py's variants all agree with it."""
+"""The one hyper-parameter schema: TOODHyp, the README table and yolo-tood compare's variants all agree with it."""
 
 from __future__ import annotations
 

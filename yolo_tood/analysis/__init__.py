@@ -1,7 +1,7 @@
 """Analysis: task-alignment statistics, the validator that collects them, and report tables and plots.
 
 ``alignment`` (statistics on predictions, no ultralytics model needed), ``validator`` (runs ultralytics'
-DetectionValidator and feeds the statistics), ``report`` (tables and plots, shared with ``scripts/compare.py``).
+DetectionValidator and feeds the statistics), ``report`` (tables and plots, shared with the ``yolo-tood`` commands).
 The names below are re-exported; ``yolo_tood.diagnostics`` (the module before the layer folders) is this package.
 """
 

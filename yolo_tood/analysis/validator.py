@@ -137,7 +137,8 @@ def evaluate_alignment(
         for m, _ in bounded:
             m.nms_pre = 0
         # Unbounded, NMS can exceed ultralytics' time limit on a busy CPU and silently drop detections (the counts
-        # and mAP are then void): re-run one image at a time, as compare.py's validations do; fail if that hits it too
+        # and mAP are then void): re-run one image at a time, as yolo-tood compare's validations do; fail if that
+        # hits it too
         validator, hits = run_with_batch1_retry(run, batch, f"alignment run on {split}")
         if hits:
             LOGGER.warning(

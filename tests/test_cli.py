@@ -1,0 +1,164 @@
+"""The installed ``yolo-tood`` command: every subcommand runs from an unrelated directory on tiny data, lists its
+arguments with their defaults, and refuses bad arguments with one line before anything trains."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_diagnostics import make_dataset
+
+from yolo_tood.cli import COMMANDS, build_parser
+
+# the console script pip installs next to this interpreter ([project.scripts] in pyproject.toml)
+EXE = shutil.which("yolo-tood", path=str(Path(sys.executable).parent))
+
+
+def yolo_tood(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the installed command in ``cwd`` (a folder outside the checkout), one torch thread."""
+    assert EXE is not None, f"no yolo-tood script beside {sys.executable}: is the package installed (pip install .)?"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)  # the installed package, not the checkout
+    return subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """An unrelated working directory with a tiny dataset in it."""
+    root = tmp_path_factory.mktemp("user")
+    make_dataset(root / "data", n_train=2, n_val=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def compared(workdir) -> tuple[Path, subprocess.CompletedProcess]:
+    """``yolo-tood compare`` of stock and TAP, 1 epoch at 64 px; returns the output folder and the process."""
+    proc = yolo_tood(
+        "compare", "--data", "data/data.yaml", "--models", "stock", "tap", "--seeds", "0", "--epochs", "1",
+        "--imgsz", "64", "--batch", "2", "--workers", "0", "--out", "cmp", cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir / "cmp", proc
+
+
+def test_help_lists_every_subcommand_and_argument_with_its_default(workdir):
+    proc = yolo_tood("--help", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert all(name in proc.stdout for name in COMMANDS)
+    parser = build_parser()
+    for name, sub in parser.subparsers.items():
+        text = " ".join(sub.format_help().split())  # argparse wraps lines
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.option_strings[0] in text, (name, action.dest)
+            assert action.help, f"yolo-tood {name} {action.option_strings[0]} has no help text"
+            if not action.required:
+                assert f"(default: {action.default})" in text, (name, action.dest)
+
+
+def test_compare_trains_side_by_side_and_reports(compared):
+    out, proc = compared
+    assert "[1/2] stock seed 0: training" in proc.stdout and "[2/2] tap seed 0: training" in proc.stdout
+    assert "[2/2] tap seed 0: val mAP50-95 " in proc.stdout
+    assert "| stock |" in proc.stdout and "| tap |" in proc.stdout  # the final table
+    report = json.loads((out / "compare.json").read_text())  # --out is relative to the working directory
+    assert set(report["runs"]) == {"stock", "tap"} and report["splits"] == ["val"]
+    assert (out / "runs" / "tap_s0" / "weights" / "best.pt").is_file()
+    assert report["runs"]["tap"]["0"]["recipe"]["cfg"].endswith("yolov8n-tap.yaml")
+
+
+def test_alignment_writes_table_json_and_pictures(compared, workdir):
+    out, _ = compared
+    weights = [str(out / "runs" / f"{m}_s0" / "weights" / "best.pt") for m in ("stock", "tap")]
+    proc = yolo_tood(
+        "alignment", "--models", *weights, "--names", "stock", "tap", "--data", "data/data.yaml", "--imgsz", "64",
+        "--batch", "2", "--json", "align.json", "--plots", "align", "--map-images", "1", cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| stock |" in proc.stdout and "| tap |" in proc.stdout
+    payload = json.loads((workdir / "align.json").read_text())
+    assert set(payload["models"]) == {"stock", "tap"} and payload["models"]["tap"]["num_images"] == 2
+    pictures = {p.name for p in (workdir / "align").glob("*.png")}
+    assert {"score_iou.png", "distributions.png"} <= pictures and any(p.startswith("maps_") for p in pictures)
+
+
+def test_coverage_prints_the_table(workdir):
+    proc = yolo_tood(
+        "coverage", "--data", "data/data.yaml", "--split", "val", "--imgsz", "64", "--json", "cov.json", cwd=workdir
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| all |" in proc.stdout
+    counts = json.loads((workdir / "cov.json").read_text())
+    assert set(counts) == {"reference", "atss_min_pos=1"}
+
+
+def test_speed_times_pytorch_and_onnx(compared, workdir):
+    out, _ = compared
+    weights = [f"{m}={out / 'runs' / f'{m}_s0' / 'weights' / 'best.pt'}" for m in ("stock", "tap")]
+    proc = yolo_tood(
+        "speed", "--weights", *weights, "--data", "data/data.yaml", "--imgsz", "64", "--batch", "1", "--images", "2",
+        "--repeats", "1", "--threads", "1", "--out", "speed.md", cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (workdir / "speed.md").read_text()
+    for fmt in ("pytorch", "onnx"):
+        assert f"| val | {fmt} | 1 | tap |" in table and f"| predict | {fmt} | 1 | stock |" in table
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "--data", "missing.yaml"], "argument --data: data YAML 'missing.yaml' not found"),
+        (["compare", "--data", "data/data.yaml", "--models", "stock", "tod"], "argument --models: unknown model 'tod'"),
+        (["compare", "--data", "data/data.yaml", "--models", "tap:tal_topk=0"], "'tal_topk' must be an integer >= 1"),
+        (["compare", "--data", "data/data.yaml", "--models", "yolov8q-tood.yaml"], "argument --models: yolo-tood:"),
+        (["compare", "--data", "data/data.yaml", "--pretrained", "none.pt"], "argument --pretrained: 'none.pt'"),
+        (["alignment", "--data", "data/data.yaml", "--models", "yolov8n.yaml", "--split", "test"], "no 'test' split"),
+        (["alignment", "--data", "data/data.yaml", "--models", "best.pt"], "argument --models: 'best.pt' is not a"),
+        (["coverage", "--data", "data/data.yaml", "--settings", "topk=3"], "argument --settings: bad setting item"),
+        (["speed", "--data", "data/data.yaml", "--weights", "stock.pt"], "argument --weights: 'stock.pt' is not name="),
+    ],
+)
+def test_bad_arguments_fail_with_one_line_before_training(argv, message, workdir, capsys, monkeypatch):
+    """In-process (the same parser and checks as the command): the error names the argument and nothing runs."""
+    import yolo_tood.cli as cli
+
+    monkeypatch.chdir(workdir)
+    ran = []
+    monkeypatch.setattr(
+        cli, "command_module", lambda name: _NoRun(cli.import_module(f"yolo_tood.commands.{name}"), ran)
+    )
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2 and not ran
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"yolo-tood {argv[0]}: error: ") and message in last, last
+
+
+def test_bad_argument_of_the_installed_command(workdir):
+    proc = yolo_tood("compare", "--data", "missing.yaml", cwd=workdir)
+    assert proc.returncode == 2 and not (workdir / "runs").exists()
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "yolo-tood compare: error: argument --data: data YAML 'missing.yaml' not found"
+    )
+
+
+class _NoRun:
+    """A subcommand module whose ``run`` records the call instead of running (the checks are the real ones)."""
+
+    def __init__(self, module, ran: list):
+        self._module, self._ran = module, ran
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    def run(self, args):
+        self._ran.append(args)

@@ -1,0 +1,105 @@
+"""Argument checks and data helpers shared by the ``yolo-tood`` subcommands.
+
+Every check runs before any model is built or trained and fails through ``parser.error``: one line naming the
+argument (``yolo-tood compare: error: argument --data: ...``) and exit status 2, as argparse does for its own errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"  # the configs installed with the package
+
+
+def data_yaml(parser: argparse.ArgumentParser, data: str, flag: str = "--data") -> dict[str, Any]:
+    """Return a detection data YAML's content, or stop with one line if it cannot be read.
+
+    A path that exists is read as is; any other value is looked up as ultralytics looks up its own dataset names
+    (``coco8.yaml`` in its package), without downloading anything.
+
+    Args:
+        parser (argparse.ArgumentParser): The subcommand's parser (for the error line).
+        data (str): The ``--data`` value.
+        flag (str): The argument's name in the error line.
+
+    Returns:
+        (dict[str, Any]): The YAML's mapping (``train``, ``val``, ``names``, ...).
+    """
+    path = Path(data)
+    if not path.is_file():
+        from ultralytics.utils.checks import check_yaml
+
+        try:
+            path = Path(check_yaml(data, hard=True))
+        except Exception:  # ultralytics raises FileNotFoundError, or others for a URL: all mean "not a data YAML here"
+            parser.error(f"argument {flag}: data YAML {data!r} not found")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        parser.error(f"argument {flag}: cannot read {data!r}: {e}".splitlines()[0])
+    if not isinstance(content, dict) or "val" not in content and "train" not in content:
+        parser.error(f"argument {flag}: {data!r} is not a detection data YAML (no train/val keys)")
+    return content
+
+
+def check_split(parser: argparse.ArgumentParser, data: str, content: dict[str, Any], split: str) -> None:
+    """Stop with one line if the data YAML defines no such split (``test:`` missing or empty, say)."""
+    if not content.get(split):
+        have = ", ".join(k for k in ("train", "val", "test", "minival") if content.get(k))
+        parser.error(f"argument --split: {data!r} has no {split!r} split (it has: {have or 'none'})")
+
+
+def model_yaml_error(name: str) -> str | None:
+    """Return why a model YAML name or path does not resolve (ultralytics' lookup and yolo-tood's names), or None.
+
+    Examples:
+        >>> model_yaml_error("yolov8n-tap.yaml") is None
+        True
+    """
+    from ultralytics.nn.tasks import yaml_model_load  # importing it registers yolo-tood's names (the package hook)
+
+    try:
+        yaml_model_load(name)
+    except (FileNotFoundError, OSError) as e:
+        return str(e).splitlines()[0] if str(e) else f"model config {name!r} does not exist"
+    return None
+
+
+def check_models(parser: argparse.ArgumentParser, flag: str, models: list[str]) -> None:
+    """Stop with one line naming the first of ``models`` that is neither a file nor a model YAML that resolves."""
+    for m in models:
+        if Path(m).is_file():
+            continue
+        if m.endswith((".yaml", ".yml")):
+            if (why := model_yaml_error(m)) is not None:
+                parser.error(f"argument {flag}: {why}")
+            continue
+        parser.error(f"argument {flag}: {m!r} is not a file (a checkpoint .pt / .onnx or a model YAML)")
+
+
+def split_images(data: str, split: str, n: int) -> list[Path]:
+    """Return the first ``n`` image files of a dataset split (a folder, a list file, or a list of either).
+
+    Args:
+        data (str): Detection data YAML.
+        split (str): Split key (``val``, ``test``, ...).
+        n (int): Number of images.
+
+    Returns:
+        (list[Path]): Image paths, sorted by name within each folder.
+    """
+    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+
+    sources = check_det_dataset(data)[split]
+    files: list[Path] = []
+    for src in sources if isinstance(sources, list) else [sources]:
+        src = Path(src)
+        if src.is_dir():
+            files += sorted(f for f in src.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
+        elif src.suffix == ".txt":
+            files += [(src.parent / line.strip()).resolve() for line in src.read_text().splitlines() if line.strip()]
+    return files[:n]
