@@ -1,4 +1,4 @@
-"""The one hyper-parameter schema: TOODHyp, the README table and yolo-tood compare's variants all agree with it."""
+"""The one hyper-parameter schema: TOODHyp, the docs/tal.md table and yolo-tood compare's variants all agree with it."""
 
 from __future__ import annotations
 
@@ -16,25 +16,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_hyp_table() -> list[tuple[str, str]]:
-    """Return (key, default) of the README's table of TOOD YAML keys, in order."""
-    text = (ROOT / "README.md").read_text()
+    """Return (key, default) of the table of TOOD YAML keys in docs/tal.md, in order."""
+    text = (ROOT / "docs" / "tal.md").read_text()
     table = text[text.index("| key | default | meaning |") :].split("\n\n", 1)[0]
     return re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", table, flags=re.M)
 
 
 def test_readme_table_matches_the_schema():
     rows = readme_hyp_table()
-    assert rows, "README table of TOOD keys not found"
-    assert [k for k, _ in rows] == [k.name for k in hyp_schema()], "README keys differ from yolo_tood.train.hyp"
+    assert rows, "table of TOOD keys not found in docs/tal.md"
+    assert [k for k, _ in rows] == [k.name for k in hyp_schema()], "docs/tal.md keys differ from yolo_tood.train.hyp"
     for (name, default), key in zip(rows, hyp_schema()):
         if default == "null":
             value = None
         else:
             value = key.type(default)
-        if key.type is float:  # the README rounds 1/3 to 0.333
-            assert math.isclose(value, key.default, rel_tol=1e-3), f"README default of {name} is {default}"
+        if key.type is float:  # the table rounds 1/3 to 0.333
+            assert math.isclose(value, key.default, rel_tol=1e-3), f"docs/tal.md default of {name} is {default}"
         else:
-            assert value == key.default, f"README default of {name} is {default}, the schema's {key.default}"
+            assert value == key.default, f"docs/tal.md default of {name} is {default}, the schema's {key.default}"
 
 
 def test_schema_is_the_dataclass():

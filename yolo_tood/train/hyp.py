@@ -272,7 +272,7 @@ class TOODHyp:
 def hyp_schema() -> tuple[HypKey, ...]:
     """Return the TOOD hyper-parameters (names, types, defaults, bounds, help) in ``TOODHyp`` field order.
 
-    The one schema: the YAML validation, the README table test and ``yolo-tood compare``'s variants derive from it.
+    The one schema: the YAML validation, the docs/tal.md table test and ``yolo-tood compare``'s variants derive from it.
 
     Examples:
         >>> [k.name for k in hyp_schema()][:3]
