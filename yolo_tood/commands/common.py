@@ -46,11 +46,13 @@ def data_yaml(parser: argparse.ArgumentParser, data: str, flag: str = "--data") 
     return content
 
 
-def check_split(parser: argparse.ArgumentParser, data: str, content: dict[str, Any], split: str) -> None:
-    """Stop with one line if the data YAML defines no such split (``test:`` missing or empty, say)."""
+def check_split(
+    parser: argparse.ArgumentParser, data: str, content: dict[str, Any], split: str, flag: str = "--split"
+) -> None:
+    """Stop with one line naming ``flag`` if the data YAML defines no such split (``test:`` missing or empty, say)."""
     if not content.get(split):
         have = ", ".join(k for k in ("train", "val", "test", "minival") if content.get(k))
-        parser.error(f"argument --split: {data!r} has no {split!r} split (it has: {have or 'none'})")
+        parser.error(f"argument {flag}: {data!r} has no {split!r} split (it has: {have or 'none'})")
 
 
 def model_yaml_error(name: str) -> str | None:

@@ -72,7 +72,7 @@ from yolo_tood.analysis.report import (
     plot_curves,
     pm,
 )
-from yolo_tood.commands.common import CFG_DIR, data_yaml, model_yaml_error
+from yolo_tood.commands.common import CFG_DIR, check_split, data_yaml, model_yaml_error
 from yolo_tood.integration.heads import HEADS
 
 RUN_RECORD = "compare_run.json"  # written into a run dir once its training has finished
@@ -569,9 +569,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     each model YAML path), reads the data YAML and makes ``--out`` absolute (ultralytics puts relative projects under
     its runs_dir).
     """
-    content = data_yaml(parser, args.data)
-    if not content.get("val"):
-        parser.error(f"argument --data: {args.data!r} has no 'val' split")
+    check_split(parser, args.data, data_yaml(parser, args.data), "val", flag="--data")
     for flag, value in (("--epochs", args.epochs), ("--imgsz", args.imgsz), ("--batch", args.batch)):
         if value < 1:
             parser.error(f"argument {flag}: must be >= 1, got {value}")
@@ -637,8 +635,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "plots": True,
     }
     if args.pretrained is not None:  # only when given, so that the records of from-scratch runs stay valid
-        if not args.pretrained.is_file():
-            raise SystemExit(f"compare.py: --pretrained {args.pretrained} is not a file")
         recipe["pretrained"] = str(args.pretrained.resolve())
     labels = model_labels(args.models)
     runs: dict[str, dict[int, dict[str, Any]]] = {}
