@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import intersect_dicts
 
 from yolo_tood.integration.register import CFG_DIR
+from yolo_tood.nn.head import DFLExpectation
 from yolo_tood.nn.tap_head import TAP_PRIOR_PROB, TAPDetect
 
 FAMILIES = ("yolov8", "yolo11")
@@ -54,6 +56,17 @@ def test_every_stock_tensor_keeps_its_name_and_shape(family):
     assert new == ["cls_prob", "reg_offset"]  # the task-aligned predictor is the only addition
     head = tap.model[-1]
     assert isinstance(head, TAPDetect) and head.legacy == (family == "yolov8")  # YOLOv8's cls branch, YOLO11's DW one
+
+
+def test_its_dfl_is_stocks_function_in_the_faster_layout():
+    """TAP decodes distances per level (validity test) and for the boxes: DFLExpectation, stock's DFL re-arranged."""
+    stock, tap = stock_and_tap("yolov8", nc=7)
+    dfl = tap.model[-1].dfl
+    assert isinstance(dfl, DFLExpectation) and "model.22.dfl.conv.weight" in tap.state_dict()
+    x = torch.randn(2, 64, 50)
+    torch.testing.assert_close(dfl(x), stock.model[-1].dfl(x), atol=1e-5, rtol=1e-5)
+    with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):  # the form an ONNX export traces
+        torch.testing.assert_close(dfl(x), stock.model[-1].dfl(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
