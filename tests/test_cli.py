@@ -79,12 +79,13 @@ def test_alignment_writes_table_json_and_pictures(compared, workdir):
     weights = [str(out / "runs" / f"{m}_s0" / "weights" / "best.pt") for m in ("stock", "tap")]
     proc = yolo_tood(
         "alignment", "--models", *weights, "--names", "stock", "tap", "--data", "data/data.yaml", "--imgsz", "64",
-        "--batch", "2", "--json", "align.json", "--plots", "align", "--map-images", "1", cwd=workdir,
+        "--batch", "2", "--json", "align.json", "--plots", "align", "--map-images", "1", "--tap-parts", cwd=workdir,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| stock |" in proc.stdout and "| tap |" in proc.stdout
+    assert "| stock |" in proc.stdout and "| tap |" in proc.stdout and "| tap (M off) |" in proc.stdout
     payload = json.loads((workdir / "align.json").read_text())
-    assert set(payload["models"]) == {"stock", "tap"} and payload["models"]["tap"]["num_images"] == 2
+    assert set(payload["models"]) == {"stock", "tap", "tap (M off)", "tap (offsets off)"}  # no parts for stock
+    assert payload["models"]["tap (offsets off)"]["num_images"] == 2
     pictures = {p.name for p in (workdir / "align").glob("*.png")}
     assert {"score_iou.png", "distributions.png"} <= pictures and any(p.startswith("maps_") for p in pictures)
 

@@ -7,6 +7,11 @@ Usage:
 Prints a markdown table with PCC top-50, IoU top-10 and the post-NMS correct / duplicate / error counts (plus the
 boxes NMS redundant and the validator's mAP50-95) of each model. Definitions: yolo_tood/analysis/alignment.py.
 
+With ``--tap-parts`` each TOOD / TAP model is evaluated twice more, once with its probability map M switched off
+(scores ranked by the cls branch alone) and once with its offsets switched off (sides measured from the anchors):
+rows ``<name> (M off)`` and ``<name> (offsets off)``, which show what the model's PCC and mAP owe to each part of
+TAP (yolo_tood/analysis/tap_parts.py).
+
 With ``--plots DIR`` it also writes (see yolo_tood/analysis/plots.py):
     DIR/score_iou.png       score vs IoU of each object's top-50 predictions, one panel per model, PCC in the title
     DIR/distributions.png   histograms of score, IoU and t = s^alpha * u^beta of the same predictions, models overlaid
@@ -24,6 +29,7 @@ from typing import Any
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD checkpoints and YAMLs load
 from yolo_tood.analysis import AlignmentResult, alignment_table, evaluate_alignment
 from yolo_tood.analysis.plots import plot_distributions, plot_head_maps, plot_score_iou
+from yolo_tood.analysis.tap_parts import TAP_PARTS, switch_off, tap_head
 from yolo_tood.commands.common import check_models, check_split, data_yaml, split_images
 
 
@@ -61,6 +67,39 @@ def evaluate(
         n: evaluate_alignment(m, data, split=split, imgsz=imgsz, batch=batch, conf=conf, device=device, **kwargs)
         for n, m in zip(names, models)
     }
+
+
+def evaluate_tap_parts(
+    models: list[str],
+    data: str,
+    names: list[str] | None = None,
+    split: str = "val",
+    imgsz: int = 640,
+    batch: int = 16,
+    conf: float = 0.05,
+    device: str = "cpu",
+    **kwargs: Any,
+) -> dict[str, AlignmentResult]:
+    """Evaluate each TOOD / TAP model once more per part of TAP switched off (``yolo_tood.analysis.tap_parts``).
+
+    Returns:
+        (dict[str, AlignmentResult]): Results keyed ``"<name> (M off)"`` and ``"<name> (offsets off)"``; models
+            without a task-aligned head (stock) have no rows.
+    """
+    from ultralytics import YOLO
+
+    results = {}
+    for name, model in zip(names or models, models):
+        if tap_head(YOLO(model).model) is None:
+            continue
+        for part in TAP_PARTS:
+            yolo = YOLO(model)  # a fresh copy per part: switch_off works in place
+            switch_off(yolo.model, part)
+            label = f"{name} ({'M' if part == 'm' else part} off)"
+            results[label] = evaluate_alignment(
+                yolo, data, split=split, imgsz=imgsz, batch=batch, conf=conf, device=device, **kwargs
+            )
+    return results
 
 
 def write_plots(
@@ -111,6 +150,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--plots", type=Path, help="also write the alignment plots into this folder")
     p.add_argument("--map-images", type=int, default=3, help="images of the split drawn as maps_<image>.png")
+    p.add_argument(
+        "--tap-parts",
+        action="store_true",
+        help="also evaluate each TOOD / TAP model with its probability map M, then its offsets, switched off",
+    )
     p.add_argument("--alpha", type=float, default=1.0, help="score exponent of t in distributions.png")
     p.add_argument("--beta", type=float, default=6.0, help="IoU exponent of t in distributions.png")
 
@@ -135,6 +179,13 @@ def run(a: argparse.Namespace) -> dict[str, AlignmentResult]:
     results = evaluate(
         a.models, a.data, a.names, a.split, a.imgsz, a.batch, a.conf, a.device, iou=a.iou, max_det=a.max_det
     )
+    if a.tap_parts:
+        parts = evaluate_tap_parts(
+            a.models, a.data, a.names, a.split, a.imgsz, a.batch, a.conf, a.device, iou=a.iou, max_det=a.max_det
+        )
+        if not parts:
+            print("No TOOD or TAP model among --models: --tap-parts adds no rows")
+        results.update(parts)
     print(f"\nTask alignment on {a.data} ({a.split}, imgsz={a.imgsz}, NMS conf={a.conf} iou={a.iou})\n")
     print(alignment_table(results))
     print("\nEqual detection budget: each model's score threshold leaves as many detections as there are objects\n")

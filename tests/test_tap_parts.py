@@ -1,0 +1,80 @@
+"""Switching one part of TAP off in a trained model (``yolo_tood.analysis.tap_parts``), checked against hand-built
+equivalents: M off ranks by the cls branch alone, offsets off measures every side from its anchor."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from ultralytics.nn.tasks import DetectionModel
+
+from yolo_tood.analysis.tap_parts import switch_off, tap_head
+
+
+def predictors(head: torch.nn.Module, name: str) -> list[torch.nn.Sequential]:
+    """``cls_prob`` or ``reg_offset`` as a list: one per level (TAPDetect) or one shared (TOODDetect)."""
+    predictor = getattr(head, name)
+    return list(predictor) if isinstance(predictor, torch.nn.ModuleList) else [predictor]
+
+
+def model(cfg: str) -> DetectionModel:
+    """A model whose M and offsets vary over the map, as trained ones do (a fresh TAP head has both constant)."""
+    torch.manual_seed(0)
+    net = DetectionModel(cfg, nc=3, verbose=False)
+    head = net.model[-1]
+    for name in ("cls_prob", "reg_offset"):
+        for predictor in predictors(head, name):
+            torch.nn.init.normal_(predictor[-1].weight, std=0.5)
+            torch.nn.init.normal_(predictor[-1].bias, std=0.5)
+    head.nms_pre = 0
+    return net.eval()
+
+
+def cls_logits(net: DetectionModel, x: torch.Tensor) -> torch.Tensor:
+    """The cls logits (B, nc, A) of the head, read from its cls layers (stock cv3's last, or tood_cls) by hooks."""
+    head, out = net.model[-1], []
+    layers = [branch[-1] for branch in head.cv3] if head.cv3 is not None else [head.tood_cls]
+    hooks = [layer.register_forward_hook(lambda _m, _i, o: out.append(o)) for layer in layers]
+    with torch.no_grad():
+        net(x)
+    for hook in hooks:
+        hook.remove()
+    return torch.cat([o.flatten(2) for o in out], 2)
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n-tap.yaml", "yolov8n-tood.yaml"])
+def test_m_off_scores_are_the_cls_probability_alone(cfg):
+    net, x = model(cfg), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        before = net(x)[0]
+    logits = cls_logits(net, x)
+    switch_off(net, "m")
+    with torch.no_grad():
+        after = net(x)[0]
+    torch.testing.assert_close(after[:, 4:], logits.sigmoid().sqrt(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(after[:, :4], before[:, :4])  # the boxes are untouched
+    assert not torch.allclose(after[:, 4:], before[:, 4:], atol=1e-3)  # M did re-weight the scores before
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n-tap.yaml", "yolov8n-tood.yaml"])
+def test_offsets_off_boxes_are_the_zero_offset_boxes(cfg):
+    net, x = model(cfg), torch.rand(1, 3, 64, 64)
+    zero = copy.deepcopy(net)
+    for predictor in predictors(zero.model[-1], "reg_offset"):
+        torch.nn.init.zeros_(predictor[-1].weight)
+        torch.nn.init.zeros_(predictor[-1].bias)
+    with torch.no_grad():
+        before, expected = net(x)[0], zero(x)[0]
+        after = switch_off(net, "offsets")(x)[0]
+    torch.testing.assert_close(after, expected, atol=1e-4, rtol=1e-5)
+    assert not torch.allclose(after[:, :4], before[:, :4], atol=1e-2)  # the offsets did move the sides before
+
+
+def test_bad_part_or_head_is_refused():
+    with pytest.raises(ValueError, match="unknown TAP part 'M'"):
+        switch_off(model("yolov8n-tap.yaml"), "M")
+    stock = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    assert tap_head(stock) is None
+    with pytest.raises(ValueError, match="no task-aligned head"):
+        switch_off(stock, "m")
