@@ -70,17 +70,15 @@ def evaluate(
 
 
 def evaluate_tap_parts(
-    models: list[str],
-    data: str,
-    names: list[str] | None = None,
-    split: str = "val",
-    imgsz: int = 640,
-    batch: int = 16,
-    conf: float = 0.05,
-    device: str = "cpu",
-    **kwargs: Any,
+    models: list[str], data: str, names: list[str] | None = None, **kwargs: Any
 ) -> dict[str, AlignmentResult]:
     """Evaluate each TOOD / TAP model once more per part of TAP switched off (``yolo_tood.analysis.tap_parts``).
+
+    Args:
+        models (list[str]): Checkpoints (or model YAMLs).
+        data (str): Dataset YAML.
+        names (list[str], optional): Display names, defaults to the checkpoint paths.
+        **kwargs (Any): ``evaluate_alignment``'s arguments (split, imgsz, batch, conf, device, iou, max_det, ...).
 
     Returns:
         (dict[str, AlignmentResult]): Results keyed ``"<name> (M off)"`` and ``"<name> (offsets off)"``; models
@@ -96,9 +94,7 @@ def evaluate_tap_parts(
             yolo = YOLO(model)  # a fresh copy per part: switch_off works in place
             switch_off(yolo.model, part)
             label = f"{name} ({'M' if part == 'm' else part} off)"
-            results[label] = evaluate_alignment(
-                yolo, data, split=split, imgsz=imgsz, batch=batch, conf=conf, device=device, **kwargs
-            )
+            results[label] = evaluate_alignment(yolo, data, **kwargs)
     return results
 
 
@@ -180,9 +176,8 @@ def run(a: argparse.Namespace) -> dict[str, AlignmentResult]:
         a.models, a.data, a.names, a.split, a.imgsz, a.batch, a.conf, a.device, iou=a.iou, max_det=a.max_det
     )
     if a.tap_parts:
-        parts = evaluate_tap_parts(
-            a.models, a.data, a.names, a.split, a.imgsz, a.batch, a.conf, a.device, iou=a.iou, max_det=a.max_det
-        )
+        settings = dict(split=a.split, imgsz=a.imgsz, batch=a.batch, conf=a.conf, device=a.device)
+        parts = evaluate_tap_parts(a.models, a.data, a.names, **settings, iou=a.iou, max_det=a.max_det)
         if not parts:
             print("No TOOD or TAP model among --models: --tap-parts adds no rows")
         results.update(parts)
