@@ -78,3 +78,23 @@ def test_bad_part_or_head_is_refused():
     assert tap_head(stock) is None
     with pytest.raises(ValueError, match="no task-aligned head"):
         switch_off(stock, "m")
+
+
+def test_alignment_rows_per_part_only_for_heads_that_have_it(monkeypatch, tmp_path):
+    """``yolo-tood alignment --tap-parts``: no rows for stock, no offsets row for a tap="none" head."""
+    from yolo_tood.commands import alignment
+    from yolo_tood.integration.register import CFG_DIR
+
+    none_yaml = tmp_path / "yolov8n-tap-none.yaml"
+    none_yaml.write_text(
+        (CFG_DIR / "yolov8-tap.yaml").read_text().replace("TAPDetect, [nc]]", "TAPDetect, [nc, none]]")
+    )
+    seen = {}
+    monkeypatch.setattr(alignment, "evaluate_alignment", lambda yolo, data, **kw: seen.setdefault(len(seen), yolo))
+    results = alignment.evaluate_tap_parts(
+        ["yolov8n.yaml", "yolov8n-tap.yaml", str(none_yaml)], "data.yaml", ["stock", "tap", "none"], imgsz=64
+    )
+    assert list(results) == ["tap (M off)", "tap (offsets off)", "none (M off)"]
+    tap_m_off, tap_offsets_off = (tap_head(results[k].model) for k in ("tap (M off)", "tap (offsets off)"))
+    assert all((p[-1].bias == 30.0).all() for p in tap_m_off.cls_prob) and tap_m_off.reg_offset is not None
+    assert tap_offsets_off.reg_offset is None and tap_head(results["none (M off)"].model).tap == "none"

@@ -82,15 +82,18 @@ def evaluate_tap_parts(
 
     Returns:
         (dict[str, AlignmentResult]): Results keyed ``"<name> (M off)"`` and ``"<name> (offsets off)"``; models
-            without a task-aligned head (stock) have no rows.
+            without a task-aligned head (stock) have no rows, a head without offsets (``tap="none"``) no offsets row.
     """
     from ultralytics import YOLO
 
     results = {}
     for name, model in zip(names or models, models):
-        if tap_head(YOLO(model).model) is None:
+        head = tap_head(YOLO(model).model)
+        if head is None:
             continue
         for part in TAP_PARTS:
+            if part == "offsets" and head.reg_offset is None:  # tap="none": no offsets to switch off
+                continue
             yolo = YOLO(model)  # a fresh copy per part: switch_off works in place
             switch_off(yolo.model, part)
             label = f"{name} ({'M' if part == 'm' else part} off)"
