@@ -12,7 +12,8 @@ all graph optimisations.
 
 Usage:
     python scripts/bench_speed.py                        # scales n and s, 2 threads, 30 runs, printed as markdown
-    python scripts/bench_speed.py --threads 2 1 --reference  # also 1 thread, and the head before its inference path
+    python scripts/bench_speed.py --threads 2 1 --reference  # also 1 thread, and the heads before their inference path
+    python scripts/bench_speed.py --threads 1 --tap-parts     # also TAP without its pre-NMS bound / its offsets
     python scripts/bench_speed.py --scales n --runs 20 --out ''   # quicker, print only
 """
 
@@ -84,7 +85,7 @@ def interleaved_times_ms(fns: dict, runs: int, warmup: int, seed: int = 0) -> di
 
 
 def use_reference_path(yolo) -> None:
-    """Make a TOOD model decode as the head did before its inference speed-ups: ultralytics' own ``DFL`` module.
+    """Make a TOOD / TAP model decode as its head did before its inference speed-ups: ultralytics' own ``DFL`` module.
 
     Same weights and outputs; only ``head.dfl`` is swapped (see ``DFLExpectation`` in head.py).
     """
@@ -105,8 +106,12 @@ def bench_scale(
     workdir: Path,
     reference: bool,
     family: str = "yolov8",
+    tap_parts: bool = False,
 ) -> dict:
-    """Measure stock and TOOD models of one scale (and the TOOD reference path if ``reference``).
+    """Measure stock and TOOD models of one scale (and the TOOD / TAP reference paths if ``reference``).
+
+    With ``tap_parts`` the TAP model is also timed without its pre-NMS bound (``nms_pre = 0``) and without its offset
+    branch (``tap="none"``: no re-sampling, no validity test), which splits TAP's cost over its parts.
 
     Returns:
         (dict): For each metric (params, gflops, torch_ms, ort_ms) a dict model-key -> value; for the latencies also
@@ -119,8 +124,13 @@ def bench_scale(
     tap_cfg = str(ROOT / "cfg" / f"{family}{scale}-tap.yaml")  # the stock head + TOOD's task-aligned predictor
     yolos = {"stock": build(f"{family}{scale}.yaml"), "tood": build(tood_cfg), "tap": build(tap_cfg)}
     if reference:
-        yolos["tood_ref"] = build(tood_cfg)
-        use_reference_path(yolos["tood_ref"])
+        for key, cfg in (("tood_ref", tood_cfg), ("tap_ref", tap_cfg)):
+            yolos[key] = build(cfg)
+            use_reference_path(yolos[key])
+    if tap_parts:
+        yolos["tap_nms_pre0"], yolos["tap_none"] = build(tap_cfg), build(tap_cfg)
+        yolos["tap_nms_pre0"].model.model[-1].nms_pre = 0
+        yolos["tap_none"].model.model[-1].reg_offset = None  # the tap="none" path (no offsets, no re-sampling)
     models = {k: fused_eval(y) for k, y in yolos.items()}
     x = torch.rand(1, 3, imgsz, imgsz)
     res = {
@@ -199,6 +209,17 @@ def table(results: dict[str, dict], threads: int, load: tuple[float, float], fam
         "tood": family + "{}-tood",
         "tood_ref": family + "{}-tood, before (reference path)",
         "tap": family + "{}-tap",
+        "tap_ref": family + "{}-tap, before (reference path)",
+        "tap_nms_pre0": family + "{}-tap, nms_pre 0",
+        "tap_none": family + "{}-tap, tap none",
+    }
+    labels = {
+        "tood": "TOOD / stock",
+        "tap": "TAP / stock",
+        "tood_ref": "TOOD before / stock",
+        "tap_ref": "TAP before / stock",
+        "tap_nms_pre0": "TAP nms_pre 0 / stock",
+        "tap_none": "TAP tap none / stock",
     }
     metrics = ("params", "gflops", "gflops_all", "torch_ms", "ort_ms")
     for scale, r in results.items():
@@ -210,7 +231,7 @@ def table(results: dict[str, dict], threads: int, load: tuple[float, float], fam
             )
         for k in keys[1:]:
             q = {m: ratio(r, m, k) for m in metrics}
-            label = {"tood": "TOOD / stock", "tap": "TAP / stock"}.get(k, "TOOD before / stock")
+            label = labels[k]
             bold = "**" if k in ("tood", "tap") else ""
             lines.append(
                 f"| {bold}{scale}: {label}{bold} | {q['params']:.3f} | {q['gflops']:.3f} | {q['gflops_all']:.3f} "
@@ -224,7 +245,8 @@ Notes:
 - Latency ratios are the median of the per-round ratios (each round times the models back to back, in a shuffled
   order), which is steadier than the ratio of the medians when other processes share the CPU.
 - The 'before' rows decode boxes with ultralytics' DFL module instead of the head's `DFLExpectation` (same
-  function and weights, re-arranged; see head.py).
+  function and weights, re-arranged; see head.py). The 'nms_pre 0' and 'tap none' rows (`--tap-parts`) are TAP
+  without its pre-NMS bound and without its offset branch (no re-sampling, no validity test).
 - GFLOPs: ultralytics' `get_flops` (thop, as in the model summary), which counts the modules it knows (convolutions,
   norms) but not the TOOD head's TaskDecomposition matmuls; 'incl. matmuls' adds them (2 x 2 x C x S*C FLOPs per
   anchor). `grid_sample` (4 bilinear taps per box channel) is left out."""
@@ -242,7 +264,10 @@ def main() -> None:
         "--threads", type=int, nargs="+", default=[2], help="torch.set_num_threads and onnxruntime intra-op threads"
     )
     ap.add_argument("--opset", type=int, default=18, help="ONNX opset for both models (>= 16 for TOOD's GridSample)")
-    ap.add_argument("--reference", action="store_true", help="also time the head before its inference path")
+    ap.add_argument("--reference", action="store_true", help="also time the heads before their inference path")
+    ap.add_argument(
+        "--tap-parts", action="store_true", help="also time TAP without its pre-NMS bound and without its offsets"
+    )
     ap.add_argument("--out", default="", help="also write the markdown table to this file")
     args = ap.parse_args()
     np.random.seed(0)
@@ -265,6 +290,7 @@ def main() -> None:
                     Path(tmp),
                     args.reference,
                     args.family,
+                    args.tap_parts,
                 )
         sections.append(table(results, threads, (load, os.getloadavg()[0]), args.family))
     notes = NOTES
