@@ -204,34 +204,27 @@ def table(results: dict[str, dict], threads: int, load: tuple[float, float], fam
         "| model | params (M) | GFLOPs | GFLOPs incl. matmuls | PyTorch CPU (ms) | ONNX Runtime CPU (ms) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    names = {
-        "stock": family + "{}",
-        "tood": family + "{}-tood",
-        "tood_ref": family + "{}-tood, before (reference path)",
-        "tap": family + "{}-tap",
-        "tap_ref": family + "{}-tap, before (reference path)",
-        "tap_nms_pre0": family + "{}-tap, nms_pre 0",
-        "tap_none": family + "{}-tap, tap none",
-    }
-    labels = {
-        "tood": "TOOD / stock",
-        "tap": "TAP / stock",
-        "tood_ref": "TOOD before / stock",
-        "tap_ref": "TAP before / stock",
-        "tap_nms_pre0": "TAP nms_pre 0 / stock",
-        "tap_none": "TAP tap none / stock",
+    # key: (row name, ratio label); the keys bench_scale may time, in table order
+    rows = {
+        "stock": ("{}", ""),
+        "tood": ("{}-tood", "TOOD / stock"),
+        "tood_ref": ("{}-tood, before (reference path)", "TOOD before / stock"),
+        "tap": ("{}-tap", "TAP / stock"),
+        "tap_ref": ("{}-tap, before (reference path)", "TAP before / stock"),
+        "tap_nms_pre0": ("{}-tap, nms_pre 0", "TAP nms_pre 0 / stock"),
+        "tap_none": ("{}-tap, tap none", "TAP tap none / stock"),
     }
     metrics = ("params", "gflops", "gflops_all", "torch_ms", "ort_ms")
     for scale, r in results.items():
-        keys = [k for k in names if k in r["params"]]
+        keys = [k for k in rows if k in r["params"]]
         for k in keys:
             lines.append(
-                f"| {names[k].format(scale)} | {r['params'][k] / 1e6:.2f} | {r['gflops'][k]:.1f} "
+                f"| {family}{rows[k][0].format(scale)} | {r['params'][k] / 1e6:.2f} | {r['gflops'][k]:.1f} "
                 f"| {r['gflops_all'][k]:.1f} | {r['torch_ms'][k]:.1f} | {r['ort_ms'][k]:.1f} |"
             )
         for k in keys[1:]:
             q = {m: ratio(r, m, k) for m in metrics}
-            label = labels[k]
+            label = rows[k][1]
             bold = "**" if k in ("tood", "tap") else ""
             lines.append(
                 f"| {bold}{scale}: {label}{bold} | {q['params']:.3f} | {q['gflops']:.3f} | {q['gflops_all']:.3f} "
