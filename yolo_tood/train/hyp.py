@@ -329,8 +329,8 @@ def _base_type(hint: Any) -> type:
 def check_warmup(hyp: TOODHyp, epochs: int) -> bool:
     """Warn when the resolved ATSS warm-up is as long as or longer than the whole training, so TAL would never run.
 
-    An explicit ``atss_epochs`` shorter than a third of the training (the default ``atss_fraction``, the paper's
-    proportion) is logged as information.
+    An explicit ``atss_epochs`` shorter than a third of the training (the paper's proportion, the -tood configs'
+    ``atss_fraction``) is logged as information.
 
     Args:
         hyp (TOODHyp): The TOOD hyper-parameters.
@@ -359,7 +359,8 @@ def check_warmup(hyp: TOODHyp, epochs: int) -> bool:
     if hyp.atss_epochs is not None and 0 < 3 * warmup < epochs:
         LOGGER.info(
             f"TOOD: atss_epochs={warmup} is an ATSS warm-up of {warmup} of {epochs} epochs. The paper warms up for a "
-            "third of its schedule (4 of 12), which the default atss_fraction does when 'atss_epochs' is unset (model "
-            "YAML and train arguments); on BCCD a third (20 of 60) beat 4 by ~2 mAP50-95 points (BENCHMARKS.md)."
+            "third of its schedule (4 of 12), which atss_fraction=0.333 (the -tood configs' default) gives when "
+            "'atss_epochs' is unset; on BCCD a third (20 of 60) beat 4 by ~2 mAP50-95 points for the T-Head "
+            "(BENCHMARKS.md). The -tap configs default to no warm-up (atss_fraction=0.0, see their header)."
         )
     return True
