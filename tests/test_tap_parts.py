@@ -9,13 +9,7 @@ import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_tood.analysis.tap_parts import switch_off, tap_head
-
-
-def predictors(head: torch.nn.Module, name: str) -> list[torch.nn.Sequential]:
-    """``cls_prob`` or ``reg_offset`` as a list: one per level (TAPDetect) or one shared (TOODDetect)."""
-    predictor = getattr(head, name)
-    return list(predictor) if isinstance(predictor, torch.nn.ModuleList) else [predictor]
+from yolo_tood.analysis.tap_parts import predictors, switch_off, tap_head
 
 
 def model(cfg: str) -> DetectionModel:
@@ -98,3 +92,13 @@ def test_alignment_rows_per_part_only_for_heads_that_have_it(monkeypatch, tmp_pa
     tap_m_off, tap_offsets_off = (tap_head(results[k].model) for k in ("tap (M off)", "tap (offsets off)"))
     assert all((p[-1].bias == 30.0).all() for p in tap_m_off.cls_prob) and tap_m_off.reg_offset is not None
     assert tap_offsets_off.reg_offset is None and tap_head(results["none (M off)"].model).tap == "none"
+
+
+def test_predictors_lists_each_level_or_the_shared_one():
+    tap, tood = (
+        DetectionModel(cfg, nc=3, verbose=False).model[-1] for cfg in ("yolov8n-tap.yaml", "yolov8n-tood.yaml")
+    )
+    assert [len(predictors(tap, n)) for n in ("cls_prob", "reg_offset")] == [tap.nl, tap.nl]
+    assert predictors(tood, "cls_prob") == [tood.cls_prob] and predictors(tood, "reg_offset") == [tood.reg_offset]
+    tap.reg_offset = None  # tap="none"
+    assert predictors(tap, "reg_offset") == []

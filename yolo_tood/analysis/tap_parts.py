@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-__all__ = ("M_OFF_LOGIT", "TAP_PARTS", "switch_off", "tap_head")
+__all__ = ("M_OFF_LOGIT", "TAP_PARTS", "predictors", "switch_off", "tap_head")
 
 TAP_PARTS = ("m", "offsets")
 # M's logit when switched off: sigmoid(30) = 1 - 9e-14, which rounds to 1.0 in float32 (and fp16)
@@ -33,6 +33,23 @@ def tap_head(model: nn.Module) -> nn.Module | None:
 
     head = model.model[-1] if hasattr(model, "model") else None
     return head if head is not None and is_tood_head(head) and hasattr(head, "cls_prob") else None
+
+
+def predictors(head: nn.Module, name: str) -> list[nn.Sequential]:
+    """The ``cls_prob`` (M) or ``reg_offset`` (O) predictors of a task-aligned head, as a list.
+
+    Args:
+        head (nn.Module): A TAPDetect (one predictor per level, an ``nn.ModuleList``) or a TOODDetect (one shared).
+        name (str): ``cls_prob`` or ``reg_offset``.
+
+    Returns:
+        (list[nn.Sequential]): One per level for TAPDetect, the shared one for TOODDetect; empty when the head has
+            no such predictor (``reg_offset`` of a ``tap="none"`` head).
+    """
+    predictor = getattr(head, name)
+    if predictor is None:
+        return []
+    return list(predictor) if isinstance(predictor, nn.ModuleList) else [predictor]
 
 
 def switch_off(model: nn.Module, part: str) -> nn.Module:
@@ -56,9 +73,7 @@ def switch_off(model: nn.Module, part: str) -> nn.Module:
     if part == "offsets":
         head.reg_offset = None  # both heads then measure every side from its anchor (their tap="none" path)
         return model
-    # TAPDetect: one predictor per level; TOODDetect: one shared over the levels
-    predictors = head.cls_prob if isinstance(head.cls_prob, nn.ModuleList) else [head.cls_prob]
-    for predictor in predictors:
+    for predictor in predictors(head, "cls_prob"):
         last = predictor[-1]
         nn.init.zeros_(last.weight)
         nn.init.constant_(last.bias, M_OFF_LOGIT)

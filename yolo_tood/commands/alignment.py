@@ -88,13 +88,15 @@ def evaluate_tap_parts(
 
     results = {}
     for name, model in zip(names or models, models):
-        head = tap_head(YOLO(model).model)
+        yolo = YOLO(model)
+        head = tap_head(yolo.model)
         if head is None:
             continue
-        for part in TAP_PARTS:
-            if part == "offsets" and head.reg_offset is None:  # tap="none": no offsets to switch off
-                continue
-            yolo = YOLO(model)  # a fresh copy per part: switch_off works in place
+        # tap="none": no offsets to switch off
+        parts = [part for part in TAP_PARTS if part != "offsets" or head.reg_offset is not None]
+        for i, part in enumerate(parts):
+            if i:
+                yolo = YOLO(model)  # a fresh copy for each further part: switch_off works in place
             switch_off(yolo.model, part)
             label = f"{name} ({'M' if part == 'm' else part} off)"
             results[label] = evaluate_alignment(yolo, data, **kwargs)
