@@ -6,11 +6,11 @@ batches, and stay within a stated tolerance of the fp32 loss; the head's re-samp
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import autocast
@@ -25,14 +25,7 @@ COCO128 = shared_datasets(ROOT) / "coco128" / "coco128.yaml"
 LOW = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _fuzz_module():
-    spec = importlib.util.spec_from_file_location("fuzz_amp", ROOT / "scripts" / "fuzz_amp.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz_amp = _fuzz_module()
+fuzz_amp = load_script("fuzz_amp")
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

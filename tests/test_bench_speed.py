@@ -3,23 +3,11 @@ end-to-end scale (PyTorch and ONNX Runtime, stock / tood / tap side by side)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from helpers import load_script
 from ultralytics.nn.tasks import DetectionModel
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_speed", ROOT / "scripts" / "bench_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_speed = _bench_module()
+bench_speed = load_script("bench_speed")
 
 
 def test_latency_ratio_is_the_median_of_paired_ratios_not_the_ratio_of_medians():
