@@ -4,6 +4,7 @@ arguments with their defaults, and refuses bad arguments with one line before an
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_diagnostics import make_dataset
 
-from yolo_tood.cli import COMMANDS, build_parser
+from yolo_tood.cli import COMMANDS, build_parser, run_command
 
 # the console script pip installs next to this interpreter ([project.scripts] in pyproject.toml)
 EXE = shutil.which("yolo-tood", path=str(Path(sys.executable).parent))
@@ -57,8 +58,9 @@ def test_help_lists_every_subcommand_and_argument_with_its_default(workdir):
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
-            assert action.option_strings[0] in text, (name, action.dest)
-            assert action.help, f"yolo-tood {name} {action.option_strings[0]} has no help text"
+            flag = action.option_strings[0] if action.option_strings else action.dest  # a positional by its name
+            assert flag in text, (name, action.dest)
+            assert action.help, f"yolo-tood {name} {flag} has no help text"
             if not action.required:
                 assert f"(default: {action.default})" in text, (name, action.dest)
 
@@ -111,6 +113,62 @@ def test_speed_times_pytorch_and_onnx(compared, workdir):
     table = (workdir / "speed.md").read_text()
     for fmt in ("pytorch", "onnx"):
         assert f"| val | {fmt} | 1 | tap |" in table and f"| predict | {fmt} | 1 | stock |" in table
+
+
+def second_seed(report: dict, tmp: Path, shift: float) -> Path:
+    """A copy of a one-seed report as if seed 1 had been trained by another call: val mAP50-95 + ``shift``."""
+    other = copy.deepcopy(report)
+    for label, seeds in other["runs"].items():
+        record = seeds.pop("0")
+        record["val"]["val"]["map"] += shift
+        record["curve"] = [c + shift for c in record["curve"]]
+        record["train"]["save_dir"] = str(tmp / "gone" / f"{label}_s1")  # its run dir is not on this machine
+        seeds["1"] = record
+    path = tmp / "seed1" / "compare.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(other))
+    return path
+
+
+def test_merge_reports_the_union_of_two_compare_calls(compared, workdir):
+    out, _ = compared
+    report = json.loads((out / "compare.json").read_text())
+    assert len(report["runs"]["tap"]["0"]["curve"]) == 1  # compare keeps each run's val curve in its record
+    seed1 = second_seed(report, workdir, shift=0.25)
+    proc = yolo_tood("merge", "cmp", str(seed1), "--out", "merged", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = json.loads((workdir / "merged" / "compare.json").read_text())
+    assert merged["merged_from"] == [str(out / "compare.json"), str(seed1)]
+    assert merged["args"]["seeds"] == [0, 1] and list(merged["runs"]) == ["stock", "tap"]
+    for label in ("stock", "tap"):
+        a = report["runs"][label]["0"]["val"]["val"]["map"]
+        ms = merged["summary"][label]["splits"]["val"]["map"]
+        assert ms["n"] == 2 and ms["mean"] == pytest.approx(a + 0.125) and ms["std"] == pytest.approx(0.25 / 2**0.5)
+    assert merged["curve_gaps"]["tap"]["seeds"] == [2, 2]  # seed 1's curve from its record, seed 0's as well
+    table = (workdir / "merged" / "compare.md").read_text()
+    assert "seeds 0 1" in table and "| tap | 1 |" in table and "over 2 seeds" in table
+    assert (workdir / "merged" / "compare_map.png").is_file()
+
+
+def test_merge_refuses_reports_that_do_not_belong_together(compared, workdir, capsys, monkeypatch):
+    out, _ = compared
+    report = json.loads((out / "compare.json").read_text())
+    other = second_seed(report, workdir / "other_recipe", shift=0.0)
+    changed = json.loads(other.read_text())
+    changed["recipe"]["epochs"] = 2
+    other.write_text(json.dumps(changed))
+    monkeypatch.chdir(workdir)
+    for argv, message in (
+        (["cmp", "cmp/compare.json"], "run stock seed 0 is in both"),
+        (["cmp", str(other)], "differ in epochs (epochs: 2 vs 1)"),
+        (["cmp", "nothing.json"], "'nothing.json' is not a compare.json file"),
+        (["cmp", "data/data.yaml"], "is not JSON"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            run_command("merge", [*argv, "--out", "never"])
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exc.value.code == 2 and message in last and last.startswith("yolo-tood merge: error: "), last
+    assert not (workdir / "never").exists()
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ Subcommands (``yolo-tood SUB --help`` lists every argument with its default):
   and (``--alignment``) the task-alignment figures;
 - ``alignment``: PCC top-50, IoU top-10, post-NMS counts and the alignment pictures of trained checkpoints;
 - ``coverage``: which ground truths TOOD's ATSS warm-up leaves without a positive, before training;
-- ``speed``: end-to-end val / predict latency of checkpoints, stock vs TOOD, PyTorch and ONNX.
+- ``speed``: end-to-end val / predict latency of checkpoints, stock vs TOOD, PyTorch and ONNX;
+- ``merge``: one report from several ``compare.json`` files of one recipe (seeds trained by separate calls).
 
 Each subcommand checks its arguments before it builds or trains anything and stops with one line naming the bad
 one (``yolo-tood compare: error: argument --data: data YAML 'x.yaml' not found``, exit status 2).
@@ -14,7 +15,7 @@ one (``yolo-tood compare: error: argument --data: data YAML 'x.yaml' not found``
 Examples:
     >>> from yolo_tood.cli import build_parser
     >>> sorted(build_parser().subparsers)
-    ['alignment', 'compare', 'coverage', 'speed']
+    ['alignment', 'compare', 'coverage', 'merge', 'speed']
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ COMMANDS = {
     "alignment": "alignment",
     "coverage": "coverage",
     "speed": "speed",
+    "merge": "merge",
 }
 
 

@@ -405,9 +405,18 @@ def curve_gaps(curves: dict[str, list[list[float]]], after: int = CURVE_AFTER) -
 
 
 def write_markdown(
-    path: Path, args: argparse.Namespace, runs: dict, summary: dict, splits: list[str], gaps: dict | None = None
+    path: Path,
+    args: argparse.Namespace,
+    runs: dict,
+    summary: dict,
+    splits: list[str],
+    gaps: dict | None = None,
+    score_iou: bool | None = None,
 ) -> str:
-    """Write compare.md: recipe, summary, per-class AP, per-seed figures, the val curve gaps and alignment tables."""
+    """Write compare.md: recipe, summary, per-class AP, per-seed figures, the val curve gaps and alignment tables.
+
+    ``score_iou`` says whether ``score_iou.png`` was drawn beside it (default: with ``--alignment``).
+    """
     labels = list(runs)
     base = labels[0]
     n_seeds = len(args.seeds)
@@ -502,7 +511,7 @@ def write_markdown(
                     out += ["Equal budget: each model's threshold leaves as many detections as objects.", ""]
                     out += [alignment_table(results, budget=True), ""]
     out += ["![val mAP50-95 per epoch](compare_map.png)", ""]
-    if args.alignment:
+    if args.alignment if score_iou is None else score_iou:
         out += [f"![val score vs IoU, seed {args.seeds[0]}](score_iou.png)", ""]
     text = "\n".join(out)
     path.write_text(text)
@@ -671,11 +680,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     record["alignment"][split] = res.to_dict()
                     torch.save(res.score_iou, pairs)
             record["speed"] = speed_of(record["train"], results)
+            record["curve"] = results.get(MAP_COLUMN, [])  # so that the report alone can be merged (yolo-tood merge)
             save_record(run_dir, record)  # validation results are cached too
             maps = ", ".join(f"{split} mAP50-95 {record['val'][split]['map']:.3f}" for split in splits)
             print(f"[{i_run}/{n_runs}] {label} seed {seed}: {maps}")
             runs[label][seed] = record
-            curves[label].append(results.get(MAP_COLUMN, []))
+            curves[label].append(record["curve"])
 
     summary = summarize(runs, splits)
     gaps = curve_gaps(curves)
