@@ -144,6 +144,7 @@ def test_merge_reports_the_union_of_two_compare_calls(compared, workdir):
         a = report["runs"][label]["0"]["val"]["val"]["map"]
         ms = merged["summary"][label]["splits"]["val"]["map"]
         assert ms["n"] == 2 and ms["mean"] == pytest.approx(a + 0.125) and ms["std"] == pytest.approx(0.25 / 2**0.5)
+    assert merged["summary"]["tap"]["paired_vs_stock"]["val"]["n"] == 2  # tap - stock, seed by seed
     assert merged["curve_gaps"]["tap"]["seeds"] == [2, 2]  # seed 1's curve from its record, seed 0's as well
     table = (workdir / "merged" / "compare.md").read_text()
     assert "seeds 0 1" in table and "| tap | 1 |" in table and "over 2 seeds" in table

@@ -343,6 +343,37 @@ def test_compare_reports_curve_gaps():
     assert gaps["tood"]["below"] == [12] and gaps["other"]["below"] == [] and set(gaps) == {"tood", "other"}
 
 
+def test_compare_pairs_seeds_against_the_first_model(tmp_path):
+    """Paired differences use only the seeds both models have; hand-computed mean and sample std, in compare.md."""
+    import argparse
+
+    from yolo_tood.commands import compare
+
+    def record(val: float, test: float | None = None) -> dict:
+        splits = {"val": {"map50": 0.0, "map": val, "per_class": {}}}
+        if test is not None:
+            splits["test"] = {"map50": 0.0, "map": test, "per_class": {}}
+        speed = {"epoch_s": 1.0, "train_img_per_s": 1.0, "wall_s": 1.0}
+        return {"val": splits, "speed": speed, "cost": {"params": 1e6, "gflops_thop": 1.0, "gflops_torch": 1.0}}
+
+    runs = {
+        "stock": {0: record(0.50, 0.40), 1: record(0.60, 0.50), 2: record(0.70)},
+        "tap": {0: record(0.53, 0.40), 1: record(0.59, 0.55), 3: record(0.90)},  # seed 3 has no stock run
+    }
+    summary = compare.summarize(runs, ["val", "test"])
+    paired = summary["tap"]["paired_vs_stock"]
+    assert "paired_vs_stock" not in summary["stock"]
+    assert paired["val"]["diffs"] == pytest.approx({0: 0.03, 1: -0.01})
+    assert paired["val"]["mean"] == pytest.approx(0.01) and paired["val"]["std"] == pytest.approx(0.02 * 2**0.5)
+    assert paired["test"]["diffs"] == pytest.approx({0: 0.0, 1: 0.05}) and paired["test"]["n"] == 2
+    args = argparse.Namespace(
+        family="yolov8", scale="n", data="d.yaml", epochs=1, imgsz=64, batch=2, optimizer="auto", lr0=0.01,
+        seeds=[0, 1, 2, 3], device="cpu", workers=0, alignment=False,
+    )  # fmt: skip
+    text = compare.write_markdown(tmp_path / "compare.md", args, runs, summary, ["val", "test"])
+    assert "| tap | s0 +3.0, s1 -1.0 | +1.0 ± 2.8 | s0 +0.0, s1 +5.0 | +2.5 ± 3.5 |" in text
+
+
 def test_alignment_cli_writes_table_and_json(tiny_data, tmp_path, capsys):
     import json
 

@@ -392,10 +392,42 @@ def summarize(runs: dict[str, dict[int, dict[str, Any]]], splits: list[str]) -> 
             s[k] = mean_std([r["speed"][k] for r in recs])
         summary[label] = s
     if base is not None:  # throughput relative to the first model (TOOD/stock for --models stock tood)
-        for s in summary.values():
+        for label, s in summary.items():
             num, den = s["train_img_per_s"]["mean"], summary[base]["train_img_per_s"]["mean"]
             s["img_per_s_ratio_vs_" + base] = num / den if num and den else None
+            if label != base:
+                s["paired_vs_" + base] = paired_differences(runs[base], runs[label], splits)
     return summary
+
+
+def paired_differences(
+    base: dict[int, dict[str, Any]], other: dict[int, dict[str, Any]], splits: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Per split, mAP50-95 of ``other`` minus ``base`` seed by seed (the seeds both have), and their mean and std.
+
+    Seeds pair the two models' runs (same data order, augmentation and init RNG), so the spread of the paired
+    differences, not the two models' own spreads, says whether a difference is more than seed noise.
+
+    Returns:
+        (dict[str, dict[str, Any]]): split -> ``{"diffs": {seed: difference}, "mean", "std", "n"}`` (``mean_std``
+            of the differences; std None for one seed).
+
+    Examples:
+        >>> run = lambda m: {"val": {"val": {"map": m}}}
+        >>> d = paired_differences({0: run(0.5), 1: run(0.6)}, {0: run(0.52), 1: run(0.57), 2: run(0.9)}, ["val"])
+        >>> {k: round(v, 3) for k, v in d["val"]["diffs"].items()}, round(d["val"]["mean"], 3), d["val"]["n"]
+        ({0: 0.02, 1: -0.03}, -0.005, 2)
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for split in splits:
+        diffs = {
+            seed: other[seed]["val"][split]["map"] - base[seed]["val"][split]["map"]
+            for seed in sorted(set(base) & set(other))
+            if split in base[seed].get("val", {}) and split in other[seed].get("val", {})
+        }
+        if diffs:
+            out[split] = {"diffs": diffs, **mean_std(list(diffs.values()))}
+    return out
 
 
 def curve_gaps(curves: dict[str, list[list[float]]], after: int = CURVE_AFTER) -> dict[str, dict[str, Any]]:
@@ -459,6 +491,22 @@ def write_markdown(
         rows = [[c] + [pm(summary[lb]["splits"].get(split, {}).get("per_class", {}).get(c)) for lb in labels]
                 for c in classes]  # fmt: skip
         out += [markdown_table(["class", *labels], rows), ""]
+    paired = {label: summary[label].get("paired_vs_" + base, {}) for label in labels[1:]}
+    if any(paired.values()):
+        out += [f"## Paired differences vs {base} (mAP50-95 points, same seeds)", ""]
+        header = ["model"] + [f"{split} {kind}" for split in splits for kind in ("per seed", "mean ± std")]
+        rows = []
+        for label, by_split in paired.items():
+            row = [label]
+            for split in splits:
+                d = by_split.get(split)
+                if d is None:
+                    row += ["-", "-"]
+                    continue
+                mean = f"{100 * d['mean']:+.1f}" + ("" if d["std"] is None else f" ± {100 * d['std']:.1f}")
+                row += [", ".join(f"s{seed} {100 * v:+.1f}" for seed, v in d["diffs"].items()), mean]
+            rows.append(row)
+        out += [markdown_table(header, rows), ""]
     out += ["## Per seed", ""]
     header = ["model", "seed"] + [f"{sp} {m}" for sp in splits for m in ("mAP50", "mAP50-95")]
     header += ["s/epoch", "train img/s", "train wall (s)"]
