@@ -54,7 +54,7 @@ import platform
 import time
 from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -735,30 +735,74 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs[label][seed] = record
             curves[label].append(record["curve"])
 
-    summary = summarize(runs, splits)
-    gaps = curve_gaps(curves)
     env = {"ultralytics": __import__("ultralytics").__version__, "torch": torch.__version__}
     env.update(python=platform.python_version(), machine=platform.processor() or platform.machine())
-    report = {"args": vars(args), "recipe": recipe, "splits": splits, "env": env, "summary": summary, "runs": runs}
-    report["curve_gaps"] = gaps
-    (args.out / "compare.json").write_text(json.dumps(json_clean(report), indent=2, default=str))
-    plot_curves(args.out / "compare_map.png", curves)
-    outputs = ["compare.json", "compare.md", "compare_map.png"]
-    if args.alignment:  # first seed of each model, val split
-        seed = args.seeds[0]
-        results = {
-            f"{label} s{seed}": AlignmentResult(
-                **runs[label][seed]["alignment"]["val"],
-                score_iou=torch.load(args.out / "runs" / f"{label}_s{seed}" / "score_iou_val.pt"),
-            )
-            for label in labels
-        }
-        plot_score_iou(results, args.out / "score_iou.png")
-        outputs.append("score_iou.png")
-    text = write_markdown(args.out / "compare.md", args, runs, summary, splits, gaps)
+    report, text, outputs = write_report(
+        args, runs, curves, splits, recipe, env, run_dir=lambda label, seed, _: args.out / "runs" / f"{label}_s{seed}"
+    )
     print("\n" + text)
     print("\nWrote " + ", ".join(str(args.out / f) for f in outputs))
     return report
+
+
+def write_report(
+    args: argparse.Namespace,
+    runs: dict[str, dict[int, dict[str, Any]]],
+    curves: dict[str, list[list[float]]],
+    splits: list[str],
+    recipe: dict[str, Any],
+    env: Any,
+    run_dir: Callable[[str, int, dict[str, Any]], Path],
+    **extra: Any,
+) -> tuple[dict[str, Any], str, list[str]]:
+    """Summarise runs and write compare.json, compare.md, compare_map.png and score_iou.png into ``args.out``.
+
+    Shared by ``compare`` (its own runs) and ``merge`` (the runs of several reports).
+
+    Args:
+        args (argparse.Namespace): compare's arguments (or a merge's view of them), saved as ``args``.
+        runs (dict): Run records by model label and seed; the first label is the base of the comparisons.
+        curves (dict): Per label, the val mAP50-95 curve of each seed that has one; a label may be missing.
+        splits (list[str]): Validated splits, ``val`` first.
+        recipe (dict[str, Any]): The shared training recipe.
+        env (Any): Versions and machine of the run(s).
+        run_dir (Callable): (label, seed, record) -> the run's folder, which holds ``score_iou_val.pt``.
+        **extra: More top-level keys of compare.json.
+
+    Returns:
+        report (dict[str, Any]): The content of compare.json.
+        text (str): compare.md.
+        outputs (list[str]): The files written, by name.
+    """
+    summary = summarize(runs, splits)
+    gaps = curve_gaps(curves) if next(iter(runs)) in curves else {}
+    report = {"args": vars(args), "recipe": recipe, "splits": splits, "env": env, "summary": summary, "runs": runs}
+    report.update(curve_gaps=gaps, **extra)
+    (args.out / "compare.json").write_text(json.dumps(json_clean(report), indent=2, default=str))
+    outputs = ["compare.json", "compare.md"]
+    if curves:
+        plot_curves(args.out / "compare_map.png", curves)
+        outputs.append("compare_map.png")
+    results = first_seed_alignment(runs, run_dir) if args.alignment else None
+    if results:
+        plot_score_iou(results, args.out / "score_iou.png")
+        outputs.append("score_iou.png")
+    text = write_markdown(args.out / "compare.md", args, runs, summary, splits, gaps, score_iou=bool(results))
+    return report, text, outputs
+
+
+def first_seed_alignment(
+    runs: dict[str, dict[int, dict[str, Any]]], run_dir: Callable[[str, int, dict[str, Any]], Path]
+) -> dict[str, AlignmentResult] | None:
+    """The val alignment of each model's first seed with its score/IoU pairs; None if any model's is missing."""
+    results = {}
+    for label, by_seed in runs.items():
+        seed, record = next(iter(by_seed.items()))
+        pairs = run_dir(label, seed, record) / "score_iou_val.pt"
+        if "val" not in record.get("alignment", {}) or not pairs.is_file():
+            return None
+        results[f"{label} s{seed}"] = AlignmentResult(**record["alignment"]["val"], score_iou=torch.load(pairs))
+    return results
 
 
 if __name__ == "__main__":

@@ -22,12 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from yolo_tood.analysis import AlignmentResult
-from yolo_tood.analysis.plots import plot_score_iou
-from yolo_tood.analysis.report import json_clean, plot_curves
-from yolo_tood.commands.compare import MAP_COLUMN, curve_gaps, read_results_csv, summarize, write_markdown
+from yolo_tood.commands.compare import MAP_COLUMN, read_results_csv, write_report
 
 SPLIT_ORDER = ("val", "test")
 REPORT_KEYS = ("args", "recipe", "splits", "runs")
@@ -131,40 +126,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     view.out = args.out
     curves = {label: [c for c in map(run_curve, by_seed.values()) if c is not None] for label, by_seed in runs.items()}
     curves = {label: c for label, c in curves.items() if c}
-    summary = summarize(runs, splits)
-    gaps = curve_gaps(curves) if next(iter(runs)) in curves else {}
     envs = [r.get("env") for r in reports]
-    report = {
-        "args": {**vars(view), "out": str(args.out)},
-        "recipe": reports[0]["recipe"],
-        "splits": splits,
-        "env": envs[0] if all(e == envs[0] for e in envs) else envs,
-        "summary": summary,
-        "runs": runs,
-        "curve_gaps": gaps,
-        "merged_from": [r["path"] for r in reports],
-    }
-    (args.out / "compare.json").write_text(json.dumps(json_clean(report), indent=2, default=str))
-    outputs = ["compare.json", "compare.md"]
-    if curves:
-        plot_curves(args.out / "compare_map.png", curves)
-        outputs.append("compare_map.png")
-    pairs = {
-        f"{label} s{seed}": Path(by_seed[seed]["train"].get("save_dir", "")) / "score_iou_val.pt"
-        for label, by_seed in runs.items()
-        for seed in list(by_seed)[:1]
-        if "val" in by_seed[seed].get("alignment", {})
-    }
-    score_iou = alignment and len(pairs) == len(runs) and all(p.is_file() for p in pairs.values())
-    if score_iou:
-        first = {label: next(iter(by_seed.values())) for label, by_seed in runs.items()}
-        results = {
-            key: AlignmentResult(**record["alignment"]["val"], score_iou=torch.load(path))
-            for (key, path), record in zip(pairs.items(), first.values())
-        }
-        plot_score_iou(results, args.out / "score_iou.png")
-        outputs.append("score_iou.png")
-    text = write_markdown(args.out / "compare.md", view, runs, summary, splits, gaps, score_iou=score_iou)
+    env = envs[0] if all(e == envs[0] for e in envs) else envs
+    report, text, outputs = write_report(
+        view, runs, curves, splits, reports[0]["recipe"], env,
+        run_dir=lambda label, seed, record: Path(record["train"].get("save_dir", "")),
+        merged_from=[r["path"] for r in reports],
+    )  # fmt: skip
     print(text)
     print(f"\nMerged {len(reports)} reports ({sum(map(len, runs.values()))} runs); wrote " + ", ".join(outputs))
     return report
