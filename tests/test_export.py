@@ -329,3 +329,28 @@ def test_plain_distance_head_onnx_parity(tmp_path):
     x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))
     out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert_parity(run_torch(YOLO(ckpt).model.float().eval().fuse(verbose=False), x), out, "reg_max 1 onnx 96px")
+
+
+@needs_images
+def test_box_to_cls_tap_head_onnx_parity(tmp_path):
+    """A TAPDetect model with ``interact: box_to_cls`` (trained-like, off its no-op start) matches PyTorch in ONNX."""
+    import yaml
+
+    torch.manual_seed(0)
+    cfg = yaml.safe_load((ROOT / "cfg" / "yolov8-tap.yaml").read_text())
+    cfg["head"][-1][3] = ["nc", "faithful", "box_to_cls"]
+    path = tmp_path / "yolov8n-tap-box_to_cls.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    yolo = YOLO(path)
+    head = yolo.model.model[-1]
+    assert head.cls_from_box is not None
+    perturb_tap_head(head)  # every conv weight, cls_from_box's included, off zero
+    calibrate_batchnorms(yolo.model, IMAGES, 96)
+    ckpt = tmp_path / "box_to_cls.pt"
+    yolo.save(ckpt)
+    f = YOLO(ckpt).export(format="onnx", imgsz=96, opset=17)
+    session = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    x = load_image(IMAGES[0], 96)
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    ref = run_torch(YOLO(ckpt).model.float().eval().fuse(verbose=False), x)
+    assert_parity(ref, out, "box_to_cls onnx 96px", TAP_BOX_RTOL)

@@ -19,16 +19,27 @@ from ultralytics.utils.torch_utils import intersect_dicts
 
 from yolo_tood.integration.register import CFG_DIR
 from yolo_tood.nn.head import DFLExpectation
-from yolo_tood.nn.tap_head import TAP_PRIOR_PROB, TAPDetect
+from yolo_tood.nn.tap_head import INTERACT_MODES, TAP_PRIOR_PROB, TAPDetect
 
 FAMILIES = ("yolov8", "yolo11")
 
 
-def stock_and_tap(family: str, nc: int, scale: str = "n") -> tuple[DetectionModel, DetectionModel]:
+def tap_cfg(family: str = "yolov8", scale: str = "n", interact: str = "none") -> dict:
+    """The packaged ``{family}{scale}-tap.yaml`` as a model dict, with the head's ``interact`` argument set."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    cfg = yaml_model_load(f"{family}{scale}-tap.yaml")
+    cfg["head"][-1][3] = ["nc", "faithful", interact]
+    return cfg
+
+
+def stock_and_tap(
+    family: str, nc: int, scale: str = "n", interact: str = "none"
+) -> tuple[DetectionModel, DetectionModel]:
     torch.manual_seed(0)
     return (
         DetectionModel(f"{family}{scale}.yaml", nc=nc, verbose=False),
-        DetectionModel(f"{family}{scale}-tap.yaml", nc=nc, verbose=False),
+        DetectionModel(tap_cfg(family, scale, interact), nc=nc, verbose=False),
     )
 
 
@@ -90,11 +101,13 @@ def test_a_stock_checkpoint_transfers_what_it_transfers_into_stock(family, sourc
     assert counts["tap"] == counts["stock"] and len(counts["stock"]) > 300
 
 
-def test_it_starts_as_the_stock_checkpoint(trained_stock):
+@pytest.mark.parametrize("interact", INTERACT_MODES)
+def test_it_starts_as_the_stock_checkpoint(trained_stock, interact):
     """Same boxes, scores sqrt(TAP_PRIOR_PROB * p): same ranking, and p = 0.25 maps to 0.25 (predict's conf)."""
     stock = YOLO(trained_stock).model.float().eval()
     torch.manual_seed(3)
-    tap = DetectionModel("yolov8n-tap.yaml", nc=stock.nc, verbose=False)
+    tap = DetectionModel(tap_cfg(interact=interact), nc=stock.nc, verbose=False)
+    assert (tap.model[-1].cls_from_box is not None) == (interact == "box_to_cls")
     tap.load(torch.load(trained_stock, weights_only=False), verbose=False)
     tap.eval().model[-1].nms_pre = 0  # every score, for the element-wise comparison
     x = torch.rand(2, 3, 96, 128)
@@ -109,19 +122,38 @@ def test_it_starts_as_the_stock_checkpoint(trained_stock):
 
 
 def test_the_predictor_learns_from_the_first_step():
-    """Zero last weights still get gradients: one optimiser step moves M and the offsets off their no-op."""
+    """Zero last weights get gradients: one optimiser step moves M, the offsets and cls_from_box off their no-op."""
     from test_loss import random_batch
 
     torch.manual_seed(0)
-    model = DetectionModel("yolov8n-tap.yaml", nc=3, verbose=False).train()
+    model = DetectionModel(tap_cfg(interact="box_to_cls"), nc=3, verbose=False).train()
     head = model.model[-1]
     head.epoch, head.atss_epochs = 0, 0  # TAL, as the callbacks set it for a run without warm-up
     batch = {**random_batch([3, 2], nc=3), "img": torch.rand(2, 3, 64, 64)}
     loss, _ = model.loss(batch, model(batch["img"]))
     loss.sum().backward()
-    for name in ("cls_prob", "reg_offset"):
-        grads = [p[-1].weight.grad for p in getattr(head, name)]
+    for name in ("cls_prob", "reg_offset", "cls_from_box"):
+        convs = [p[-1] if isinstance(p, torch.nn.Sequential) else p for p in getattr(head, name)]
+        grads = [c.weight.grad for c in convs]
         assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), name
+
+
+def test_box_to_cls_feeds_the_box_feature_into_the_cls_prediction():
+    """interact=box_to_cls: cls logits are cv3's last conv of (cls feature + cls_from_box(box feature)), per level."""
+    torch.manual_seed(0)
+    head = TAPDetect(nc=3, interact="box_to_cls", ch=(16, 32, 64)).train()
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    x = [torch.randn(1, c, 8 // 2**i, 8 // 2**i) for i, c in enumerate((16, 32, 64))]
+    with torch.no_grad():
+        for conv in head.cls_from_box:
+            conv.weight.normal_(std=0.1)
+        scores = head(x)["scores"]  # (1, 3, A) aligned scores
+        m = torch.sigmoid(head.cls_prob[0][-1].bias)  # M's last conv has zero weights: sigmoid(M) = sigmoid(bias)
+        box_feat, cls_feat = head.cv2[0][:-1](x[0]), head.cv3[0][:-1](x[0])
+        cls = head.cv3[0][-1](cls_feat + head.cls_from_box[0](box_feat)).flatten(2)  # level 0: the first 64 anchors
+        torch.testing.assert_close(scores[..., :64], (torch.sigmoid(cls) * m).sqrt())
+        stock_cls = head.cv3[0](x[0]).flatten(2)
+        assert not torch.allclose(scores[..., :64], (torch.sigmoid(stock_cls) * m).sqrt())  # the path is used
 
 
 def test_tap_none_has_no_offsets():
@@ -135,6 +167,7 @@ def test_tap_none_has_no_offsets():
     "kwargs,match",
     [
         ({"tap": "deform"}, "TAPDetect: tap must be one of faithful, none, got 'deform'"),
+        ({"interact": "both"}, "TAPDetect: interact must be one of none, box_to_cls, got 'both'"),
         ({"end2end": True}, "TAPDetect has no one-to-one"),
         ({"nc": 0}, "nc"),
         ({"ch": ()}, "no input levels"),
@@ -147,11 +180,12 @@ def test_bad_arguments_are_one_line(kwargs, match):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("scale", list("nsmlx"))
-def test_budget_params_and_gflops_within_five_percent_of_stock(family, scale):
+@pytest.mark.parametrize("interact", INTERACT_MODES)
+def test_budget_params_and_gflops_within_five_percent_of_stock(family, scale, interact):
     """The predictor's cost at 640 px and 80 classes: params and GFLOPs <= 1.05x stock at every scale."""
     from ultralytics.utils.torch_utils import get_flops, get_num_params
 
-    stock, tap = stock_and_tap(family, nc=80, scale=scale)
+    stock, tap = stock_and_tap(family, nc=80, scale=scale, interact=interact)
     assert get_num_params(tap) <= 1.05 * get_num_params(stock)
     assert get_flops(tap, 640) <= 1.05 * get_flops(stock, 640)
 

@@ -84,7 +84,8 @@ MAP_COLUMN = "metrics/mAP50-95(B)"
 # ----------------------------------------------------------------------------------------------------------------------
 CURVE_AFTER = 10  # the curve goal ignores the first 10 epochs (generalisation issue: "after the first 10 epochs")
 # The head models by name: ``tood`` (TOODDetect, cfg/{family}-tood.yaml), ``tap`` (TAPDetect, cfg/{family}-tap.yaml),
-# and their row args after nc (TOODDetect: feat_channels, stacked_convs unscaled, norm, tap, adapter; TAPDetect: tap)
+# and their row args after nc (TOODDetect: feat_channels, stacked_convs unscaled, norm, tap, adapter; TAPDetect: tap,
+# interact)
 HEAD_MODELS = {"tood": "TOODDetect", "tap": "TAPDetect"}
 HEAD_ROW_ARGS = {model: dict(next(h for h in HEADS if h.name == name).yaml_args) for model, name in HEAD_MODELS.items()}
 HEAD_ARGS = HEAD_ROW_ARGS["tood"]  # the TOOD head's, as before
@@ -577,8 +578,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["stock", "tood"],
         help="stock, tood, tap, a variant such as tood:atss_epochs=0,box_gain=7.5 (TOOD YAML keys and the head's "
-        "YAML args: feat_channels, stacked_convs, norm, tap, adapter for tood; tap for tap) or tap:tap=none, or "
-        "model YAML paths",
+        "YAML args: feat_channels, stacked_convs, norm, tap, adapter for tood; tap, interact for tap) or "
+        "tap:tap=none, or model YAML paths",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per (model, seed), paired")
     p.add_argument(

@@ -15,9 +15,20 @@ The reference reads M and O from the T-Head's stacked features, which both tasks
 tower, so the task-interactive feature here is the last hidden feature of each branch, concatenated. The predictor
 is per level, as the stock branches it reads.
 
+``interact="box_to_cls"`` (opt-in) also lets the class prediction read the box branch's feature, a piece of TOOD's
+task interaction (paper section 3.1: both predictions are computed from features both tasks share) on the stock
+branches, so that the score can learn from what the box branch knows of localisation quality:
+
+    cls feature += cls_from_box_l(box feature)     (1x1 conv per level, before cv3's last conv and before the
+                                                    task-interactive feature is formed)
+
+The reference has no such layer (its tower is shared from the start); here it is the cheapest shared path a
+transferred stock head can grow. One direction only: both directions cost 1.059x stock's GFLOPs at yolo11n (80
+classes, 640 px), over the 1.05x budget; the class score is the side TOOD's alignment is about.
+
 It starts as the stock model: the last conv of ``cls_prob`` and of ``reg_offset`` has zero weights, so right after a
 stock checkpoint is loaded M is a constant (score a monotone map of stock's sigmoid) and every offset is 0 (the stock
-boxes exactly).
+boxes exactly); the cross-task conv of ``interact="box_to_cls"`` starts at zero weights and bias (adds 0).
 """
 
 from __future__ import annotations
@@ -31,13 +42,25 @@ from ultralytics.nn.modules import Detect
 from ..checks import check_int
 from .head import OFFSET_INIT_STD, TAP_MODES, DFLExpectation, TaskAlignedOutputs, task_aligned_outputs
 
-__all__ = ("TAPDetect", "TAP_PRIOR_PROB")
+__all__ = ("INTERACT_MODES", "TAPDetect", "TAP_PRIOR_PROB")
+
+# Task interaction between the stock branches: none (the stock branches as they are) or box_to_cls (the cls branch's
+# last hidden feature plus a 1x1 projection of the box branch's; see the module docstring)
+INTERACT_MODES = ("none", "box_to_cls")
 
 # Deviation: M's bias prior. The reference's 0.01 is for a head trained from scratch; on a transferred cls branch it
 # would scale every trained score p to sqrt(0.01 p) (0.05 at p = 0.25), under ultralytics' predict threshold
 # (conf 0.25) for all of them. With sigmoid(M) = 0.25, sqrt(0.25 p) = p exactly at p = 0.25, so right after loading a
 # stock checkpoint predict() keeps the same boxes as stock at its default threshold (and ranks them as stock).
 TAP_PRIOR_PROB = 0.25
+
+
+def _zero_conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A 1x1 conv with zero weights and bias: a new path that adds nothing until it is trained."""
+    conv = nn.Conv2d(in_channels, out_channels, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
 
 
 def _predictor(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -60,6 +83,8 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         nc (int): Number of classes.
         tap (str): TAP's box re-sampling: ``faithful`` (the reference) or ``none`` (no offset branch: the stock box
             prediction, only the score is aligned), for ablations.
+        interact (str): ``none`` (the stock branches as they are) or ``box_to_cls`` (the cls feature also reads the
+            box feature through a zero-initialised 1x1 conv per level; opt-in, see the module docstring).
         reg_max (int): DFL bins per side, filled in by ``parse_model``.
         end2end (bool): Must be False: TAP has no one-to-one branch.
         ch (tuple[int, ...]): Input channels of each level, filled in by ``parse_model``.
@@ -76,6 +101,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         self,
         nc: int = 80,
         tap: str = "faithful",
+        interact: str = "none",
         reg_max: int = 16,
         end2end: bool = False,
         ch: tuple[int, ...] | list[int] = (),
@@ -85,6 +111,8 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         check_int(reg_max, "reg_max", "TAPDetect")
         if tap not in TAP_MODES:
             raise ValueError(f"TAPDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
+        if interact not in INTERACT_MODES:
+            raise ValueError(f"TAPDetect: interact must be one of {', '.join(INTERACT_MODES)}, got {interact!r}")
         if end2end:
             raise ValueError("TAPDetect has no one-to-one (end2end) branch; remove 'end2end' from the model YAML")
         if not ch:
@@ -96,6 +124,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             # softmax over axis 1 costs onnxruntime about 17 ms of a 160 ms yolov8n at 640 px (ORT profile, 1 thread)
             self.dfl = DFLExpectation(reg_max)
         self.tap = tap
+        self.interact = interact
         self._build_predictor()
 
     def _interactive_channels(self) -> int:
@@ -103,9 +132,16 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         return self.cv2[0][-1].in_channels + self.cv3[0][-1].in_channels
 
     def _build_predictor(self) -> None:
-        """Build ``cls_prob`` and ``reg_offset`` (one per level) for the current branch widths, at a no-op init."""
+        """Build ``cls_prob``, ``reg_offset`` and ``cls_from_box`` (one per level) for the branch widths, at a no-op
+        init."""
         c = self._interactive_channels()
         device, dtype = self.cv3[0][-1].weight.device, self.cv3[0][-1].weight.dtype
+        c2, c3 = self.cv2[0][-1].in_channels, self.cv3[0][-1].in_channels
+        self.cls_from_box = (
+            nn.ModuleList(_zero_conv1x1(c2, c3) for _ in range(self.nl)).to(device, dtype)
+            if getattr(self, "interact", "none") == "box_to_cls"  # absent from checkpoints saved before it
+            else None
+        )
         self.cls_prob = nn.ModuleList(_predictor(c, 1) for _ in range(self.nl)).to(device, dtype)
         self.reg_offset = (
             nn.ModuleList(_predictor(c, 4 * 2) for _ in range(self.nl)).to(device, dtype)
@@ -158,6 +194,8 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         box_branch, cls_branch = self.cv2[level], self.cv3[level]
         box_feat = box_branch[:-1](x)  # (B, c2, H, W)
         cls_feat = cls_branch[:-1](x)  # (B, c3, H, W)
+        if getattr(self, "cls_from_box", None) is not None:  # interact="box_to_cls" (absent from older checkpoints)
+            cls_feat = cls_feat + self.cls_from_box[level](box_feat)  # (B, c3, H, W)
         feat = torch.cat((box_feat, cls_feat), 1)  # task-interactive feature (B, c2 + c3, H, W)
         reg, cls_logits = box_branch[-1](box_feat), cls_branch[-1](cls_feat)
         prob_logits = self.cls_prob[level](feat)  # (B, 1, H, W)
