@@ -156,6 +156,19 @@ def test_box_to_cls_feeds_the_box_feature_into_the_cls_prediction():
         assert not torch.allclose(scores[..., :64], (torch.sigmoid(stock_cls) * m).sqrt())  # the path is used
 
 
+def test_a_checkpoint_from_before_interact_still_runs():
+    """A TAPDetect unpickled from before ``interact`` existed has neither attribute: it runs as ``interact="none"``."""
+    torch.manual_seed(0)
+    head = TAPDetect(nc=3, ch=(16, 32, 64)).eval()
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    x = [torch.randn(1, c, 8 // 2**i, 8 // 2**i) for i, c in enumerate((16, 32, 64))]
+    with torch.no_grad():
+        ref = head(x)[0]
+        del head.cls_from_box, head.interact  # as an older pickle: the attributes were never set
+        assert not hasattr(head, "cls_from_box")
+        torch.testing.assert_close(head(x)[0], ref)
+
+
 def test_tap_none_has_no_offsets():
     head = TAPDetect(nc=3, tap="none", ch=(16, 32, 64))
     head.stride = torch.tensor([8.0, 16.0, 32.0])
