@@ -172,6 +172,27 @@ def test_merge_refuses_reports_that_do_not_belong_together(compared, workdir, ca
     assert not (workdir / "never").exists()
 
 
+def test_merge_tells_two_source_checkpoints_at_one_path_apart(compared, workdir, capsys, monkeypatch):
+    """Fine-tuning reports from one --pretrained path but different checkpoint bytes are refused; a report written
+    before compare recorded the digest merges as before."""
+    from yolo_tood.commands.merge import merge_runs
+
+    out, _ = compared
+    report = json.loads((out / "compare.json").read_text())
+    report["recipe"]["pretrained"] = "/runs/src/best.pt"
+    reports = []
+    for seed_shift, digest in ((0, "aa" * 32), (1, "bb" * 32), (2, None)):
+        other = copy.deepcopy(report)
+        other["runs"] = {k: {str(seed_shift): v["0"]} for k, v in report["runs"].items()}
+        if digest is not None:
+            other["recipe"]["pretrained_sha256"] = digest
+        reports.append({**other, "file": f"report{seed_shift}"})
+    with pytest.raises(ValueError, match=r"differ in pretrained_sha256 \(pretrained_sha256: 'b+' vs 'a+'\)"):
+        merge_runs(reports[:2])
+    merged = merge_runs([reports[0], reports[2]])  # the older report has no digest: nothing to compare
+    assert sorted(merged["tap"]) == [0, 2]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -52,6 +52,8 @@ def test_stock_checkpoint_transfers_backbone_and_neck(stock_nc, tood_nc):
 
 def test_compare_fine_tunes_every_model_from_one_checkpoint(tmp_path_factory, tmp_path, capsys):
     """``yolo-tood compare --pretrained`` hands the checkpoint to each model's trainer and records it in the recipe."""
+    import hashlib
+
     import yaml
     from test_diagnostics import make_dataset
 
@@ -64,6 +66,10 @@ def test_compare_fine_tunes_every_model_from_one_checkpoint(tmp_path_factory, tm
     start = tmp_path / "scratch" / "runs" / "stock_s0" / "weights" / "best.pt"
     report = compare.main([*argv, "--models", "tood", "--out", str(tmp_path / "ft"), "--pretrained", str(start)])
     assert report["recipe"]["pretrained"] == str(start.resolve())
+    # the checkpoint's bytes too: another checkpoint at the same path is another recipe
+    assert report["recipe"]["pretrained_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
+    (record,) = report["runs"]["tood"].values()  # the one run, seed 0
+    assert record["recipe"]["pretrained_sha256"] == report["recipe"]["pretrained_sha256"]
     args = yaml.safe_load((tmp_path / "ft" / "runs" / "tood_s0" / "args.yaml").read_text())
     assert args["pretrained"] == str(start.resolve())  # what the ultralytics trainer loaded its weights from
     with pytest.raises(SystemExit) as exc:

@@ -143,6 +143,17 @@ def parse_variant(model: str) -> dict[str, Any]:
     return overrides
 
 
+def file_sha256(path: Path) -> str:
+    """Return the SHA-256 hex digest of a file's bytes (a checkpoint's identity in a compare recipe)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def variant_tag(overrides: dict[str, Any]) -> str:
     """Return a file-name-safe tag for variant overrides, e.g. ``atss_epochs0_box_gain7.5``."""
     return "_".join(f"{k}{v}" if isinstance(v, str) else f"{k}{v:g}" for k, v in overrides.items())
@@ -679,7 +690,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """
     args.out.mkdir(parents=True, exist_ok=True)
     splits = ["val"] + (["test"] if has_split(args.data, "test") and not args.val_only else [])
-    recipe = {
+    train_args = {  # the trainer's arguments, shared by every run
         "data": args.data,
         "epochs": args.epochs,
         "imgsz": args.imgsz,
@@ -692,8 +703,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "plots": True,
     }
+    recipe = dict(train_args)  # what a run's record and the report are keyed by: the trainer's arguments and more
     if args.pretrained is not None:  # only when given, so that the records of from-scratch runs stay valid
-        recipe["pretrained"] = str(args.pretrained.resolve())
+        train_args["pretrained"] = recipe["pretrained"] = str(args.pretrained.resolve())
+        # The checkpoint's content, not only its path: a source retrained at the same path (CPU training is not
+        # bit-reproducible across thread counts: one command gave val 0.107, 0.124 and 0.133) makes the cached runs
+        # stale and the reports of the two sources unmergeable
+        recipe["pretrained_sha256"] = file_sha256(args.pretrained)
     labels = model_labels(args.models)
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     curves: dict[str, list[list[float]]] = {}
@@ -707,7 +723,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             record = load_record(run_dir)
             if record is None or record.get("recipe") != {**recipe, "cfg": cfg}:
                 print(f"\n[{i_run}/{n_runs}] {label} seed {seed}: training {cfg} -> {run_dir}")
-                record = {"recipe": {**recipe, "cfg": cfg}, "train": train_run(cfg, run_dir, recipe, seed)}
+                record = {"recipe": {**recipe, "cfg": cfg}, "train": train_run(cfg, run_dir, train_args, seed)}
                 save_record(run_dir, record)
             else:
                 print(f"\n[{i_run}/{n_runs}] {label} seed {seed}: {run_dir} already trained, not training again")

@@ -2,7 +2,8 @@
 
 Seeds of one comparison are often trained by separate ``yolo-tood compare`` calls: one per machine or GPU, one per
 session, or a seed added later. This command checks that the reports share one recipe (data, epochs, imgsz, batch,
-optimizer, learning rate, momentum, workers, device, checkpoint of ``--pretrained``) and that each model name is the
+optimizer, learning rate, momentum, workers, device, checkpoint of ``--pretrained``: its path, and its
+SHA-256 where both reports recorded one) and that each model name is the
 same model YAML in all of them, then writes ``compare.json``, ``compare.md`` and ``compare_map.png`` for the union of
 their runs exactly as one ``compare`` call over all seeds would (same summary, tables and curve gaps). Nothing
 trains or validates.
@@ -26,6 +27,8 @@ from yolo_tood.commands.compare import MAP_COLUMN, read_results_csv, write_repor
 
 SPLIT_ORDER = ("val", "test")
 REPORT_KEYS = ("args", "recipe", "splits", "runs")
+# Recipe keys that reports written before them lack: compared only when both reports have them
+LATER_RECIPE_KEYS = ("pretrained_sha256",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,6 +60,13 @@ def run_model(record: dict[str, Any]) -> str:
     return Path(record["recipe"]["cfg"]).name
 
 
+def _differ(a: dict[str, Any], b: dict[str, Any], key: str) -> bool:
+    """Whether two recipes differ in ``key`` (a ``LATER_RECIPE_KEYS`` key missing from either one cannot differ)."""
+    if key in LATER_RECIPE_KEYS and (key not in a or key not in b):
+        return False
+    return a.get(key) != b.get(key)
+
+
 def merge_runs(reports: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
     """Return the union of the reports' runs, model label -> seed -> record, after checking they belong together.
 
@@ -77,7 +87,7 @@ def merge_runs(reports: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, A
     for report in reports:
         name = report["file"]
         keys = {*first["recipe"], *report["recipe"]}
-        diff = sorted(k for k in keys if first["recipe"].get(k) != report["recipe"].get(k))
+        diff = sorted(k for k in keys if _differ(first["recipe"], report["recipe"], k))
         for key in ("family", "scale"):
             if first["args"].get(key) != report["args"].get(key):
                 diff.append(key)
