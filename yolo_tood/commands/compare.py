@@ -31,7 +31,9 @@ Outputs in ``--out``: ``runs/<model>_s<seed>/`` (ultralytics run dirs, plots kep
 band over seeds); with ``--alignment`` also ``score_iou.png`` (val score vs IoU of each object's top-50 predictions,
 one panel per model, its first seed; the pairs are kept in ``runs/<model>_s<seed>/score_iou_<split>.pt``).
 Resumable: a run whose ``weights/best.pt``, ``results.csv`` and ``compare_run.json`` (written when its training has
-finished) exist is not trained again; an interrupted run is trained again from scratch.
+finished) exist, with the same recipe, is not trained again; an interrupted run is trained again from scratch. With
+``--pretrained`` the recipe holds the checkpoint's path and SHA-256, so a checkpoint replaced at the same path trains
+every run again (and ``yolo-tood merge`` refuses to join reports of two checkpoints).
 
 Reported cost and speed:
 - params: all parameters of the unfused model (as printed by ultralytics at training time).
