@@ -100,6 +100,14 @@ def head_model(model: str) -> str | None:
     return base if base in HEAD_MODELS and (model == base or model.startswith(base + ":")) else None
 
 
+def head_arg_choices() -> dict[str, tuple[str, ...]]:
+    """The values each string head argument accepts (the heads' own tuples, so a variant fails before training)."""
+    from yolo_tood.nn.head import ADAPTERS, HEAD_NORMS, TAP_MODES
+    from yolo_tood.nn.tap_head import INTERACT_MODES
+
+    return {"norm": HEAD_NORMS, "tap": TAP_MODES, "adapter": ADAPTERS, "interact": INTERACT_MODES}
+
+
 def parse_variant(model: str) -> dict[str, Any]:
     """Parse a TOOD variant ``tood:key=value,key=value`` into its YAML overrides.
 
@@ -139,6 +147,8 @@ def parse_variant(model: str) -> dict[str, Any]:
             overrides[key] = type(head_args[key])(value) if key in head_args else hyp_types[key](value)
         except ValueError:
             raise ValueError(f"bad value {value!r} for {key} in {model!r}") from None
+        if (choices := head_arg_choices().get(key)) is not None and value not in choices:
+            raise ValueError(f"bad value {value!r} for {key} in {model!r}: use one of {', '.join(choices)}")
     if not overrides:
         raise ValueError(f"{base} variant {model!r} has no key=value overrides")
     TOODHyp.from_yaml({k: v for k, v in overrides.items() if k in hyp_keys})  # same checks as the model build
