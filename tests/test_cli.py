@@ -172,7 +172,7 @@ def test_merge_refuses_reports_that_do_not_belong_together(compared, workdir, ca
     assert not (workdir / "never").exists()
 
 
-def test_merge_tells_two_source_checkpoints_at_one_path_apart(compared, workdir, capsys, monkeypatch):
+def test_merge_tells_two_source_checkpoints_at_one_path_apart(compared):
     """Fine-tuning reports from one --pretrained path but different checkpoint bytes are refused; a report written
     before compare recorded the digest merges as before."""
     from yolo_tood.commands.merge import merge_runs

@@ -24,10 +24,13 @@ from yolo_tood.nn.tap_head import INTERACT_MODES, TAP_PRIOR_PROB, TAPDetect
 FAMILIES = ("yolov8", "yolo11")
 
 
-def tap_cfg(family: str = "yolov8", scale: str = "n", interact: str = "none") -> dict:
-    """The packaged ``{family}{scale}-tap.yaml`` as a model dict, with the head's ``interact`` argument set."""
+def tap_cfg(family: str = "yolov8", scale: str = "n", interact: str = "none") -> str | dict:
+    """The packaged ``{family}{scale}-tap.yaml`` by its bare name (the shipped row, ``[nc]``), or as a model dict with
+    the head's ``interact`` argument set."""
     from ultralytics.nn.tasks import yaml_model_load
 
+    if interact == "none":
+        return f"{family}{scale}-tap.yaml"
     cfg = yaml_model_load(f"{family}{scale}-tap.yaml")
     cfg["head"][-1][3] = ["nc", "faithful", interact]
     return cfg

@@ -137,6 +137,7 @@ def parse_variant(model: str) -> dict[str, Any]:
     head_args = HEAD_ROW_ARGS[base]
     hyp_types = {k.name: k.type for k in hyp_schema()}
     hyp_keys = set(hyp_types)
+    choices_by_key = head_arg_choices()
     overrides: dict[str, Any] = {}
     for pair in filter(None, model.split(":", 1)[1].split(",")):
         key, sep, value = pair.partition("=")
@@ -147,7 +148,7 @@ def parse_variant(model: str) -> dict[str, Any]:
             overrides[key] = type(head_args[key])(value) if key in head_args else hyp_types[key](value)
         except ValueError:
             raise ValueError(f"bad value {value!r} for {key} in {model!r}") from None
-        if (choices := head_arg_choices().get(key)) is not None and value not in choices:
+        if (choices := choices_by_key.get(key)) is not None and value not in choices:
             raise ValueError(f"bad value {value!r} for {key} in {model!r}: use one of {', '.join(choices)}")
     if not overrides:
         raise ValueError(f"{base} variant {model!r} has no key=value overrides")
