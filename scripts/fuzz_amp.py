@@ -75,21 +75,30 @@ def make_batch(kind: str, g: torch.Generator, bs: int, imgsz: int, nc: int) -> d
     }
 
 
-def build_model(nc: int, seed: int):
-    """Return an n-scale YOLOv8-TOOD DetectionModel in training mode and its TOODLoss."""
+def build_model(nc: int, seed: int, cfg: str | dict = str(CFG)):
+    """Return a DetectionModel of ``cfg`` (default: n-scale YOLOv8-TOOD) in training mode and its TOODLoss."""
     from ultralytics.nn.tasks import DetectionModel
 
     from yolo_tood.train.loss import TOODLoss
 
     torch.manual_seed(seed)
-    model = DetectionModel(str(CFG), nc=nc, verbose=False).train()
+    model = DetectionModel(cfg, nc=nc, verbose=False).train()
     return model, TOODLoss(model)
+
+
+def score_biases(head) -> list[torch.Tensor]:
+    """The biases of the class logits and of every path of M (TOODDetect or TAPDetect, any ``quality``)."""
+    cls = [head.tood_cls] if hasattr(head, "tood_cls") else [branch[-1] for branch in head.cv3]
+    prob = head.cls_prob if head.cls_prob is not None else []
+    prob = [prob[-1]] if isinstance(prob, torch.nn.Sequential) else [p[-1] for p in prob]
+    dgqp = [head.dgqp.reg_conf[-1]] if getattr(head, "dgqp", None) is not None else []
+    return [conv.bias for conv in (*cls, *prob, *dgqp)]
 
 
 @contextlib.contextmanager
 def saturated(head, on: bool):
     """Temporarily set the class and probability-map biases to +12 (scores > 0.99999) when ``on``."""
-    biases = (head.tood_cls.bias, head.cls_prob[-1].bias)
+    biases = score_biases(head)
     saved = [b.detach().clone() for b in biases]
     if on:
         with torch.no_grad():
@@ -124,9 +133,18 @@ def run_step(model, criterion, batch: dict, dtype: torch.dtype | None) -> dict:
     return out
 
 
-def fuzz(batches: int, imgsz: int, bs: int, nc: int, seed: int, precisions: list[str], phases: list[str]) -> dict:
-    """Run the fuzz and return the per (precision, phase) counts and the loss differences to fp32."""
-    model, criterion = build_model(nc, seed)
+def fuzz(
+    batches: int,
+    imgsz: int,
+    bs: int,
+    nc: int,
+    seed: int,
+    precisions: list[str],
+    phases: list[str],
+    cfg: str | dict = str(CFG),
+) -> dict:
+    """Run the fuzz on a model of ``cfg`` and return the per (precision, phase) counts and loss differences to fp32."""
+    model, criterion = build_model(nc, seed, cfg)
     head = model.model[-1]
     g = torch.Generator().manual_seed(seed)
     stats = {
@@ -180,10 +198,11 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
     parser.add_argument("--phases", nargs="+", default=["atss", "tal"], choices=["atss", "tal"])
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--model", default=str(CFG), help="model YAML (path or bare name), default yolov8n-tood")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
-    res = fuzz(args.batches, args.imgsz, args.bs, args.nc, args.seed, args.precisions, args.phases)
+    res = fuzz(args.batches, args.imgsz, args.bs, args.nc, args.seed, args.precisions, args.phases, args.model)
     print("| precision | phase | batches | failures | loss vs fp32 loss, max | end to end vs fp32, median / max |")
     print("| --- | --- | --- | --- | --- | --- |")
     for key, s in res.items():

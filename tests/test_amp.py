@@ -47,6 +47,20 @@ def test_fuzz_amp_no_failure_and_loss_close_to_fp32(precision):
     assert res[f"{precision}/tal"]["end_to_end_median"] < {"fp16": 0.02, "bf16": 0.05}[precision], res
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_fuzz_amp_tap_head_with_the_distribution_quality(precision):
+    """The same fuzz (one round) on a TAP head whose M reads features and distribution (``quality: both``)."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    cfg = yaml_model_load("yolov8n-tap.yaml")
+    cfg["head"][-1][3] = ["nc", "faithful", "none", "both"]
+    res = fuzz_amp.fuzz(len(fuzz_amp.KINDS), 64, 2, 80, 0, [precision], ["atss", "tal"], cfg)
+    for phase in ("atss", "tal"):
+        s = res[f"{precision}/{phase}"]
+        assert s["batches"] == len(fuzz_amp.KINDS) and s["failures"] == 0, s["errors"]
+        assert s["loss_only"] < 1e-4, s
+
+
 def test_aligned_score_saturated_fp16_logits_give_finite_fp32_gradients():
     """A negative of score 1 - 6e-6: in fp16 its log-sigmoid sum was a subnormal and the score rounded to 1."""
     grads = []

@@ -132,7 +132,7 @@ def perturb_tap_head(head: TAPDetect, seed: int = 0) -> None:
             if p.dim() == 4 and p.requires_grad:  # conv weights, not DFL's fixed bin values
                 gain = 1.5 if name.startswith("reg_offset") and name.endswith("2.weight") else 1.0
                 p.copy_(torch.randn(p.shape, generator=g) * gain / p[0].numel() ** 0.5)
-        for branch in (*head.cv3, *head.cls_prob):
+        for branch in (*head.cv3, *(head.cls_prob or ())):
             branch[-1].bias.zero_()  # scores spread over [0, 1]
 
 
@@ -332,25 +332,29 @@ def test_plain_distance_head_onnx_parity(tmp_path):
 
 
 @needs_images
-def test_box_to_cls_tap_head_onnx_parity(tmp_path):
-    """A TAPDetect model with ``interact: box_to_cls`` (trained-like, off its no-op start) matches PyTorch in ONNX."""
+@pytest.mark.parametrize(
+    "args", [["box_to_cls"], ["none", "distribution"], ["none", "both"]], ids=["box_to_cls", "distribution", "both"]
+)
+def test_tap_head_variant_onnx_parity(tmp_path, args):
+    """A TAPDetect model with ``interact: box_to_cls`` or an M that reads the box distribution (``quality``),
+    trained-like (off its no-op start), matches PyTorch in ONNX."""
     import yaml
 
     torch.manual_seed(0)
     cfg = yaml.safe_load((ROOT / "cfg" / "yolov8-tap.yaml").read_text())
-    cfg["head"][-1][3] = ["nc", "faithful", "box_to_cls"]
-    path = tmp_path / "yolov8n-tap-box_to_cls.yaml"
+    cfg["head"][-1][3] = ["nc", "faithful", *args]
+    path = tmp_path / f"yolov8n-tap-{'_'.join(args)}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     yolo = YOLO(path)
     head = yolo.model.model[-1]
-    assert head.cls_from_box is not None
+    assert (head.cls_from_box is not None) == (args[0] == "box_to_cls") and (head.dgqp is not None) == (len(args) > 1)
     perturb_tap_head(head)  # every conv weight, cls_from_box's included, off zero
     calibrate_batchnorms(yolo.model, IMAGES, 96)
-    ckpt = tmp_path / "box_to_cls.pt"
+    ckpt = tmp_path / "variant.pt"
     yolo.save(ckpt)
     f = YOLO(ckpt).export(format="onnx", imgsz=96, opset=17)
     session = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
     x = load_image(IMAGES[0], 96)
     out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     ref = run_torch(YOLO(ckpt).model.float().eval().fuse(verbose=False), x)
-    assert_parity(ref, out, "box_to_cls onnx 96px", TAP_BOX_RTOL)
+    assert_parity(ref, out, f"{'_'.join(args)} onnx 96px", TAP_BOX_RTOL)

@@ -19,30 +19,34 @@ from ultralytics.utils.torch_utils import intersect_dicts
 
 from yolo_tood.integration.register import CFG_DIR
 from yolo_tood.nn.head import DFLExpectation
-from yolo_tood.nn.tap_head import INTERACT_MODES, TAP_PRIOR_PROB, TAPDetect
+from yolo_tood.nn.tap_head import TAP_PRIOR_PROB, TAPDetect
 
 FAMILIES = ("yolov8", "yolo11")
 
 
-def tap_cfg(family: str = "yolov8", scale: str = "n", interact: str = "none") -> str | dict:
+# (interact, quality) settings of the head beside the shipped default
+VARIANTS = [("none", "features"), ("box_to_cls", "features"), ("none", "distribution"), ("none", "both")]
+
+
+def tap_cfg(family: str = "yolov8", scale: str = "n", interact: str = "none", quality: str = "features") -> str | dict:
     """The packaged ``{family}{scale}-tap.yaml`` by its bare name (the shipped row, ``[nc]``), or as a model dict with
-    the head's ``interact`` argument set."""
+    the head's ``interact`` and ``quality`` arguments set."""
     from ultralytics.nn.tasks import yaml_model_load
 
-    if interact == "none":
+    if (interact, quality) == ("none", "features"):
         return f"{family}{scale}-tap.yaml"
     cfg = yaml_model_load(f"{family}{scale}-tap.yaml")
-    cfg["head"][-1][3] = ["nc", "faithful", interact]
+    cfg["head"][-1][3] = ["nc", "faithful", interact, quality]
     return cfg
 
 
 def stock_and_tap(
-    family: str, nc: int, scale: str = "n", interact: str = "none"
+    family: str, nc: int, scale: str = "n", interact: str = "none", quality: str = "features"
 ) -> tuple[DetectionModel, DetectionModel]:
     torch.manual_seed(0)
     return (
         DetectionModel(f"{family}{scale}.yaml", nc=nc, verbose=False),
-        DetectionModel(tap_cfg(family, scale, interact), nc=nc, verbose=False),
+        DetectionModel(tap_cfg(family, scale, interact, quality), nc=nc, verbose=False),
     )
 
 
@@ -104,13 +108,15 @@ def test_a_stock_checkpoint_transfers_what_it_transfers_into_stock(family, sourc
     assert counts["tap"] == counts["stock"] and len(counts["stock"]) > 300
 
 
-@pytest.mark.parametrize("interact", INTERACT_MODES)
-def test_it_starts_as_the_stock_checkpoint(trained_stock, interact):
+@pytest.mark.parametrize("interact,quality", VARIANTS)
+def test_it_starts_as_the_stock_checkpoint(trained_stock, interact, quality):
     """Same boxes, scores sqrt(TAP_PRIOR_PROB * p): same ranking, and p = 0.25 maps to 0.25 (predict's conf)."""
     stock = YOLO(trained_stock).model.float().eval()
     torch.manual_seed(3)
-    tap = DetectionModel(tap_cfg(interact=interact), nc=stock.nc, verbose=False)
+    tap = DetectionModel(tap_cfg(interact=interact, quality=quality), nc=stock.nc, verbose=False)
     assert (tap.model[-1].cls_from_box is not None) == (interact == "box_to_cls")
+    assert (tap.model[-1].dgqp is not None) == (quality != "features")
+    assert (tap.model[-1].cls_prob is not None) == (quality != "distribution")
     tap.load(torch.load(trained_stock, weights_only=False), verbose=False)
     tap.eval().model[-1].nms_pre = 0  # every score, for the element-wise comparison
     x = torch.rand(2, 3, 96, 128)
@@ -184,6 +190,9 @@ def test_tap_none_has_no_offsets():
     [
         ({"tap": "deform"}, "TAPDetect: tap must be one of faithful, none, got 'deform'"),
         ({"interact": "both"}, "TAPDetect: interact must be one of none, box_to_cls, got 'both'"),
+        ({"quality": "iou"}, "TAPDetect: quality must be one of features, distribution, both, got 'iou'"),
+        ({"quality": "distribution", "reg_max": 1}, "TAPDetect: quality 'distribution' reads the DFL box distrib"),
+        ({"quality": "both", "reg_max": 1}, "a reg_max 1 head does not have"),
         ({"end2end": True}, "TAPDetect has no one-to-one"),
         ({"nc": 0}, "nc"),
         ({"ch": ()}, "no input levels"),
@@ -196,12 +205,12 @@ def test_bad_arguments_are_one_line(kwargs, match):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("scale", list("nsmlx"))
-@pytest.mark.parametrize("interact", INTERACT_MODES)
-def test_budget_params_and_gflops_within_five_percent_of_stock(family, scale, interact):
+@pytest.mark.parametrize("interact,quality", VARIANTS)
+def test_budget_params_and_gflops_within_five_percent_of_stock(family, scale, interact, quality):
     """The predictor's cost at 640 px and 80 classes: params and GFLOPs <= 1.05x stock at every scale."""
     from ultralytics.utils.torch_utils import get_flops, get_num_params
 
-    stock, tap = stock_and_tap(family, nc=80, scale=scale, interact=interact)
+    stock, tap = stock_and_tap(family, nc=80, scale=scale, interact=interact, quality=quality)
     assert get_num_params(tap) <= 1.05 * get_num_params(stock)
     assert get_flops(tap, 640) <= 1.05 * get_flops(stock, 640)
 

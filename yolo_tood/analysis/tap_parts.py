@@ -8,7 +8,9 @@ TOOD or TAP model evaluated with one of them switched off, and nothing else chan
 - ``m``: M's last conv gives a constant logit ``M_OFF_LOGIT`` (sigmoid 1 in float32), so the score is
   sqrt(sigmoid(cls)), ranked as the cls branch alone ranks;
 - ``offsets``: no offset branch (``reg_offset = None``, as ``tap="none"``), so every side is measured from its
-  anchor with the un-resampled box prediction.
+  anchor with the un-resampled box prediction;
+- ``quality``: M's distribution path (``DGQP``, ``quality="distribution"`` or ``"both"``) adds nothing, so M reads
+  the features alone (``both``) or is the constant of ``m`` (``distribution``).
 
 Examples:
     >>> from ultralytics import YOLO
@@ -22,7 +24,7 @@ import torch.nn as nn
 
 __all__ = ("M_OFF_LOGIT", "TAP_PARTS", "predictors", "switch_off", "tap_head")
 
-TAP_PARTS = ("m", "offsets")
+TAP_PARTS = ("m", "offsets", "quality")
 # M's logit when switched off: sigmoid(30) = 1 - 9e-14, which rounds to 1.0 in float32 (and fp16)
 M_OFF_LOGIT = 30.0
 
@@ -57,13 +59,14 @@ def switch_off(model: nn.Module, part: str) -> nn.Module:
 
     Args:
         model (nn.Module): A DetectionModel whose last module is TOODDetect or TAPDetect.
-        part (str): ``m`` or ``offsets`` (``TAP_PARTS``).
+        part (str): ``m``, ``offsets`` or ``quality`` (``TAP_PARTS``).
 
     Returns:
         (nn.Module): ``model`` itself.
 
     Raises:
-        ValueError: For an unknown part, or a model without a task-aligned head.
+        ValueError: For an unknown part, a model without a task-aligned head, or ``quality`` on a head whose M does
+            not read the distribution.
     """
     if part not in TAP_PARTS:
         raise ValueError(f"unknown TAP part {part!r}: use one of {', '.join(TAP_PARTS)}")
@@ -73,8 +76,19 @@ def switch_off(model: nn.Module, part: str) -> nn.Module:
     if part == "offsets":
         head.reg_offset = None  # both heads then measure every side from its anchor (their tap="none" path)
         return model
-    for predictor in predictors(head, "cls_prob"):
-        last = predictor[-1]
+    dgqp = getattr(head, "dgqp", None)
+    if part == "quality" and dgqp is None:
+        raise ValueError("quality: this head's M reads the features only (quality 'features'); nothing to switch off")
+    if part == "quality" and head.cls_prob is not None:  # quality="both": M is the features' logit alone
+        head.dgqp = None
+        return model
+    # M constant M_OFF_LOGIT: the features' predictors (one per level for TAPDetect) give it, the distribution's 0;
+    # with quality="distribution" the distribution's predictor is all of M and gives it
+    features = [p[-1] for p in predictors(head, "cls_prob")]
+    lasts = [(last, M_OFF_LOGIT) for last in features]
+    if dgqp is not None:
+        lasts.append((dgqp.reg_conf[-1], 0.0 if features else M_OFF_LOGIT))
+    for last, bias in lasts:
         nn.init.zeros_(last.weight)
-        nn.init.constant_(last.bias, M_OFF_LOGIT)
+        nn.init.constant_(last.bias, bias)
     return model

@@ -10,7 +10,8 @@ boxes NMS redundant and the validator's mAP50-95) of each model. Definitions: yo
 With ``--tap-parts`` each TOOD / TAP model is evaluated twice more, once with its probability map M switched off
 (scores ranked by the cls branch alone) and once with its offsets switched off (sides measured from the anchors):
 rows ``<name> (M off)`` and ``<name> (offsets off)``, which show what the model's PCC and mAP owe to each part of
-TAP (yolo_tood/analysis/tap_parts.py).
+TAP (yolo_tood/analysis/tap_parts.py). A head whose M reads both the features and the box distribution
+(``quality: both``) gets a third row, ``<name> (quality off)``: M from the features alone.
 
 With ``--plots DIR`` it also writes (see yolo_tood/analysis/plots.py):
     DIR/score_iou.png       score vs IoU of each object's top-50 predictions, one panel per model, PCC in the title
@@ -92,8 +93,11 @@ def evaluate_tap_parts(
         head = tap_head(yolo.model)
         if head is None:
             continue
-        # tap="none": no offsets to switch off
-        parts = [part for part in TAP_PARTS if part != "offsets" or head.reg_offset is not None]
+        # tap="none": no offsets to switch off; quality="features": no distribution path (with "distribution" alone,
+        # its path is all of M: the "M off" row)
+        has = {"m": True, "offsets": head.reg_offset is not None}
+        has["quality"] = getattr(head, "dgqp", None) is not None and head.cls_prob is not None
+        parts = [part for part in TAP_PARTS if has[part]]
         for i, part in enumerate(parts):
             if i:
                 yolo = YOLO(model)  # a fresh copy for each further part: switch_off works in place
@@ -154,7 +158,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tap-parts",
         action="store_true",
-        help="also evaluate each TOOD / TAP model with its probability map M, then its offsets, switched off",
+        help="also evaluate each TOOD / TAP model with its probability map M, then its offsets (and, for quality "
+        "'both', M's distribution path), switched off",
     )
     p.add_argument("--alpha", type=float, default=1.0, help="score exponent of t in distributions.png")
     p.add_argument("--beta", type=float, default=6.0, help="IoU exponent of t in distributions.png")

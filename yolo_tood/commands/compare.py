@@ -86,8 +86,8 @@ MAP_COLUMN = "metrics/mAP50-95(B)"
 # ----------------------------------------------------------------------------------------------------------------------
 CURVE_AFTER = 10  # the curve goal ignores the first 10 epochs (generalisation issue: "after the first 10 epochs")
 # The head models by name: ``tood`` (TOODDetect, cfg/{family}-tood.yaml), ``tap`` (TAPDetect, cfg/{family}-tap.yaml),
-# and their row args after nc (TOODDetect: feat_channels, stacked_convs unscaled, norm, tap, adapter; TAPDetect: tap,
-# interact)
+# and their row args after nc (TOODDetect: feat_channels, stacked_convs unscaled, norm, tap, adapter, quality;
+# TAPDetect: tap, interact, quality)
 HEAD_MODELS = {"tood": "TOODDetect", "tap": "TAPDetect"}
 HEAD_ROW_ARGS = {model: dict(next(h for h in HEADS if h.name == name).yaml_args) for model, name in HEAD_MODELS.items()}
 HEAD_ARGS = HEAD_ROW_ARGS["tood"]  # the TOOD head's, as before
@@ -102,10 +102,16 @@ def head_model(model: str) -> str | None:
 
 def head_arg_choices() -> dict[str, tuple[str, ...]]:
     """The values each string head argument accepts (the heads' own tuples, so a variant fails before training)."""
-    from yolo_tood.nn.head import ADAPTERS, HEAD_NORMS, TAP_MODES
+    from yolo_tood.nn.head import ADAPTERS, HEAD_NORMS, QUALITY_MODES, TAP_MODES
     from yolo_tood.nn.tap_head import INTERACT_MODES
 
-    return {"norm": HEAD_NORMS, "tap": TAP_MODES, "adapter": ADAPTERS, "interact": INTERACT_MODES}
+    return {
+        "norm": HEAD_NORMS,
+        "tap": TAP_MODES,
+        "adapter": ADAPTERS,
+        "interact": INTERACT_MODES,
+        "quality": QUALITY_MODES,
+    }
 
 
 def parse_variant(model: str) -> dict[str, Any]:
@@ -602,7 +608,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["stock", "tood"],
         help="stock, tood, tap, a variant such as tood:atss_epochs=0,box_gain=7.5 (TOOD YAML keys and the head's "
-        "YAML args: feat_channels, stacked_convs, norm, tap, adapter for tood; tap, interact for tap) or "
+        "YAML args: feat_channels, stacked_convs, norm, tap, adapter, quality for tood; tap, interact, quality for "
+        "tap) or "
         "tap:tap=none, or model YAML paths",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per (model, seed), paired")

@@ -25,7 +25,8 @@ class HeadSpec:
         criterion (str): ``module:name`` of the loss a model with this head gets from ``init_criterion``.
         yaml_args (tuple[tuple[str, int | str], ...]): Head arguments after ``nc`` in the YAML row, with the reference
             defaults used when the row omits them. With ``scaled`` the first (a width) is scaled like conv widths and
-            the second (a depth) like repeats; the others (``norm``, ``tap``, ``adapter``, ``interact``) are passed as
+            the second (a depth) like repeats; the others (``norm``, ``tap``, ``adapter``, ``interact``,
+            ``quality``) are passed as
             written. A value's type is its default's.
         scaled (bool): Whether the first two ``yaml_args`` are a width and a depth that the model scale multiplies
             (TOODDetect's tower); a head without its own tower (TAPDetect) has none.
@@ -63,6 +64,7 @@ HEADS: tuple[HeadSpec, ...] = (
             ("norm", "gn"),
             ("tap", "faithful"),
             ("adapter", "linear"),
+            ("quality", "features"),
         ),
     ),
     HeadSpec(
@@ -71,8 +73,9 @@ HEADS: tuple[HeadSpec, ...] = (
         stands_for="Detect",
         criterion="yolo_tood.train.loss:TOODLoss",
         # the stock Detect branches (cv2, cv3, dfl) under their stock names, plus TOOD's task-aligned predictor;
-        # interact: box_to_cls, a 1x1 conv per level from the box branch's feature into the cls branch's (opt-in)
-        yaml_args=(("tap", "faithful"), ("interact", "none")),
+        # interact: box_to_cls, a 1x1 conv per level from the box branch's feature into the cls branch's (opt-in);
+        # quality: what M reads (features, distribution: GFLv2's DGQP, or both)
+        yaml_args=(("tap", "faithful"), ("interact", "none"), ("quality", "features")),
         scaled=False,
     ),
 )

@@ -20,6 +20,7 @@ from ..checks import check_int
 __all__ = (
     "ADAPTERS",
     "DFLExpectation",
+    "DGQP",
     "HEAD_NORMS",
     "TAP_MODES",
     "Scale",
@@ -27,10 +28,12 @@ __all__ = (
     "TaskDecomposition",
     "TOODDetect",
     "aligned_score",
+    "check_quality",
     "inference_score",
     "keep_topk_scores",
     "keep_topk_scores_per_level",
     "NMS_PRE_MODES",
+    "QUALITY_MODES",
     "keep_valid_boxes",
     "offset_distances",
     "resample_by_offsets",
@@ -126,10 +129,28 @@ GN_GROUP_WIDTH = 8  # channels per group of norm="gn8": the reference's 256 chan
 # TAP's box re-sampling: "faithful" the reference's (side k from the edge location a + O_k predicts), "none" no
 # re-sampling at all (no offset branch; boxes decoded around each anchor as stock Detect), for ablations
 TAP_MODES = ("faithful", "none")
+# What the probability map M reads: features (TOOD's cls_prob on the task-interactive feature), distribution (GFLv2's
+# DGQP on the final, re-sampled box distribution) or both (the sum of the two logits)
+QUALITY_MODES = ("features", "distribution", "both")
+# GFLv2's DGQP settings, as implus/GFocalV2 configs/gfocal/gfocal_r50_fpn_1x.py: reg_topk 4, reg_channels 64, add_mean
+DGQP_TOPK = 4
+DGQP_CHANNELS = 64
 # The per-level layer that maps each neck level to the shared width: "linear" a 1x1 conv (the smallest map for YOLOv8's
 # unequal neck widths), "conv" ultralytics' Conv (3x3 conv, BatchNorm, SiLU), the layer each branch of stock Detect
 # starts with; per-level capacity where it is cheap (P4/P5 maps are 4x/16x smaller than P3), for ablations
 ADAPTERS = ("linear", "conv")
+
+
+def check_quality(quality: str, reg_max: int, head: str) -> None:
+    """Raise a one-line ``ValueError`` when ``quality`` is not a ``QUALITY_MODES`` value or needs a distribution that
+    a ``reg_max`` head does not have."""
+    if quality not in QUALITY_MODES:
+        raise ValueError(f"{head}: quality must be one of {', '.join(QUALITY_MODES)}, got {quality!r}")
+    if quality != "features" and reg_max <= DGQP_TOPK:
+        raise ValueError(
+            f"{head}: quality {quality!r} reads the DFL box distribution, which a reg_max {reg_max} head does not "
+            "have; use quality 'features'"
+        )
 
 
 def _group_norm(channels: int, group_width: int = 0) -> nn.GroupNorm:
@@ -330,6 +351,7 @@ def task_aligned_outputs(
     offsets: torch.Tensor | None,
     dfl: nn.Module,
     training: bool,
+    dgqp: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return TAP's outputs of one level: the aligned score and the re-sampled box prediction (paper section 3.1).
 
@@ -341,25 +363,32 @@ def task_aligned_outputs(
     Args:
         reg (torch.Tensor): Box prediction (B, 4 * reg_max, H, W): DFL logits, or distances when reg_max is 1.
         cls_logits (torch.Tensor): Classification logits (B, nc, H, W).
-        prob_logits (torch.Tensor): Probability-map logits M (B, 1, H, W).
+        prob_logits (torch.Tensor | None): Probability-map logits M from the features (B, 1, H, W); None when M
+            reads the box distribution only.
         offsets (torch.Tensor | None): Offsets (B, 8, H, W), (dy, dx) per side; None for no re-sampling (tap="none").
         dfl (nn.Module): The head's distance decoder (``DFLExpectation`` or ``nn.Identity``), for the validity test.
         training (bool): True for the finite-gradient score (float32, for the loss); at inference the plain form is
             the same value in fewer ops.
+        dgqp (nn.Module | None): ``DGQP`` reading the final (re-sampled) box distribution; its logit is added to
+            ``prob_logits`` (``quality="both"``) or is M (``"distribution"``). None for ``quality="features"``.
 
     Returns:
         boxes (torch.Tensor): (B, 4 * reg_max, H, W), side k re-sampled at location + O_k.
         offsets (torch.Tensor): (B, 8, H, W), zero where the un-resampled prediction was kept (all zero without TAP).
         scores (torch.Tensor): Aligned scores in [0, 1], (B, nc, H, W).
     """
-    scores = aligned_score(cls_logits, prob_logits) if training else inference_score(cls_logits, prob_logits)
     if offsets is None:  # no re-sampling, every side measured from the anchor
-        return reg, reg.new_zeros(reg.shape[0], 8, *reg.shape[2:]), scores
-    boxes = resample_by_offsets(reg, offsets)
-    b, c, h, w = boxes.shape
-    # the validity test needs the distances only as values: detached, so it adds nothing to the backward pass
-    dist = dfl(boxes.detach().view(b, c, h * w)).view(b, 4, h, w)
-    boxes, offsets = keep_valid_boxes(dist + offset_distances(offsets.detach()), boxes, offsets, reg)
+        boxes, offsets = reg, reg.new_zeros(reg.shape[0], 8, *reg.shape[2:])
+    else:
+        boxes = resample_by_offsets(reg, offsets)
+        b, c, h, w = boxes.shape
+        # the validity test needs the distances only as values: detached, so it adds nothing to the backward pass
+        dist = dfl(boxes.detach().view(b, c, h * w)).view(b, 4, h, w)
+        boxes, offsets = keep_valid_boxes(dist + offset_distances(offsets.detach()), boxes, offsets, reg)
+    if dgqp is not None:  # M from the distribution of the box that is decoded (after re-sampling and the fallback)
+        quality = dgqp(boxes)
+        prob_logits = quality if prob_logits is None else prob_logits + quality
+    scores = aligned_score(cls_logits, prob_logits) if training else inference_score(cls_logits, prob_logits)
     return boxes, offsets, scores
 
 
@@ -446,6 +475,54 @@ class DFLExpectation(DFL):
             e = (logits - logits.amax(2, keepdim=True)).exp()  # max-shifted: no overflow for large logits
             return (e * bins.view(1, 1, self.c1, 1)).sum(2) / e.sum(2)
         return torch.matmul(bins, logits.softmax(2)).view(b, 4, a)
+
+
+class DGQP(nn.Module):
+    """GFLv2's distribution-guided quality predictor: a localisation-quality logit from the box distribution's shape.
+
+    Per location and box side, the softmax of the side's DFL logits gives its distribution over the ``reg_max`` bins;
+    its ``topk`` largest probabilities and their mean (GFLv2's ``add_mean``) are the statistics, 4 x (topk + 1)
+    channels, mapped by 1x1 conv -> ReLU -> 1x1 conv to one logit. A sharp, unimodal side is a well-placed edge.
+    As GFLv2 (Li et al., CVPR 2021, section 3.3; implus/GFocalV2 ``reg_conf``): one predictor shared by every level
+    (the statistics are in bins, the same at every stride), and the quality's gradient reaches the distribution.
+
+    Args:
+        reg_max (int): DFL bins per side (> 1).
+        topk (int): Largest probabilities kept per side.
+        channels (int): Hidden width.
+
+    Examples:
+        >>> dgqp = DGQP(reg_max=16)
+        >>> dgqp(torch.randn(2, 64, 5, 6)).shape
+        torch.Size([2, 1, 5, 6])
+    """
+
+    def __init__(self, reg_max: int = 16, topk: int = DGQP_TOPK, channels: int = DGQP_CHANNELS):
+        """Initialize the statistics' sizes and ``reg_conf`` (GFLv2's init: normal std 0.01, zero biases)."""
+        super().__init__()
+        if reg_max <= topk:
+            raise ValueError(f"DGQP needs a DFL distribution of more than {topk} bins per side, got reg_max {reg_max}")
+        self.reg_max, self.topk = reg_max, topk
+        self.reg_conf = nn.Sequential(
+            nn.Conv2d(4 * (topk + 1), channels, 1), nn.ReLU(inplace=True), nn.Conv2d(channels, 1, 1)
+        )
+        for conv in (self.reg_conf[0], self.reg_conf[-1]):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def statistics(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Return the top-k probabilities and their mean per side (B, 4 * (topk + 1), H, W) of (B, 4 * reg_max, H, W).
+
+        Computed in float32 (a softmax of 16 bins), returned in the dtype of ``boxes``.
+        """
+        b, _, h, w = boxes.shape
+        prob = _fp32(boxes).view(b, 4, self.reg_max, h, w).softmax(2)
+        top = prob.topk(self.topk, dim=2).values  # (B, 4, topk, H, W)
+        return _cast(torch.cat((top, top.mean(2, keepdim=True)), 2).view(b, -1, h, w), boxes.dtype)
+
+    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Return the quality logit (B, 1, H, W) of box distributions (B, 4 * reg_max, H, W)."""
+        return self.reg_conf(self.statistics(boxes))
 
 
 class Scale(nn.Module):
@@ -566,6 +643,8 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         tap (str): TAP's box re-sampling: ``faithful`` (the reference) or ``none`` (no offset branch, for ablations).
         adapter (str): The per-level layer mapping ``ch[l]`` to ``feat_channels``: ``linear``, a 1x1 conv; or ``conv``,
             ultralytics' ``Conv`` (3x3, BatchNorm, SiLU; PyTorch's init), the first layer of each stock Detect branch.
+        quality (str): What M reads: ``features`` (``cls_prob`` on the stacked features, the reference),
+            ``distribution`` (``DGQP`` on the final box distribution, GFLv2's; DFL heads only) or ``both`` (the sum).
         reg_max (int): DFL bins per side; 1 for plain distances.
         end2end (bool): Must be False: TOOD has no one-to-one branch.
         ch (tuple[int, ...]): Input channels of each level, filled in by ``parse_model``.
@@ -586,6 +665,7 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         norm: str = "gn",
         tap: str = "faithful",
         adapter: str = "linear",
+        quality: str = "features",
         reg_max: int = 16,
         end2end: bool = False,
         ch: tuple[int, ...] | list[int] = (),
@@ -604,6 +684,7 @@ class TOODDetect(TaskAlignedOutputs, Detect):
             raise ValueError(f"TOODDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
         if adapter not in ADAPTERS:
             raise ValueError(f"TOODDetect: adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
+        check_quality(quality, reg_max, "TOODDetect")
         if end2end:
             raise ValueError("TOODDetect has no one-to-one (end2end) branch; remove 'end2end' from the model YAML")
         if not ch:
@@ -636,9 +717,13 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         self.reg_decomp = TaskDecomposition(c, s, la_down_rate=8 * s, levels=sepbn_levels, group_width=group_width)
         self.tood_cls = nn.Conv2d(c, nc, 3, padding=1)
         self.tood_reg = nn.Conv2d(c, 4 * reg_max, 3, padding=1)
-        self.cls_prob = nn.Sequential(
-            nn.Conv2d(c * s, c // 4, 1), nn.ReLU(inplace=True), nn.Conv2d(c // 4, 1, 3, padding=1)
+        self.quality = quality
+        self.cls_prob = (
+            nn.Sequential(nn.Conv2d(c * s, c // 4, 1), nn.ReLU(inplace=True), nn.Conv2d(c // 4, 1, 3, padding=1))
+            if quality != "distribution"
+            else None
         )
+        self.dgqp = DGQP(reg_max) if quality != "features" else None  # GFLv2's init (std 0.01), shared by the levels
         self.tap = tap
         self.reg_offset = (
             nn.Sequential(nn.Conv2d(c * s, c // 4, 1), nn.ReLU(inplace=True), nn.Conv2d(c // 4, 4 * 2, 3, padding=1))
@@ -654,10 +739,10 @@ class TOODDetect(TaskAlignedOutputs, Detect):
 
         ``adapter="conv"`` adapters keep PyTorch's init, as the stock Detect layer they are.
         """
-        offset_convs = self.reg_offset or ()
+        offset_convs, cls_prob = self.reg_offset or (), self.cls_prob or ()
         linear_adapters = self.adapters if self.adapter == "linear" else ()
         for m, std in (
-            *((m, 0.01) for m in (*linear_adapters, *self.inter_convs, self.tood_cls, self.tood_reg, *self.cls_prob)),
+            *((m, 0.01) for m in (*linear_adapters, *self.inter_convs, self.tood_cls, self.tood_reg, *cls_prob)),
             *((m, OFFSET_INIT_STD) for m in offset_convs),  # both offset convs, as MMDetection's reg_offset
         ):
             for conv in m.modules():
@@ -700,11 +785,13 @@ class TOODDetect(TaskAlignedOutputs, Detect):
     def bias_init(self) -> None:
         """Set the cls and probability-map biases to the prior probability 0.01, as the reference.
 
-        Replaces ``Detect.bias_init`` (which is stride-based for the stock branches); DFL/box biases stay zero.
+        Replaces ``Detect.bias_init`` (which is stride-based for the stock branches); DFL/box biases stay zero. M's
+        prior is on ``cls_prob``, or on ``dgqp`` when M reads the distribution only (with ``both`` it starts at 0).
         """
         prior_bias = -math.log((1 - PRIOR_PROB) / PRIOR_PROB)
         nn.init.constant_(self.tood_cls.bias, prior_bias)
-        nn.init.constant_(self.cls_prob[-1].bias, prior_bias)
+        m_last = self.cls_prob[-1] if self.cls_prob is not None else self.dgqp.reg_conf[-1]
+        nn.init.constant_(m_last.bias, prior_bias)
 
     def forward_level(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the T-Head on one level.
@@ -727,7 +814,8 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         feat = torch.cat(inter_feats, 1)  # (B, S*C, H, W)
         avg_feat = F.adaptive_avg_pool2d(feat, 1)  # shared by both decompositions, as the reference
 
-        cls_logits, prob_logits = self.tood_cls(self.cls_decomp(feat, avg_feat, level)), self.cls_prob(feat)
+        cls_logits = self.tood_cls(self.cls_decomp(feat, avg_feat, level))
+        prob_logits = self.cls_prob(feat) if self.cls_prob is not None else None
         reg = self.tood_reg(self.reg_decomp(feat, avg_feat, level))  # (B, 4*reg_max, H, W)
         if self.reg_max == 1:
             # Plain distances as the reference, Scale_l(exp(x)) in stride units: positive for any conv output, so the
@@ -738,4 +826,5 @@ class TOODDetect(TaskAlignedOutputs, Detect):
             reg = _fp32(reg).clamp(max=MAX_LOG_DISTANCE).exp()
         reg = self.scales[level](reg)  # DFL: a per-level temperature of the bin logits, initialised at 1
         offsets = self.reg_offset(feat) if self.reg_offset is not None else None  # (B, 8, H, W)
-        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training)
+        dgqp = getattr(self, "dgqp", None)  # absent from checkpoints saved before quality existed
+        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training, dgqp)

@@ -26,9 +26,14 @@ The reference has no such layer (its tower is shared from the start); here it is
 transferred stock head can grow. One direction only: both directions cost 1.059x stock's GFLOPs at yolo11n (80
 classes, 640 px), over the 1.05x budget; the class score is the side TOOD's alignment is about.
 
-It starts as the stock model: the last conv of ``cls_prob`` and of ``reg_offset`` has zero weights, so right after a
-stock checkpoint is loaded M is a constant (score a monotone map of stock's sigmoid) and every offset is 0 (the stock
-boxes exactly); the cross-task conv of ``interact="box_to_cls"`` starts at zero weights and bias (adds 0).
+``quality`` chooses what M reads: ``features`` (the task-interactive feature, TOOD's), ``distribution`` (GFLv2's
+``DGQP``: statistics of the side distributions of the box that is decoded, after re-sampling) or ``both`` (the sum of
+the two logits). The stock box branch is GFL's distribution (DFL, reg_max 16), so the quality costs one small
+predictor shared by the levels.
+
+It starts as the stock model: the last conv of ``cls_prob``, ``dgqp`` and ``reg_offset`` has zero weights, so right
+after a stock checkpoint is loaded M is a constant (score a monotone map of stock's sigmoid) and every offset is 0 (the
+stock boxes exactly); the cross-task conv of ``interact="box_to_cls"`` starts at zero weights and bias (adds 0).
 """
 
 from __future__ import annotations
@@ -40,7 +45,15 @@ import torch.nn as nn
 from ultralytics.nn.modules import Detect
 
 from ..checks import check_int
-from .head import OFFSET_INIT_STD, TAP_MODES, DFLExpectation, TaskAlignedOutputs, task_aligned_outputs
+from .head import (
+    DGQP,
+    OFFSET_INIT_STD,
+    TAP_MODES,
+    DFLExpectation,
+    TaskAlignedOutputs,
+    check_quality,
+    task_aligned_outputs,
+)
 
 __all__ = ("INTERACT_MODES", "TAPDetect", "TAP_PRIOR_PROB")
 
@@ -75,7 +88,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
     """Stock ``Detect`` with TOOD's task-aligned predictor: M, offsets, aligned score and TAP's box re-sampling.
 
     Every stock parameter keeps its stock name and shape, so ``pretrained=<stock .pt>`` transfers what a stock model
-    transfers from it; ``cls_prob`` and ``reg_offset`` are the only new tensors. The training dict is TOODDetect's
+    transfers from it; ``cls_prob``, ``dgqp``, ``reg_offset`` and ``cls_from_box`` are the only new tensors. The training dict is TOODDetect's
     (``boxes``, ``offsets``, ``scores`` as aligned probabilities, ``feats``), so ``TOODLoss`` trains it unchanged, and
     inference (``TaskAlignedOutputs``) decodes the re-sampled boxes and bounds the candidates before NMS.
 
@@ -85,6 +98,8 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             prediction, only the score is aligned), for ablations.
         interact (str): ``none`` (the stock branches as they are) or ``box_to_cls`` (the cls feature also reads the
             box feature through a zero-initialised 1x1 conv per level; opt-in, see the module docstring).
+        quality (str): What M reads: ``features`` (``cls_prob`` on the task-interactive feature, TOOD's),
+            ``distribution`` (``DGQP`` on the final box distribution, GFLv2's) or ``both`` (the sum of the logits).
         reg_max (int): DFL bins per side, filled in by ``parse_model``.
         end2end (bool): Must be False: TAP has no one-to-one branch.
         ch (tuple[int, ...]): Input channels of each level, filled in by ``parse_model``.
@@ -102,6 +117,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         nc: int = 80,
         tap: str = "faithful",
         interact: str = "none",
+        quality: str = "features",
         reg_max: int = 16,
         end2end: bool = False,
         ch: tuple[int, ...] | list[int] = (),
@@ -113,6 +129,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             raise ValueError(f"TAPDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
         if interact not in INTERACT_MODES:
             raise ValueError(f"TAPDetect: interact must be one of {', '.join(INTERACT_MODES)}, got {interact!r}")
+        check_quality(quality, reg_max, "TAPDetect")
         if end2end:
             raise ValueError("TAPDetect has no one-to-one (end2end) branch; remove 'end2end' from the model YAML")
         if not ch:
@@ -125,6 +142,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             self.dfl = DFLExpectation(reg_max)
         self.tap = tap
         self.interact = interact
+        self.quality = quality
         self._build_predictor()
 
     def _interactive_channels(self) -> int:
@@ -132,37 +150,55 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         return self.cv2[0][-1].in_channels + self.cv3[0][-1].in_channels
 
     def _build_predictor(self) -> None:
-        """Build ``cls_prob``, ``reg_offset`` and ``cls_from_box`` (one per level) for the branch widths, at a no-op
-        init."""
+        """Build ``cls_prob``, ``dgqp``, ``reg_offset`` and ``cls_from_box`` for the branch widths, at a no-op init."""
         c = self._interactive_channels()
         device, dtype = self.cv3[0][-1].weight.device, self.cv3[0][-1].weight.dtype
         c2, c3 = self.cv2[0][-1].in_channels, self.cv3[0][-1].in_channels
+        quality = getattr(self, "quality", "features")  # absent from checkpoints saved before it
+        self.predictor_width = c
         self.cls_from_box = (
             nn.ModuleList(_zero_conv1x1(c2, c3) for _ in range(self.nl)).to(device, dtype)
             if getattr(self, "interact", "none") == "box_to_cls"  # absent from checkpoints saved before it
             else None
         )
-        self.cls_prob = nn.ModuleList(_predictor(c, 1) for _ in range(self.nl)).to(device, dtype)
+        self.cls_prob = (
+            nn.ModuleList(_predictor(c, 1) for _ in range(self.nl)).to(device, dtype)
+            if quality != "distribution"
+            else None
+        )
+        # one DGQP shared by the levels, as GFLv2 (its statistics are in bins, the same at every stride)
+        self.dgqp = DGQP(self.reg_max).to(device, dtype) if quality != "features" else None
         self.reg_offset = (
             nn.ModuleList(_predictor(c, 4 * 2) for _ in range(self.nl)).to(device, dtype)
             if self.tap == "faithful"
             else None
         )
-        stds = [(p, 0.01) for p in self.cls_prob] + [(p, OFFSET_INIT_STD) for p in self.reg_offset or ()]
+        stds = [(p, 0.01) for p in self.cls_prob or ()] + [(p, OFFSET_INIT_STD) for p in self.reg_offset or ()]
         for predictor, std in stds:
             nn.init.normal_(predictor[0].weight, std=std)  # the first conv as the reference: M 0.01, offsets 0.001
             nn.init.zeros_(predictor[0].bias)
-            # Deviation: zero last weights (the reference: std 0.01 for M, 0.001 for O) so that the head starts as the
-            # stock head it was loaded from; the weights still get gradients (their input, the hidden map, is not 0),
-            # as YOLOv6 and PP-YOLOE start their zero-initialised predictors
-            nn.init.zeros_(predictor[-1].weight)
-            nn.init.zeros_(predictor[-1].bias)
+        # Deviation: zero last weights (the reference: std 0.01 for M, 0.001 for O, GFLv2's DGQP 0.01) so that the head
+        # starts as the stock head it was loaded from; the weights still get gradients (their input, the hidden map, is
+        # not 0), as YOLOv6 and PP-YOLOE start their zero-initialised predictors
+        for last in self._last_convs():
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         self._init_prob_bias()
 
+    def _last_convs(self) -> list[nn.Conv2d]:
+        """The last conv of every predictor of M and O (zero at the no-op start)."""
+        predictors = [*(self.cls_prob or ()), *(self.reg_offset or ())]
+        return [p[-1] for p in predictors] + ([self.dgqp.reg_conf[-1]] if getattr(self, "dgqp", None) else [])
+
     def _init_prob_bias(self) -> None:
-        """Set M's bias to the prior ``TAP_PRIOR_PROB`` (see there why not the reference's 0.01)."""
-        for predictor in self.cls_prob:
-            nn.init.constant_(predictor[-1].bias, -math.log((1 - TAP_PRIOR_PROB) / TAP_PRIOR_PROB))
+        """Set M's bias to the prior ``TAP_PRIOR_PROB`` (see there why not the reference's 0.01).
+
+        With ``quality="both"`` the prior is on the features' logit and the distribution's starts at 0 (M is their sum).
+        """
+        prior = -math.log((1 - TAP_PRIOR_PROB) / TAP_PRIOR_PROB)
+        m_last = [p[-1] for p in self.cls_prob] if self.cls_prob is not None else [self.dgqp.reg_conf[-1]]
+        for conv in m_last:
+            nn.init.constant_(conv.bias, prior)
 
     def bias_init(self) -> None:
         """Initialise the stock biases as ``Detect`` does, then M's prior; rebuild the predictor if cv3 was rebuilt.
@@ -173,8 +209,8 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         state dict is loaded.
         """
         super().bias_init()
-        if hasattr(self, "cls_prob"):  # Detect.__init__ has not built the predictor yet when it is first called
-            if self.cls_prob[0][0].in_channels != self._interactive_channels():
+        if hasattr(self, "predictor_width"):  # Detect.__init__ has not built the predictor yet when it first calls it
+            if self.predictor_width != self._interactive_channels():
                 self._build_predictor()
             else:
                 self._init_prob_bias()
@@ -198,6 +234,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             cls_feat = cls_feat + self.cls_from_box[level](box_feat)  # (B, c3, H, W)
         feat = torch.cat((box_feat, cls_feat), 1)  # task-interactive feature (B, c2 + c3, H, W)
         reg, cls_logits = box_branch[-1](box_feat), cls_branch[-1](cls_feat)
-        prob_logits = self.cls_prob[level](feat)  # (B, 1, H, W)
+        prob_logits = self.cls_prob[level](feat) if self.cls_prob is not None else None  # (B, 1, H, W)
         offsets = self.reg_offset[level](feat) if self.reg_offset is not None else None  # (B, 8, H, W)
-        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training)
+        dgqp = getattr(self, "dgqp", None)  # absent from checkpoints saved before quality existed
+        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training, dgqp)

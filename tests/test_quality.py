@@ -1,0 +1,169 @@
+"""What M reads (``quality``): TOOD's features, GFLv2's distribution-guided quality (DGQP) of the final box, or both.
+
+What it must show (issue: a score that knows its box): the statistics are GFLv2's (top-4 probabilities of each side's
+DFL distribution and their mean); M reads the distribution of the box that is decoded, after TAP's re-sampling; the
+quality's gradient reaches that distribution; both heads take the argument; a reg_max 1 head refuses it in one line;
+a head pickled before ``quality`` existed still runs; ``--tap-parts`` can switch the new path off.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from yolo_tood.analysis.tap_parts import M_OFF_LOGIT, switch_off
+from yolo_tood.nn.head import DGQP, QUALITY_MODES, TOODDetect, aligned_score
+from yolo_tood.nn.tap_head import TAPDetect
+
+CH = (16, 32, 64)
+
+
+def levels(batch: int = 1) -> list[torch.Tensor]:
+    return [torch.randn(batch, c, 8 // 2**i, 8 // 2**i) for i, c in enumerate(CH)]
+
+
+def tap_head(quality: str, **kwargs) -> TAPDetect:
+    torch.manual_seed(0)
+    head = TAPDetect(nc=3, quality=quality, ch=CH, **kwargs)
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    return head
+
+
+def off_the_noop_start(*modules: nn.Module) -> None:
+    """Perturb every conv weight and bias, as training would, so the paths under test are not at their zero start."""
+    with torch.no_grad():
+        for m in modules:
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+def test_statistics_are_the_top4_probabilities_and_their_mean_per_side():
+    """Hand-computed: a side whose 16 logits are log(p) has softmax p; its top-4 and their mean, side-major."""
+    probs = torch.zeros(4, 16)
+    probs[0, :4] = torch.tensor([0.4, 0.3, 0.2, 0.1])  # sums to 1, so the other bins are 0 (log -> -inf)
+    probs[1] = 1 / 16  # flat
+    probs[2, 5], probs[2, 6] = 0.5, 0.5  # bimodal
+    probs[3, 15] = 1.0  # a spike
+    logits = probs.clamp_min(1e-12).log().view(1, 64, 1, 1)
+    stats = DGQP(reg_max=16).statistics(logits).view(4, 5)
+    expected = torch.tensor(
+        [
+            [0.4, 0.3, 0.2, 0.1, 0.25],
+            [1 / 16, 1 / 16, 1 / 16, 1 / 16, 1 / 16],
+            [0.5, 0.5, 0.0, 0.0, 0.25],
+            [1.0, 0.0, 0.0, 0.0, 0.25],
+        ]
+    )
+    torch.testing.assert_close(stats, expected, atol=1e-6, rtol=0)
+
+
+def test_dgqp_is_gflv2s_predictor():
+    """20 statistics -> 1x1 conv to 64 -> ReLU -> 1x1 conv to 1 (reg_topk 4, reg_channels 64, add_mean)."""
+    dgqp = DGQP(reg_max=16)
+    convs = [m for m in dgqp.reg_conf if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(20, 64, (1, 1)), (64, 1, (1, 1))]
+    x = torch.randn(2, 64, 3, 5)
+    hidden = torch.relu(convs[0](dgqp.statistics(x)))
+    torch.testing.assert_close(dgqp(x), convs[1](hidden))
+
+
+@pytest.mark.parametrize("quality", ["distribution", "both"])
+@pytest.mark.parametrize("tap", ["faithful", "none"])
+def test_m_reads_the_distribution_of_the_box_that_is_decoded(quality, tap):
+    """scores = sqrt(sig(cls) * sig(M)) with M = DGQP(final boxes) (+ the features' logit with ``both``)."""
+    head = tap_head(quality, tap=tap).train()
+    off_the_noop_start(head.dgqp, *(head.reg_offset or ()), *(head.cls_prob or ()))
+    x = levels()
+    with torch.no_grad():
+        out = head(x)
+        n0 = x[0].shape[2] * x[0].shape[3]  # level 0's anchors come first
+        boxes = out["boxes"][..., :n0].view(1, 64, *x[0].shape[2:])
+        m = head.dgqp(boxes)
+        if quality == "both":
+            box_feat, cls_feat = head.cv2[0][:-1](x[0]), head.cv3[0][:-1](x[0])
+            m = m + head.cls_prob[0](torch.cat((box_feat, cls_feat), 1))
+        cls = head.cv3[0](x[0])
+        torch.testing.assert_close(out["scores"][..., :n0], aligned_score(cls, m).flatten(2))
+        if tap == "faithful":  # the final boxes are the re-sampled ones, not the stock branch's own prediction
+            assert not torch.allclose(boxes, head.cv2[0](x[0]))
+
+
+@pytest.mark.parametrize("quality", ["distribution", "both"])
+def test_the_quality_gradient_reaches_the_distribution(quality):
+    """As GFLv2: the score's gradient flows through DGQP into the box branch (cv2's last conv)."""
+    head = tap_head(quality, tap="none").train()
+    off_the_noop_start(head.dgqp)
+    head(levels())["scores"].sum().backward()
+    assert head.cv2[0][-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("quality", ["distribution", "both"])
+def test_dgqp_learns_from_the_first_step(quality):
+    """From its no-op start (zero last weights) the DGQP's last conv gets a gradient from TOOD's loss."""
+    from test_loss import random_batch
+    from test_tap_head import tap_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel(tap_cfg(quality=quality), nc=3, verbose=False).train()
+    head = model.model[-1]
+    head.epoch, head.atss_epochs = 0, 0  # TAL, as the callbacks set it for a run without warm-up
+    assert not head.dgqp.reg_conf[-1].weight.any()
+    batch = {**random_batch([3, 2], nc=3), "img": torch.rand(2, 3, 64, 64)}
+    loss, _ = model.loss(batch, model(batch["img"]))
+    loss.sum().backward()
+    assert head.dgqp.reg_conf[-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("quality", QUALITY_MODES)
+def test_the_t_head_takes_quality(quality):
+    torch.manual_seed(0)
+    head = TOODDetect(nc=3, feat_channels=16, stacked_convs=2, quality=quality, ch=CH)
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    assert (head.dgqp is not None) == (quality != "features") and (head.cls_prob is None) == (quality == "distribution")
+    prior = torch.sigmoid((head.cls_prob[-1] if head.cls_prob is not None else head.dgqp.reg_conf[-1]).bias)
+    torch.testing.assert_close(prior, torch.tensor([0.01]))  # M's prior, the reference's, on whichever path M starts
+    out = head.train()(levels(2))
+    assert out["scores"].shape == (2, 3, 84) and out["scores"].isfinite().all()
+    assert head.eval()(levels(2))[0].shape == (2, 7, 84)
+
+
+@pytest.mark.parametrize("cls", [TAPDetect, TOODDetect])
+def test_a_reg_max_1_head_refuses_a_distribution_in_one_line(cls):
+    with pytest.raises(ValueError, match=r"^\w+Detect: quality 'distribution' reads the DFL box distribution[^\n]*$"):
+        cls(nc=3, quality="distribution", reg_max=1, ch=CH)
+
+
+def test_a_checkpoint_from_before_quality_still_runs():
+    """A TAPDetect unpickled from before ``quality`` existed has no ``dgqp`` / ``quality``: it runs as ``features``."""
+    head = tap_head("features").eval()
+    x = levels()
+    with torch.no_grad():
+        ref = head(x)[0]
+        del head.dgqp, head.quality
+        torch.testing.assert_close(head(x)[0], ref)
+
+
+def test_tap_parts_switches_the_distribution_path_off():
+    """``quality`` off: with ``both`` M is the features' logit alone; with ``distribution`` the constant of ``m``."""
+    from types import SimpleNamespace
+
+    for quality in ("both", "distribution"):
+        head = tap_head(quality).eval()
+        off_the_noop_start(head.dgqp, *(head.cls_prob or ()))
+        model = SimpleNamespace(model=[head])
+        x = levels()
+        with torch.no_grad():
+            switch_off(model, "quality")
+            scores = head(x)[0][:, 4:]
+            cls = torch.cat([head.cv3[i](xi).flatten(2) for i, xi in enumerate(x)], -1)
+            if quality == "both":
+                assert head.dgqp is None
+                feats = [torch.cat((head.cv2[i][:-1](xi), head.cv3[i][:-1](xi)), 1) for i, xi in enumerate(x)]
+                m = torch.cat([head.cls_prob[i](f).flatten(2) for i, f in enumerate(feats)], -1)
+            else:
+                m = torch.full_like(cls[:, :1], M_OFF_LOGIT)
+            torch.testing.assert_close(scores, (cls.sigmoid() * m.sigmoid()).sqrt())
+    with pytest.raises(ValueError, match="reads the features only"):
+        switch_off(SimpleNamespace(model=[tap_head("features")]), "quality")
