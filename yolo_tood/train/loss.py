@@ -10,7 +10,8 @@ MMDetection's ``TOODHead.loss_by_feat``:
 - afterwards (and when ``head.epoch`` is None): TAL assignment, Quality Focal Loss on the probabilities against
   (label, t_hat), box loss weighted by t_hat; cls loss / sum(t_hat), box loss / sum(t_hat).
 
-Both normalisers are clamped at a minimum of 1 (mmdet ``avg_factor.clamp_(min=1)``). The box loss is GIoU (loss
+Both normalisers are averaged over the ranks of a distributed run and then clamped at a minimum of 1
+(``reduce_mean``). The box loss is GIoU (loss
 weight ``box_gain``), plus ultralytics' DFL weighted like the GIoU when ``reg_max > 1`` (an addition for YOLOv8's
 DFL head; TOOD regresses plain distances).
 
@@ -30,6 +31,7 @@ import contextlib
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from ultralytics.utils.loss import DFLoss, v8DetectionLoss
 from ultralytics.utils.metrics import bbox_iou
@@ -40,7 +42,7 @@ from .assigner import AssignResult, ATSSAssigner, TOODTaskAlignedAssigner
 from .hyp import TOODHyp
 from .tal_stats import TALStats
 
-__all__ = ("TOODLoss", "centerness", "focal_loss_prob", "quality_focal_loss_prob")
+__all__ = ("TOODLoss", "centerness", "focal_loss_prob", "quality_focal_loss_prob", "reduce_mean")
 
 # Probabilities are clamped to [PROB_EPS, 1 - PROB_EPS] before logs: the aligned score sqrt(sig(a) * sig(b)) can
 # saturate to exactly 0 or 1 in float32, where the log (and mmdet issue #7747's NaN) would blow up.
@@ -109,6 +111,22 @@ def centerness(points: torch.Tensor, boxes: torch.Tensor, eps: float = 1e-9) -> 
     rb = boxes[:, 2:] - points  # (N, 2) r, b
     ratio = torch.minimum(lt, rb).clamp(min=0) / torch.maximum(lt, rb).clamp(min=eps)  # (N, 2)
     return ratio.prod(-1).sqrt()
+
+
+def reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Return the mean of ``x`` over the ranks of an initialised process group; ``x`` itself with one rank or none.
+
+    As MMDetection's TOOD head (``mmdet/models/dense_heads/tood_head.py``, ``TOODHead.loss_by_feat``:
+    ``cls_avg_factor = reduce_mean(sum(cls_avg_factors)).clamp_(min=1).item()``, the same for ``bbox_avg_factor``):
+    ultralytics' DDP multiplies each rank's loss by the world size and averages the gradients, so with the mean
+    normaliser the gradient equals one rank's on the global batch (tests/test_ddp_normaliser.py says why). The value
+    is detached, as the reference's ``.item()``: a normaliser is a constant of the loss.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x.div_(dist.get_world_size()))
+    return x
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -312,6 +330,14 @@ class TOODLoss(v8DetectionLoss):
             targets = targets[~empty]
         return targets
 
+    def _normaliser(self, total: torch.Tensor) -> torch.Tensor:
+        """Return a loss normaliser: ``total`` averaged over the ranks while training (``reduce_mean``), clamped at 1.
+
+        Validation losses run on rank 0 alone (the EMA head in eval mode): a collective there would wait for ranks
+        that never call it, so they keep the rank's own total.
+        """
+        return (reduce_mean(total) if self.head.training else total).clamp(min=1)
+
     def _cls_loss(
         self,
         pred_scores: torch.Tensor,
@@ -341,7 +367,7 @@ class TOODLoss(v8DetectionLoss):
             cls = quality_focal_loss_prob(pred_scores, target, self.hyp.qfl_beta)
         if self.head.training:  # as the assignment statistics: training batches only
             self.tal_stats.update_cls(pred_scores.detach(), target, cls.detach(), res.fg_mask, res.labels)
-        return cls.sum() / res.metrics.sum().clamp(min=1)
+        return cls.sum() / self._normaliser(res.metrics.sum())
 
     def _box_loss(
         self,
@@ -368,7 +394,7 @@ class TOODLoss(v8DetectionLoss):
         stride = stride_tensor[fg[1]]  # (P, 1)
         target = res.bboxes[fg].float() / stride  # (P, 4) grid units
         weight = centerness(points, target) if warmup else res.metrics[fg]  # (P,) float32
-        norm = weight.sum().clamp(min=1)
+        norm = self._normaliser(weight.sum())
 
         giou = bbox_iou(pred_bboxes[fg], target, xywh=False, GIoU=True).squeeze(-1)  # (P,)
         loss_box = ((1.0 - giou) * weight).sum() / norm
