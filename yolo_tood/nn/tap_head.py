@@ -88,9 +88,10 @@ class TAPDetect(TaskAlignedOutputs, Detect):
     """Stock ``Detect`` with TOOD's task-aligned predictor: M, offsets, aligned score and TAP's box re-sampling.
 
     Every stock parameter keeps its stock name and shape, so ``pretrained=<stock .pt>`` transfers what a stock model
-    transfers from it; ``cls_prob``, ``dgqp``, ``reg_offset`` and ``cls_from_box`` are the only new tensors. The training dict is TOODDetect's
-    (``boxes``, ``offsets``, ``scores`` as aligned probabilities, ``feats``), so ``TOODLoss`` trains it unchanged, and
-    inference (``TaskAlignedOutputs``) decodes the re-sampled boxes and bounds the candidates before NMS.
+    transfers from it; ``cls_prob``, ``dgqp``, ``reg_offset`` and ``cls_from_box`` are the only new tensors. The
+    training dict is TOODDetect's (``boxes``, ``offsets``, ``scores`` as aligned probabilities, ``feats``), so
+    ``TOODLoss`` trains it unchanged, and inference (``TaskAlignedOutputs``) decodes the re-sampled boxes and bounds
+    the candidates before NMS.
 
     Args:
         nc (int): Number of classes.
