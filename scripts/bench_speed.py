@@ -14,6 +14,7 @@ Usage:
     python scripts/bench_speed.py                        # scales n and s, 2 threads, 30 runs, printed as markdown
     python scripts/bench_speed.py --threads 2 1 --reference  # also 1 thread, and the heads before their inference path
     python scripts/bench_speed.py --threads 1 --tap-parts     # also TAP without its pre-NMS bound / its offsets
+    python scripts/bench_speed.py --tap-quality               # also TAP with M from the box distribution (DGQP)
     python scripts/bench_speed.py --scales n --runs 20 --out ''   # quicker, print only
 """
 
@@ -107,11 +108,13 @@ def bench_scale(
     reference: bool,
     family: str = "yolov8",
     tap_parts: bool = False,
+    tap_quality: bool = False,
 ) -> dict:
     """Measure stock and TOOD models of one scale (and the TOOD / TAP reference paths if ``reference``).
 
     With ``tap_parts`` the TAP model is also timed without its pre-NMS bound (``nms_pre = 0``) and without its offset
-    branch (``tap="none"``: no re-sampling, no validity test), which splits TAP's cost over its parts.
+    branch (``tap="none"``: no re-sampling, no validity test), which splits TAP's cost over its parts. With
+    ``tap_quality`` it is also timed with M read from the box distribution (``quality: distribution`` and ``both``).
 
     Returns:
         (dict): For each metric (params, gflops, torch_ms, ort_ms) a dict model-key -> value; for the latencies also
@@ -131,6 +134,9 @@ def bench_scale(
         yolos["tap_nms_pre0"], yolos["tap_none"] = build(tap_cfg), build(tap_cfg)
         yolos["tap_nms_pre0"].model.model[-1].nms_pre = 0
         yolos["tap_none"].model.model[-1].reg_offset = None  # the tap="none" path (no offsets, no re-sampling)
+    if tap_quality:
+        for quality in ("distribution", "both"):
+            yolos[f"tap_{quality}"] = build(tap_variant_yaml(family, scale, workdir, quality=quality))
     models = {k: fused_eval(y) for k, y in yolos.items()}
     x = torch.rand(1, 3, imgsz, imgsz)
     res = {
@@ -158,6 +164,21 @@ def bench_scale(
     for metric in ("torch_ms", "ort_ms"):
         res[metric] = {k: statistics.median(v) for k, v in res[f"{metric}_runs"].items()}
     return res
+
+
+def tap_variant_yaml(family: str, scale: str, workdir: Path, **head_args: str) -> str:
+    """Write ``{family}{scale}-tap.yaml`` with TAPDetect's keyword arguments set into ``workdir``; return its path."""
+    import yaml
+    from ultralytics.nn.tasks import yaml_model_load
+
+    from yolo_tood.integration.heads import head_spec
+
+    cfg = yaml_model_load(f"{family}{scale}-tap.yaml")
+    defaults = dict(head_spec("TAPDetect").yaml_args)
+    cfg["head"][-1][3] = ["nc", *({**defaults, **head_args}.values())]
+    path = workdir / f"{family}{scale}-tap-{'-'.join(head_args.values())}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(path)
 
 
 def matmul_gflops(model: torch.nn.Module, imgsz: int) -> float:
@@ -213,6 +234,8 @@ def table(results: dict[str, dict], threads: int, load: tuple[float, float], fam
         "tap_ref": ("{}-tap, before (reference path)", "TAP before / stock"),
         "tap_nms_pre0": ("{}-tap, nms_pre 0", "TAP nms_pre 0 / stock"),
         "tap_none": ("{}-tap, tap none", "TAP tap none / stock"),
+        "tap_distribution": ("{}-tap, quality distribution", "TAP distribution / stock"),
+        "tap_both": ("{}-tap, quality both", "TAP both / stock"),
     }
     metrics = ("params", "gflops", "gflops_all", "torch_ms", "ort_ms")
     for scale, r in results.items():
@@ -261,6 +284,9 @@ def main() -> None:
     ap.add_argument(
         "--tap-parts", action="store_true", help="also time TAP without its pre-NMS bound and without its offsets"
     )
+    ap.add_argument(
+        "--tap-quality", action="store_true", help="also time TAP with M read from the box distribution (DGQP)"
+    )
     ap.add_argument("--out", default="", help="also write the markdown table to this file")
     args = ap.parse_args()
     np.random.seed(0)
@@ -284,6 +310,7 @@ def main() -> None:
                     args.reference,
                     args.family,
                     args.tap_parts,
+                    args.tap_quality,
                 )
         sections.append(table(results, threads, (load, os.getloadavg()[0]), args.family))
     notes = NOTES
