@@ -167,3 +167,13 @@ def test_tap_parts_switches_the_distribution_path_off():
             torch.testing.assert_close(scores, (cls.sigmoid() * m.sigmoid()).sqrt())
     with pytest.raises(ValueError, match="reads the features only"):
         switch_off(SimpleNamespace(model=[tap_head("features")]), "quality")
+
+
+def test_the_export_form_of_the_statistics_is_the_same_function():
+    """Under ONNX export the softmax is a max-shifted exp and a sum (onnxruntime's middle-axis Softmax is slow)."""
+    from unittest import mock
+
+    dgqp, x = DGQP(reg_max=16), torch.randn(2, 64, 3, 5) * 5
+    with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):
+        exported = dgqp.statistics(x)
+    torch.testing.assert_close(exported, dgqp.statistics(x), atol=1e-6, rtol=1e-5)

@@ -516,7 +516,12 @@ class DGQP(nn.Module):
         Computed in float32 (a softmax of 16 bins), returned in the dtype of ``boxes``.
         """
         b, _, h, w = boxes.shape
-        prob = _fp32(boxes).view(b, 4, self.reg_max, h, w).softmax(2)
+        logits = _fp32(boxes).view(b, 4, self.reg_max, h, w)
+        if torch.onnx.is_in_onnx_export():  # onnxruntime's Softmax over a middle axis transposes (~35% of the DGQP)
+            e = (logits - logits.amax(2, keepdim=True)).exp()
+            prob = e / e.sum(2, keepdim=True)
+        else:
+            prob = logits.softmax(2)
         top = prob.topk(self.topk, dim=2).values  # (B, 4, topk, H, W)
         return _cast(torch.cat((top, top.mean(2, keepdim=True)), 2).view(b, -1, h, w), boxes.dtype)
 
