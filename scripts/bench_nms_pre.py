@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import yolo_tood  # noqa: F401  registers the heads so TOOD / TAP checkpoints load
-from yolo_tood.analysis.nms_guard import NMSTimeLimitGuard
+from yolo_tood.tools.analysis.nms_guard import NMSTimeLimitGuard
 
 
 def validate(weights: str, data: str, imgsz: int, split: str, nms_pre: int | None, mode: str) -> dict:

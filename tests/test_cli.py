@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_diagnostics import make_dataset
 
-from yolo_tood.cli import COMMANDS, build_parser, run_command
+from yolo_tood.tools.cli import COMMANDS, build_parser, run_command
 
 # the console script pip installs next to this interpreter ([project.scripts] in pyproject.toml)
 EXE = shutil.which("yolo-tood", path=str(Path(sys.executable).parent))
@@ -175,7 +175,7 @@ def test_merge_refuses_reports_that_do_not_belong_together(compared, workdir, ca
 def test_merge_tells_two_source_checkpoints_at_one_path_apart(compared):
     """Fine-tuning reports from one --pretrained path but different checkpoint bytes are refused; a report written
     before compare recorded the digest merges as before."""
-    from yolo_tood.commands.merge import merge_runs
+    from yolo_tood.tools.commands.merge import merge_runs
 
     out, _ = compared
     report = json.loads((out / "compare.json").read_text())
@@ -210,12 +210,12 @@ def test_merge_tells_two_source_checkpoints_at_one_path_apart(compared):
 )
 def test_bad_arguments_fail_with_one_line_before_training(argv, message, workdir, capsys, monkeypatch):
     """In-process (the same parser and checks as the command): the error names the argument and nothing runs."""
-    import yolo_tood.cli as cli
+    import yolo_tood.tools.cli as cli
 
     monkeypatch.chdir(workdir)
     ran = []
     monkeypatch.setattr(
-        cli, "command_module", lambda name: _NoRun(cli.import_module(f"yolo_tood.commands.{name}"), ran)
+        cli, "command_module", lambda name: _NoRun(cli.import_module(f"yolo_tood.tools.commands.{name}"), ran)
     )
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
@@ -244,3 +244,18 @@ class _NoRun:
 
     def run(self, args):
         self._ran.append(args)
+
+
+def test_command_summaries_are_the_modules_first_docstring_lines():
+    """``yolo-tood --help`` prints COMMANDS without importing the modules; each is its module's first line."""
+    from yolo_tood.tools.cli import command_module
+
+    for name, summary in COMMANDS.items():
+        first = command_module(name).__doc__.strip().splitlines()[0]
+        assert first == f"``yolo-tood {name}``: {summary}", name
+
+
+def test_tal_stats_without_statistics_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_command("tal-stats", [str(tmp_path)])
+    assert e.value.code == 2 and "tal_stats.jsonl not found" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""ATSS coverage before training (yolo_tood.analysis.coverage, yolo-tood coverage) on a hand-made dataset."""
+"""ATSS coverage before training (yolo_tood.tools.analysis.coverage, yolo-tood coverage) on a hand-made dataset."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from yolo_tood.analysis.coverage import atss_coverage, coverage_table, level_anchors
+from yolo_tood.tools.analysis.coverage import atss_coverage, coverage_table, level_anchors
 
 # xyxy pixels in a 320 x 320 image: a large GT whose ATSS threshold lies above all its candidates (see
 # test_min_size.bimodal_scene), a 40 x 30 GT that the reference covers, and a 2.5 px GT with no anchor centre of any
@@ -57,7 +57,7 @@ def test_coverage_counts_and_reasons(tmp_path):
 
 
 def test_script_settings(tmp_path, capsys):
-    from yolo_tood.commands import coverage as script
+    from yolo_tood.tools.commands import coverage as script
 
     assert script.parse_setting("reference") == {"topk": 9, "min_pos": 0, "min_size": 0.0}
     assert script.parse_setting("atss_min_pos=1,tal_min_size=16") == {"topk": 9, "min_pos": 1, "min_size": 16.0}

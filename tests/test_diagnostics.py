@@ -1,4 +1,4 @@
-"""Tests of yolo_tood.analysis (statistics, validator, reports): known answers and an end-to-end smoke test."""
+"""Tests of yolo_tood.tools.analysis (statistics, validator, reports): known answers and an end-to-end smoke test."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_tood.analysis import (
+from yolo_tood.tools.analysis import (
     AlignmentAccumulator,
     AlignmentResult,
     NMSSettings,
@@ -307,7 +307,7 @@ def test_evaluate_alignment_smoke(cfg, tiny_data, tmp_path):
 
 
 def test_alignment_table_renders_one_row_per_model():
-    from yolo_tood.analysis.report import alignment_table
+    from yolo_tood.tools.analysis.report import alignment_table
 
     res = AlignmentResult(0.5, 0.25, 3, 2, 1, 4, 20, 5, 4, 2, metrics={"metrics/mAP50-95(B)": 0.125})
     empty = AlignmentAccumulator().result()
@@ -319,7 +319,7 @@ def test_alignment_table_renders_one_row_per_model():
 
 def test_curve_gap_hand_case():
     """Seed means compared epoch by epoch after the excluded start; deficits beyond the margin are listed."""
-    from yolo_tood.analysis.report import curve_gap
+    from yolo_tood.tools.analysis.report import curve_gap
 
     stock = [[0.0, 0.10, 0.20, 0.30, 0.40], [0.0, 0.10, 0.20, 0.34, 0.40]]  # mean 0, .10, .20, .32, .40
     tood = [[0.0, 0.00, 0.21, 0.30, 0.45, 0.5]]  # one epoch longer: compared up to epoch 5
@@ -337,7 +337,7 @@ def test_curve_gap_hand_case():
 
 
 def test_compare_reports_curve_gaps():
-    from yolo_tood.commands import compare
+    from yolo_tood.tools.commands import compare
 
     gaps = compare.curve_gaps({"stock": [[0.1] * 12], "tood": [[0.1] * 11 + [0.05]], "other": [[0.2] * 12]})
     assert gaps["tood"]["below"] == [12] and gaps["other"]["below"] == [] and set(gaps) == {"tood", "other"}
@@ -347,7 +347,7 @@ def test_compare_pairs_seeds_against_the_first_model(tmp_path):
     """Paired differences use only the seeds both models have; hand-computed mean and sample std, in compare.md."""
     import argparse
 
-    from yolo_tood.commands import compare
+    from yolo_tood.tools.commands import compare
 
     def record(val: float, test: float | None = None) -> dict:
         splits = {"val": {"map50": 0.0, "map": val, "per_class": {}}}
@@ -379,7 +379,7 @@ def test_alignment_cli_writes_table_and_json(tiny_data, tmp_path, capsys):
 
     out = tmp_path / "align.json"
     argv = ["--models", "yolov8n.yaml", "--names", "random", "--data", str(tiny_data), "--imgsz", "64"]
-    from yolo_tood.commands import alignment as alignment_command
+    from yolo_tood.tools.commands import alignment as alignment_command
 
     alignment_command.main([*argv, "--batch", "2", "--json", str(out)])
     assert "| random |" in capsys.readouterr().out
@@ -389,8 +389,8 @@ def test_alignment_cli_writes_table_and_json(tiny_data, tmp_path, capsys):
 
 
 def test_compare_helpers():
-    from yolo_tood.analysis import report
-    from yolo_tood.commands import compare
+    from yolo_tood.tools.analysis import report
+    from yolo_tood.tools.commands import compare
 
     assert compare.model_labels(["stock", "stock", "tood"]) == ["stock", "stock_2", "tood"]
     assert compare.model_cfg("stock", "s") == "yolov8s.yaml"
@@ -408,7 +408,7 @@ def test_compare_helpers():
 def test_compare_tood_variants(tmp_path):
     import yaml
 
-    from yolo_tood.commands import compare
+    from yolo_tood.tools.commands import compare
 
     variant = "tood:atss_epochs=0,box_gain=7.5,feat_channels=512"
     assert compare.parse_variant(variant) == {"atss_epochs": 0, "box_gain": 7.5, "feat_channels": 512}
@@ -439,8 +439,8 @@ def test_alignment_reruns_at_batch_1_when_nms_runs_out_of_time(tiny_data, tmp_pa
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER
 
-    import yolo_tood.analysis.validator as val_mod
-    from yolo_tood.analysis.nms_guard import NMSTimeLimitError
+    import yolo_tood.tools.analysis.validator as val_mod
+    from yolo_tood.tools.analysis.nms_guard import NMSTimeLimitError
 
     batches = []
     original = val_mod.AlignmentValidator.__call__

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from yolo_tood.cli import build_parser
-from yolo_tood.commands.common import model_yaml_error
+from yolo_tood.tools.cli import build_parser
+from yolo_tood.tools.commands.common import model_yaml_error
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # the user's docs: commands and names

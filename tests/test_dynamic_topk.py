@@ -100,7 +100,7 @@ def test_yaml_keys_reach_the_assigner_and_are_validated():
 
 def test_compare_variant_with_the_str_key():
 
-    from yolo_tood.commands import compare
+    from yolo_tood.tools.commands import compare
 
     assert compare.parse_variant("tood:tal_topk_mode=dynamic,tal_topk_max=30") == {
         "tal_topk_mode": "dynamic",

@@ -57,7 +57,7 @@ def test_compare_fine_tunes_every_model_from_one_checkpoint(tmp_path_factory, tm
     import yaml
     from test_diagnostics import make_dataset
 
-    from yolo_tood.commands import compare
+    from yolo_tood.tools.commands import compare
 
     data = make_dataset(tmp_path_factory.mktemp("tiny_finetune"), n_train=2, n_val=2)
     argv = ["--epochs", "1", "--imgsz", "64", "--batch", "2", "--seeds", "0", "--workers", "0", "--val-only"]

@@ -27,11 +27,25 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def dynamic_imports(node: ast.AST, modules: dict[str, Path]) -> set[str]:
+    """The yolo_tood modules an ``import_module(...)`` call names: a string literal, or every module under the literal
+    prefix of an f-string (``import_module(f"yolo_tood.tools.commands.{name}")``)."""
+    if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "import_module"):
+        return set()
+    arg = node.args[0] if node.args else None
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return {arg.value}
+    if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        prefix = arg.values[0].value
+        return {m for m in modules if m.startswith(prefix) and m != prefix.rstrip(".")}
+    return set()
+
+
 def import_graph() -> dict[str, set[str]]:
     """Return module -> yolo_tood modules it imports anywhere (module level or inside functions), from the AST.
 
-    ``from pkg import name`` counts as an import of ``pkg.name`` when that is a module. Parent packages imported
-    implicitly by Python are not edges: only what a module names.
+    ``from pkg import name`` counts as an import of ``pkg.name`` when that is a module; ``import_module`` calls count
+    (``dynamic_imports``). Parent packages imported implicitly by Python are not edges: only what a module names.
     """
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
@@ -39,6 +53,7 @@ def import_graph() -> dict[str, set[str]]:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         edges = set()
         for node in ast.walk(ast.parse(path.read_text())):
+            edges |= dynamic_imports(node, modules)
             if isinstance(node, ast.Import):
                 edges |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom):
@@ -76,16 +91,43 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+PLUGIN = ("yolo_tood.nn", "yolo_tood.train", "yolo_tood.integration")  # what `yolo train` runs
+TOOLS = "yolo_tood.tools"  # the yolo-tood command and its analyses
+
+
 def test_imports_form_a_dag_with_layers():
     graph = import_graph()
     assert "yolo_tood.nn.head" in graph and graph["yolo_tood.train.loss"] >= {"yolo_tood.train.hyp"}  # parsed
+    assert graph["yolo_tood.tools.cli"] >= {"yolo_tood.tools.commands.compare"}  # import_module(f"...") is read
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
     for name, edges in graph.items():
         if name.startswith(("yolo_tood.nn.", "yolo_tood.train.")):
-            upward = {e for e in edges if e.startswith(("yolo_tood.integration", "yolo_tood.analysis"))}
-            assert not upward, f"{name} imports {sorted(upward)} (nn/ and train/ must not import integration/analysis)"
+            upward = {e for e in edges if e.startswith(("yolo_tood.integration", TOOLS))}
+            assert not upward, f"{name} imports {sorted(upward)} (nn/ and train/ must not import integration/tools)"
         if name.startswith("yolo_tood.nn."):
             assert not any(e.startswith("yolo_tood.train") for e in edges), f"{name} imports train/"
+
+
+def test_the_plugin_imports_nothing_from_the_tools():
+    """Not even through a module outside both (yolo_tood/__init__, checks, data): no path from the plug-in reaches
+    the tools."""
+    graph = import_graph()
+    plugin = [m for m in graph if m.startswith(PLUGIN) or m in ("yolo_tood", "yolo_tood.checks")]
+    seen, todo = set(), list(plugin)
+    while todo:
+        m = todo.pop()
+        for e in graph[m] - seen:
+            assert not e.startswith(TOOLS), f"the plug-in reaches {e} (through {m})"
+            seen.add(e)
+            todo.append(e)
+
+
+def test_help_imports_neither_torch_nor_ultralytics():
+    out = run_python(
+        "import sys\nfrom yolo_tood.tools.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'ultralytics') if m in sys.modules))"
+    )
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_find_cycle_finds_a_cycle():
@@ -104,11 +146,12 @@ def run_python(code: str, env: dict[str, str] | None = None) -> str:
 
 
 def test_hook_and_head_table_agree():
-    """The hook keeps the head modules literal (it must stay cheap); they are the head table's."""
+    """The hook reads the head modules from the head table once one executes (it imports nothing at start-up)."""
     from yolo_tood.integration.heads import HEADS
-    from yolo_tood.integration.hook import HEAD_MODULES, OLD_MODULES
+    from yolo_tood.integration.hook import HEAD_PACKAGE, OLD_MODULES, head_modules
 
-    assert set(HEAD_MODULES) == {spec.module for spec in HEADS}
+    assert head_modules() == {spec.module for spec in HEADS}
+    assert all(spec.module.startswith(HEAD_PACKAGE) for spec in HEADS)
     assert all(__import__(new, fromlist=["x"]) for new in OLD_MODULES.values())
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from ultralytics.utils.nms import non_max_suppression
 
-from yolo_tood.analysis.nms_guard import NMSTimeLimitError, NMSTimeLimitGuard
 from yolo_tood.nn.head import TOODDetect, keep_topk_scores
+from yolo_tood.tools.analysis.nms_guard import NMSTimeLimitError, NMSTimeLimitGuard
 
 
 def test_keep_topk_scores_hand_case():
@@ -126,7 +126,7 @@ def test_nms_guard_counts_and_raises():
 
 
 def test_batch1_retry_only_when_the_limit_fired():
-    from yolo_tood.analysis.nms_guard import run_with_batch1_retry
+    from yolo_tood.tools.analysis.nms_guard import run_with_batch1_retry
 
     log, calls = logging.getLogger("ultralytics"), []
 

@@ -7,10 +7,16 @@ import pytest
 import torch
 from test_diagnostics import GT_BOX, REPO, make_dataset, shrinking_boxes
 
-from yolo_tood.analysis.alignment import AlignmentAccumulator, alignment_stats
-from yolo_tood.analysis.plots import alignment_metric, head_maps, plot_distributions, plot_head_maps, plot_score_iou
-from yolo_tood.commands import alignment as alignment_command
-from yolo_tood.commands import compare as compare_command
+from yolo_tood.tools.analysis.alignment import AlignmentAccumulator, alignment_stats
+from yolo_tood.tools.analysis.plots import (
+    alignment_metric,
+    head_maps,
+    plot_distributions,
+    plot_head_maps,
+    plot_score_iou,
+)
+from yolo_tood.tools.commands import alignment as alignment_command
+from yolo_tood.tools.commands import compare as compare_command
 
 TOOD_CFG = REPO / "cfg" / "yolov8n-tood.yaml"
 

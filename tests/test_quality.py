@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from yolo_tood.analysis.tap_parts import M_OFF_LOGIT, switch_off
 from yolo_tood.nn.head import DGQP, QUALITY_MODES, TOODDetect, aligned_score
 from yolo_tood.nn.tap_head import TAPDetect
+from yolo_tood.tools.analysis.tap_parts import M_OFF_LOGIT, switch_off
 
 CH = (16, 32, 64)
 

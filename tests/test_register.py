@@ -95,7 +95,10 @@ def test_model_yaml_is_not_mutated_and_loss_is_tood():
     [
         (["nc", 256, 0], "stacked_convs"),
         (["nc", "wide", 3], "feat_channels"),
-        (["nc", 256, 3, "gn", "faithful", "linear", 9], r"\[nc, feat_channels, stacked_convs, norm, tap, adapter\]"),
+        (
+            ["nc", 256, 3, "gn", "faithful", "linear", "features", 9],
+            r"\[nc, feat_channels, stacked_convs, norm, tap, adapter, quality\]",
+        ),
         (["nc", 256, 3, "gn", "off"], "tap must be one of faithful, none"),
         (["nc", 256, 3, "gn", "faithful", "deep"], "adapter must be one of linear, conv"),
         (["nc", 256, 3, "bn"], "norm must be one of gn, gn8, sepbn"),

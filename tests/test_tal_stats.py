@@ -10,8 +10,9 @@ import pytest
 import torch
 from test_loss import FakeHead, FakeModel, random_batch, random_preds
 
-from yolo_tood.analysis.tal_stats import plot_tal_stats
-from yolo_tood.integration.callbacks import on_train_end, on_train_epoch_end
+from yolo_tood.integration.callbacks import on_train_epoch_end
+from yolo_tood.tools.analysis.tal_stats import plot_tal_stats
+from yolo_tood.tools.cli import run_command
 from yolo_tood.train.assigner import AssignResult
 from yolo_tood.train.tal_stats import SIZE_LABELS, TALStats, gt_sizes
 
@@ -84,7 +85,7 @@ def fake_trainer(tmp_path: Path, criterion, epoch: int, plots: bool = True) -> S
     return SimpleNamespace(model=model, epoch=epoch, save_dir=tmp_path, args=SimpleNamespace(plots=plots))
 
 
-def test_callbacks_write_one_line_per_epoch_and_the_plot(tmp_path):
+def test_callbacks_write_one_line_per_epoch_and_the_tool_draws_it(tmp_path):
     from yolo_tood.train.loss import TOODLoss
 
     criterion = TOODLoss(FakeModel(FakeHead()))
@@ -96,9 +97,8 @@ def test_callbacks_write_one_line_per_epoch_and_the_plot(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "tal_stats.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3] and [x["phase"] for x in lines] == ["ATSS", "TAL", "TAL"]
     assert lines[0]["zero_pos_share"] == 0.5 and lines[1]["pos_per_gt"] == 1.5
-    on_train_end(fake_trainer(tmp_path, criterion, 2, plots=False))
-    assert not (tmp_path / "tal_stats.png").exists()  # plots=False writes no PNG, as ultralytics
-    on_train_end(fake_trainer(tmp_path, criterion, 2))
+    assert not (tmp_path / "tal_stats.png").exists()  # the plug-in writes the statistics; the picture is the tools'
+    run_command("tal-stats", [str(tmp_path)])
     assert (tmp_path / "tal_stats.png").stat().st_size > 0
     data = plot_tal_stats(tmp_path / "tal_stats.jsonl", tmp_path / "again.png")
     assert data["pos_per_gt/<8"] == [1.0, 2.0, 2.0] and data["zero_pos_share/32-96"] == [1.0, 0.0, 0.0]

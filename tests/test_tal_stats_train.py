@@ -1,4 +1,5 @@
-"""End to end: a 2-epoch TOOD training at 64 px writes one tal_stats.jsonl line per epoch, and tal_stats.png."""
+"""End to end: a 2-epoch TOOD training at 64 px writes one tal_stats.jsonl line per epoch; ``yolo-tood tal-stats``
+draws tal_stats.png from it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import yaml
 from test_diagnostics import REPO, make_dataset
 
+from yolo_tood.tools.cli import run_command
 from yolo_tood.train.tal_stats import SIZE_LABELS
 
 
@@ -34,4 +36,6 @@ def test_training_writes_tal_stats(tmp_path):
         assert x["gts"] == sum(c["gts"] for c in x["by_class"].values())  # every GT has its class
         assert x["gts"] == sum(b["gts"] for b in x["by_size"].values()) > 0  # mosaic may add or crop boxes
         assert x["pos_per_gt"] >= 0 and 0 <= x["zero_pos_share"] <= 1
-    assert (run / "tal_stats.png").stat().st_size > 0 and (run / "results.png").exists()
+    assert (run / "results.png").exists() and not (run / "tal_stats.png").exists()  # the picture is the tools'
+    run_command("tal-stats", [str(run)])
+    assert (run / "tal_stats.png").stat().st_size > 0

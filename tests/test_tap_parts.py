@@ -1,4 +1,4 @@
-"""Switching one part of TAP off in a trained model (``yolo_tood.analysis.tap_parts``), checked against hand-built
+"""Switching one part of TAP off in a trained model (``yolo_tood.tools.analysis.tap_parts``), checked against hand-built
 equivalents: M off ranks by the cls branch alone, offsets off measures every side from its anchor."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_tood.analysis.tap_parts import predictors, switch_off, tap_head
+from yolo_tood.tools.analysis.tap_parts import predictors, switch_off, tap_head
 
 
 def model(cfg: str) -> DetectionModel:
@@ -76,8 +76,8 @@ def test_bad_part_or_head_is_refused():
 
 def test_alignment_rows_per_part_only_for_heads_that_have_it(monkeypatch, tmp_path):
     """``yolo-tood alignment --tap-parts``: no rows for stock, no offsets row for a tap="none" head."""
-    from yolo_tood.commands import alignment
     from yolo_tood.integration.register import CFG_DIR
+    from yolo_tood.tools.commands import alignment
 
     none_yaml = tmp_path / "yolov8n-tap-none.yaml"
     none_yaml.write_text(

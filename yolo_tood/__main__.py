@@ -1,5 +1,5 @@
 """``python -m yolo_tood SUB ...``: the same as the ``yolo-tood`` command."""
 
-from yolo_tood.cli import main
+from yolo_tood.tools.cli import main
 
 main()

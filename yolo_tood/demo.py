@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-CFG_DIR = Path(__file__).parent / "cfg"
+from yolo_tood.integration.heads import CFG_DIR
+
 DEMO = {"train_images": 192, "val_images": 32, "optimizer": "SGD", "lr0": 0.01, "conf": 0.25}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from .heads import is_tood_head
 
-__all__ = ("on_pretrain_routine_start", "on_train_end", "on_train_epoch_end", "on_train_epoch_start", "on_train_start")
+__all__ = ("on_pretrain_routine_start", "on_train_epoch_end", "on_train_epoch_start", "on_train_start")
 
 
 def _models(trainer: Any) -> list:
@@ -136,9 +136,11 @@ def on_train_epoch_start(trainer: Any) -> None:
 
 
 def _tood_criterion(trainer: Any) -> Any:
-    """Return the trainer model's TOOD criterion (created at the first training step), or None for other models."""
+    """Return the trainer model's ``TOODLoss`` (created at the first training step), or None for other models."""
+    from ..train.loss import TOODLoss
+
     criterion = getattr(_models(trainer)[0], "criterion", None)
-    return criterion if hasattr(criterion, "tal_stats") else None
+    return criterion if isinstance(criterion, TOODLoss) else None
 
 
 def _log_dropped_boxes(trainer: Any) -> None:
@@ -165,24 +167,14 @@ def on_train_epoch_end(trainer: Any) -> None:
     _log_dropped_boxes(trainer)  # only TOOD criteria count dropped boxes
     from ultralytics.utils import RANK
 
-    from ..analysis.tal_stats import STATS_FILE
+    from ..train.tal_stats import STATS_FILE
 
     criterion = _tood_criterion(trainer)
     if criterion is None:
         return
+    summary = criterion.take_tal_stats()  # the epoch's statistics; the criterion starts the next epoch's
     if RANK in {-1, 0}:
-        line = {"epoch": trainer.epoch + 1, **criterion.tal_stats.summary()}
         path = Path(trainer.save_dir) / STATS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
-    criterion.tal_stats.reset()
-
-
-def on_train_end(trainer: Any) -> None:
-    """Plot ``tal_stats.png`` from the run's ``tal_stats.jsonl`` when the trainer makes plots (``plots=True``)."""
-    from ..analysis.tal_stats import PLOT_FILE, STATS_FILE, plot_tal_stats
-
-    path = Path(trainer.save_dir) / STATS_FILE
-    if getattr(trainer.args, "plots", False) and path.exists():
-        plot_tal_stats(path, path.with_name(PLOT_FILE))
+            f.write(json.dumps({"epoch": trainer.epoch + 1, **summary}) + "\n")

@@ -154,7 +154,7 @@ RELIED_ON: tuple[Internal, ...] = (
         (),
         "integration/register.py",
         "dict of event -> list, copied into every trainer/exporter; on_train_start, on_train_epoch_start, "
-        "on_train_epoch_end (runs before the epoch's validation), on_train_end and on_export_start are appended",
+        "on_train_epoch_end (runs before the epoch's validation) and on_export_start are appended",
     ),
     Internal("ultralytics.utils.torch_utils:unwrap_model", ("m",), (), "integration/callbacks.py"),
     Internal("ultralytics.utils.ops:make_divisible", ("x", "divisor"), (), "integration/register.py"),

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
-__all__ = ("HEADS", "HeadSpec", "head_classes", "head_spec", "is_tood_head", "tood_row_spec")
+__all__ = ("CFG_DIR", "HEADS", "HeadSpec", "head_classes", "head_spec", "is_tood_head", "tood_row_spec")
+
+CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"  # the packaged model YAMLs, resolved by bare name
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ import sys
 
 TARGET = "ultralytics.nn.tasks"
 CFG_TARGET = "ultralytics.utils"  # defines DEFAULT_CFG_DICT, the train arguments ultralytics accepts
-# heads.HEADS' modules; kept literal so the hook imports nothing more
-HEAD_MODULES = ("yolo_tood.nn.head", "yolo_tood.nn.tap_head")
+# The head modules live here; which ones they are is the head table's (heads.HEADS), read once one of these executes,
+# so that the hook imports nothing at start-up
+HEAD_PACKAGE = "yolo_tood.nn."
 # Module paths before the layer folders; checkpoints pickled then name their classes through them.
 OLD_MODULES = {
     "yolo_tood.head": "yolo_tood.nn.head",
@@ -28,7 +29,7 @@ OLD_MODULES = {
     "yolo_tood.assigner": "yolo_tood.train.assigner",
     "yolo_tood.hyp": "yolo_tood.train.hyp",
     "yolo_tood.export": "yolo_tood.integration.export",
-    "yolo_tood.diagnostics": "yolo_tood.analysis",
+    "yolo_tood.diagnostics": "yolo_tood.tools.analysis",
 }
 
 
@@ -52,6 +53,13 @@ def allow_safe_load(module) -> None:
     torch.serialization.add_safe_globals(classes + [(c, f"{o}.{c.__qualname__}") for o in old for c in classes])
 
 
+def head_modules() -> set[str]:
+    """The modules of the head table's classes (``heads.HEADS``)."""
+    from yolo_tood.integration.heads import HEADS
+
+    return {spec.module for spec in HEADS}
+
+
 def _after_exec(name: str, module) -> None:
     if name == TARGET:
         from yolo_tood.integration.register import register
@@ -61,7 +69,7 @@ def _after_exec(name: str, module) -> None:
         from yolo_tood.integration.register import add_train_args
 
         add_train_args()
-    else:
+    elif name in head_modules():
         allow_safe_load(module)
         if TARGET in sys.modules and "yolo_tood.integration.register" in sys.modules:
             from yolo_tood.integration.register import import_head_modules
@@ -114,7 +122,7 @@ class _UltralyticsFinder:
             from importlib.machinery import ModuleSpec
 
             return ModuleSpec(fullname, _AliasLoader(OLD_MODULES[fullname]))
-        if fullname not in (TARGET, CFG_TARGET) and fullname not in HEAD_MODULES:
+        if fullname not in (TARGET, CFG_TARGET) and not fullname.startswith(HEAD_PACKAGE):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):

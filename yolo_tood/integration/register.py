@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 from ..checks import check_int
 from .compat import SCALE_IN_NAME, SUPPORTED_ULTRALYTICS, check_ultralytics_version, parse_model_with
-from .heads import HEADS, is_tood_head, tood_row_spec
+from .heads import CFG_DIR, HEADS, is_tood_head, tood_row_spec
 
 __all__ = (
     "CFG_DIR",
@@ -69,8 +69,6 @@ class _Patch:
 _PATCHES: list[_Patch] = []
 _CALLBACKS: list[tuple[str, Callable]] = []
 _TRAIN_ARGS: list[str] = []  # keys add_train_args() added to ultralytics' default cfg
-
-CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"  # the packaged model YAMLs, resolved by bare name
 
 
 def _patch(owner: Any, name: str, make_wrapper: Callable[[Any], Any]) -> None:
@@ -226,7 +224,6 @@ def _add_callbacks() -> None:
 
     from .callbacks import (
         on_pretrain_routine_start,
-        on_train_end,
         on_train_epoch_end,
         on_train_epoch_start,
         on_train_start,
@@ -238,7 +235,6 @@ def _add_callbacks() -> None:
         ("on_train_start", on_train_start),
         ("on_train_epoch_start", on_train_epoch_start),
         ("on_train_epoch_end", on_train_epoch_end),  # tal_stats.jsonl, before the epoch's validation
-        ("on_train_end", on_train_end),  # tal_stats.png
         ("on_export_start", on_export_start),
     ):
         if fn not in default_callbacks[event]:

@@ -187,6 +187,13 @@ class TOODLoss(v8DetectionLoss):
         self.tal_stats = TALStats()  # positives per GT of the training batches; integration.callbacks writes them
         self.dropped_boxes = 0  # GTs of zero or negative size dropped since the last reset (logged per epoch)
 
+    def take_tal_stats(self) -> dict[str, Any]:
+        """Return the assignment statistics of the training batches since the last call (``TALStats.summary``), and
+        start new ones: the trainer callbacks write one line of ``tal_stats.jsonl`` per epoch from it."""
+        summary = self.tal_stats.summary()
+        self.tal_stats.reset()
+        return summary
+
     def warmup_epochs(self) -> int:
         """Return the ATSS warm-up length in epochs: the head's ``atss_epochs``, resolved by the training callbacks.
 

@@ -4,8 +4,8 @@ TAL's top-k over the alignment metric t = s^alpha * u^beta, then the centre-in-G
 few or no positives (its top-k anchors may all have their centre outside it). ``TOODLoss`` feeds every training-mode
 ``AssignResult`` to a ``TALStats`` accumulator (a bincount per batch, on the loss's device, no host sync); the trainer
 callbacks (``yolo_tood.integration.callbacks``) read it at the end of each epoch, append one JSON line to
-``<save_dir>/tal_stats.jsonl`` and reset it, and plot ``<save_dir>/tal_stats.png`` (``yolo_tood.analysis.tal_stats``)
-beside ``results.png`` at the end of training.
+``<save_dir>/tal_stats.jsonl`` (``STATS_FILE``) and reset it. Its picture is the tools' (``yolo-tood tal-stats RUN``,
+``yolo_tood.tools.analysis.tal_stats``).
 
 The classification signal of the same batches is kept beside it (``TALStats.update_cls``): the mean target of the
 positives (1 in the ATSS warm-up, t_hat with TAL, whose sum is the loss normaliser), the mean predicted score of the
@@ -33,7 +33,9 @@ import torch
 
 from .assigner import AssignResult, gt_sizes
 
-__all__ = ("SIZE_EDGES", "SIZE_LABELS", "TALStats", "gt_sizes")
+__all__ = ("SIZE_EDGES", "SIZE_LABELS", "STATS_FILE", "TALStats", "gt_sizes")
+
+STATS_FILE = "tal_stats.jsonl"  # in the run's save_dir, one line per epoch
 
 SIZE_EDGES = (8.0, 16.0, 32.0, 96.0)  # bucket edges of sqrt(w * h) in input pixels
 SIZE_LABELS = ("<8", "8-16", "16-32", "32-96", ">=96")

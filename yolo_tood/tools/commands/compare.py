@@ -53,6 +53,7 @@ import argparse
 import csv
 import json
 import platform
+import sys
 import time
 from copy import deepcopy
 from pathlib import Path
@@ -61,10 +62,11 @@ from typing import Any, Callable
 import torch
 
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD YAMLs and checkpoints load
-from yolo_tood.analysis import AlignmentResult, evaluate_alignment
-from yolo_tood.analysis.nms_guard import NMSTimeLimitGuard, run_with_batch1_retry
-from yolo_tood.analysis.plots import plot_score_iou
-from yolo_tood.analysis.report import (
+from yolo_tood.integration.heads import CFG_DIR, HEADS
+from yolo_tood.tools.analysis import AlignmentResult, evaluate_alignment
+from yolo_tood.tools.analysis.nms_guard import NMSTimeLimitGuard, run_with_batch1_retry
+from yolo_tood.tools.analysis.plots import plot_score_iou
+from yolo_tood.tools.analysis.report import (
     alignment_table,
     curve_gap,
     fmt,
@@ -74,8 +76,8 @@ from yolo_tood.analysis.report import (
     plot_curves,
     pm,
 )
-from yolo_tood.commands.common import CFG_DIR, check_split, data_yaml, model_yaml_error
-from yolo_tood.integration.heads import HEADS
+from yolo_tood.tools.analysis.tal_stats import PLOT_FILE, STATS_FILE, plot_tal_stats
+from yolo_tood.tools.commands.common import check_split, data_yaml, model_yaml_error, parse_and_run
 
 RUN_RECORD = "compare_run.json"  # written into a run dir once its training has finished
 MAP_COLUMN = "metrics/mAP50-95(B)"
@@ -294,6 +296,9 @@ def train_run(cfg: str, run_dir: Path, recipe: dict[str, Any], seed: int) -> dic
     with NMSTimeLimitGuard() as guard:  # per-epoch validation: the curves and best.pt are void if NMS was cut short
         model.train(**recipe, seed=seed, project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
     wall = time.perf_counter() - t0
+    stats = Path(model.trainer.save_dir) / STATS_FILE
+    if stats.is_file():  # a TOOD run: the picture of its assignment statistics (the plug-in wrote the .jsonl)
+        plot_tal_stats(stats, stats.with_name(PLOT_FILE))
     if guard.hits:
         print(
             f"WARNING: NMS time limit hit {guard.hits}x in the per-epoch validation of {run_dir.name}: its curves "
@@ -574,7 +579,7 @@ def write_markdown(
         out += ["## Task alignment (TOOD paper Table 7 analysis)", ""]
         out += [
             f"Pre-NMS PCC top-50 and IoU top-10; post-NMS counts at conf {args.align_conf}, NMS IoU 0.7, max_det 300 "
-            "(definitions: yolo_tood/analysis/alignment.py). mAP50-95 at the validator's conf 0.001.",
+            "(definitions: yolo_tood/tools/analysis/alignment.py). mAP50-95 at the validator's conf 0.001.",
             "",
         ]
         for split in splits:
@@ -694,9 +699,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse and check the arguments, then ``run``."""
-    from yolo_tood.cli import run_command
-
-    return run_command("compare", argv)
+    return parse_and_run(sys.modules[__name__], "compare", argv)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

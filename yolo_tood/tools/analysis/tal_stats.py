@@ -11,11 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..train.tal_stats import SIZE_LABELS
+from ...train.tal_stats import SIZE_LABELS, STATS_FILE
 
 __all__ = ("CLS_KEYS", "PLOT_FILE", "STATS_FILE", "plot_tal_stats", "read_tal_stats")
 
-STATS_FILE = "tal_stats.jsonl"
 PLOT_FILE = "tal_stats.png"
 CLS_KEYS = {  # the classification-signal keys of a line's "cls" (TALStats.cls_summary) and their plot labels
     "target_mean": "positives: mean target (1 or t_hat)",

@@ -1,6 +1,7 @@
 """Report tables and plots of the analysis: number formatting, markdown tables, mean ± std, curves.
 
-Shared by the diagnostics and ``yolo-tood compare`` (yolo_tood/commands), so a figure is formatted one way everywhere.
+Shared by the diagnostics and ``yolo-tood compare`` (yolo_tood/tools/commands), so a figure is formatted one way
+everywhere.
 """
 
 from __future__ import annotations

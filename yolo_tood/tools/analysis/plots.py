@@ -10,11 +10,12 @@
   localisation alignment) and the layer attention of the two task decompositions. Read through forward hooks on the
   head's sub-modules; the head's forward is unchanged.
 
-The (score, IoU) pairs are collected by ``yolo_tood.analysis.alignment.AlignmentAccumulator`` during the same pass that
-computes ``pcc_top50`` (``AlignmentResult.score_iou``), so a plot and the number in its title come from the same data.
+The (score, IoU) pairs are collected by ``yolo_tood.tools.analysis.alignment.AlignmentAccumulator`` during the same
+pass that computes ``pcc_top50`` (``AlignmentResult.score_iou``), so a plot and the number in its title come from the
+same data.
 
 Examples:
-    >>> from yolo_tood.analysis import evaluate_alignment
+    >>> from yolo_tood.tools.analysis import evaluate_alignment
     >>> results = {"tood": evaluate_alignment("best.pt", "data.yaml", imgsz=320)}
     >>> plot_score_iou(results, "score_iou.png")
 """
@@ -156,8 +157,8 @@ def head_maps(model: torch.nn.Module, img: torch.Tensor) -> dict[str, list[torch
             feature-map pixels; ``cls_attention`` and ``reg_attention`` (S,) layer-attention weights (empty for
             TAPDetect, which has none); ``stride`` ().
     """
-    from ..nn.head import TOODDetect
-    from ..nn.tap_head import TAPDetect
+    from ...nn.head import TOODDetect
+    from ...nn.tap_head import TAPDetect
 
     head = model.model[-1]
     outs: dict[str, list[torch.Tensor]] = {k: [] for k in ("cls", "prob", "offsets", "cls_attention", "reg_attention")}

@@ -1,10 +1,10 @@
 """The validator runner of the task-alignment analysis: ultralytics' DetectionValidator, also keeping raw predictions.
 
-The statistics themselves are in ``yolo_tood.analysis.alignment``; this module only feeds them from a validation run
-(same dataloader, letterboxing, model loading and NMS settings as ``yolo val``).
+The statistics themselves are in ``yolo_tood.tools.analysis.alignment``; this module only feeds them from a
+validation run (same dataloader, letterboxing, model loading and NMS settings as ``yolo val``).
 
 Examples:
-    >>> from yolo_tood.analysis import evaluate_alignment
+    >>> from yolo_tood.tools.analysis import evaluate_alignment
     >>> result = evaluate_alignment("runs/detect/train/weights/best.pt", "data.yaml", split="val", imgsz=320)
 """
 
@@ -19,7 +19,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils import LOGGER
 from ultralytics.utils.ops import xywh2xyxy
 
-from ..integration.compat import prepare_batch
+from ...integration.compat import prepare_batch
 from .alignment import AlignmentAccumulator, AlignmentResult, NMSSettings
 from .nms_guard import run_with_batch1_retry
 

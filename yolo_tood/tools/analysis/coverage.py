@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ..train.assigner import ATSSAssigner, gt_sizes
-from ..train.tal_stats import SIZE_EDGES, SIZE_LABELS
+from ...train.assigner import ATSSAssigner, gt_sizes
+from ...train.tal_stats import SIZE_EDGES, SIZE_LABELS
 
 __all__ = ("Coverage", "atss_coverage", "coverage_table", "level_anchors")
 

@@ -6,17 +6,18 @@ Usage:
 
 Each setting is ``reference`` (the model YAML defaults) or ``key=value,...`` of the keys ``atss_topk``,
 ``atss_min_pos`` and ``tal_min_size``. Prints one markdown table (zero-positive share per class and size bucket, one
-column per setting) and the reasons (yolo_tood/analysis/coverage.py); ``--json`` writes the counts.
+column per setting) and the reasons (yolo_tood/tools/analysis/coverage.py); ``--json`` writes the counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from yolo_tood.analysis.coverage import Coverage, atss_coverage, coverage_table
-from yolo_tood.commands.common import check_split, data_yaml
+from yolo_tood.tools.analysis.coverage import Coverage, atss_coverage, coverage_table
+from yolo_tood.tools.commands.common import check_split, data_yaml, parse_and_run
 from yolo_tood.train.hyp import TOODHyp
 
 KEYS = {"atss_topk": "topk", "atss_min_pos": "min_pos", "tal_min_size": "min_size"}
@@ -73,9 +74,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 def main(argv: list[str] | None = None) -> dict[str, Coverage]:
     """Parse and check the arguments, then ``run``."""
-    from yolo_tood.cli import run_command
-
-    return run_command("coverage", argv)
+    return parse_and_run(sys.modules[__name__], "coverage", argv)
 
 
 def run(args: argparse.Namespace) -> dict[str, Coverage]:

@@ -33,7 +33,7 @@ leaves them informal):
   readings are available.
 
 Examples:
-    >>> from yolo_tood.analysis import evaluate_alignment
+    >>> from yolo_tood.tools.analysis import evaluate_alignment
     >>> result = evaluate_alignment("runs/detect/train/weights/best.pt", "data.yaml", split="val", imgsz=320)
     >>> print(result.pcc_top50, result.iou_top10, result.correct, result.duplicate, result.error)
 """
@@ -50,7 +50,7 @@ from ultralytics.utils.metrics import box_iou
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import xyxy2xywh
 
-from ..integration.compat import match_predictions
+from ...integration.compat import match_predictions
 
 # Thresholds of the post-NMS counts, from the paper's definitions
 MATCH_IOU = 0.5  # correct / duplicate / redundant
@@ -116,7 +116,8 @@ class AlignmentResult:
             compares what each detector's most confident boxes are.
         metrics (dict): Optional extra metrics (e.g. the validator's mAP) filled by ``evaluate_alignment``.
         score_iou (torch.Tensor, optional): (N, 2) class score and IoU of each object's top-k (50) predictions, the
-            pairs ``pcc_top50`` is computed from (for ``yolo_tood.analysis.plots``); not serialised by ``to_dict``.
+            pairs ``pcc_top50`` is computed from (for ``yolo_tood.tools.analysis.plots``); not serialised by
+            ``to_dict``.
     """
 
     pcc_top50: float

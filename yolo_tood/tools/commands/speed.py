@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,8 +35,8 @@ from typing import Any
 import torch
 
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD checkpoints load
-from yolo_tood.analysis.nms_guard import NMSTimeLimitGuard
-from yolo_tood.commands.common import check_models, check_split, data_yaml, split_images
+from yolo_tood.tools.analysis.nms_guard import NMSTimeLimitGuard
+from yolo_tood.tools.commands.common import check_models, check_split, data_yaml, parse_and_run, split_images
 
 THRESHOLDS = (0.001, 0.05, 0.25)
 
@@ -219,9 +220,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse and check the arguments, then ``run``."""
-    from yolo_tood.cli import run_command
-
-    return run_command("speed", argv)
+    return parse_and_run(sys.modules[__name__], "speed", argv)
 
 
 def run(args: argparse.Namespace) -> dict:

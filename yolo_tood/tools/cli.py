@@ -7,15 +7,16 @@ Subcommands (``yolo-tood SUB --help`` lists every argument with its default):
 - ``alignment``: PCC top-50, IoU top-10, post-NMS counts and the alignment pictures of trained checkpoints;
 - ``coverage``: which ground truths TOOD's ATSS warm-up leaves without a positive, before training;
 - ``speed``: end-to-end val / predict latency of checkpoints, stock vs TOOD, PyTorch and ONNX;
-- ``merge``: one report from several ``compare.json`` files of one recipe (seeds trained by separate calls).
+- ``merge``: one report from several ``compare.json`` files of one recipe (seeds trained by separate calls);
+- ``tal-stats``: the picture of a TOOD run's label-assignment statistics (``tal_stats.jsonl``, written in training).
 
 Each subcommand checks its arguments before it builds or trains anything and stops with one line naming the bad
 one (``yolo-tood compare: error: argument --data: data YAML 'x.yaml' not found``, exit status 2).
 
 Examples:
-    >>> from yolo_tood.cli import build_parser
+    >>> from yolo_tood.tools.cli import build_parser
     >>> sorted(build_parser().subparsers)
-    ['alignment', 'compare', 'coverage', 'merge', 'speed']
+    ['alignment', 'compare', 'coverage', 'merge', 'speed', 'tal-stats']
 """
 
 from __future__ import annotations
@@ -25,18 +26,18 @@ import sys
 from importlib import import_module
 from typing import Any
 
-# subcommand -> module of yolo_tood.commands with add_arguments(parser), check_args(parser, args) and run(args)
+from .commands.common import HelpFormatter, command_parser, parse_and_run
+
+# subcommand -> its one-line summary (the first line of its module's docstring, ``tests/test_cli.py`` checks): the
+# top-level ``--help`` prints these without importing the modules, which pull in torch and ultralytics
 COMMANDS = {
-    "compare": "compare",
-    "alignment": "alignment",
-    "coverage": "coverage",
-    "speed": "speed",
-    "merge": "merge",
+    "compare": "train stock and TOOD models with one recipe, side by side; compare accuracy, cost, speed.",
+    "alignment": "the task alignment of detectors side by side (TOOD paper, Table 7 analysis).",
+    "coverage": "which ground truths TOOD's ATSS warm-up leaves without a positive anchor, before training.",
+    "speed": "end-to-end val and predict latency of trained checkpoints, stock vs TOOD, PyTorch and ONNX.",
+    "merge": "one report from several ``compare.json`` files of one recipe (seeds trained apart).",
+    "tal-stats": "the picture of a TOOD run's label-assignment statistics (``tal_stats.jsonl`` -> PNG).",
 }
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the module docstrings' layout and show every argument's default."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,29 +47,29 @@ class Parser(argparse.ArgumentParser):
 
 
 def command_module(name: str) -> Any:
-    """Return the module of a subcommand (imported on use: each pulls in torch and ultralytics)."""
-    return import_module(f"yolo_tood.commands.{COMMANDS[name]}")
+    """Return the module of a subcommand (``yolo_tood.tools.commands.<name>``, imported on use)."""
+    return import_module(f"yolo_tood.tools.commands.{name.replace('-', '_')}")
 
 
-def build_parser() -> Parser:
-    """Return the ``yolo-tood`` parser with one subparser per command.
+def build_parser(commands: list[str] | None = None) -> Parser:
+    """Return the ``yolo-tood`` parser: one subparser per command, with its arguments for ``commands`` (default: all).
+
+    Only the modules of ``commands`` are imported; the other subparsers carry their summary alone.
 
     Returns:
         (Parser): Parser whose ``subparsers`` maps each command name to its own parser.
     """
     from yolo_tood import __version__
 
+    commands = list(COMMANDS) if commands is None else commands
     parser = Parser(prog="yolo-tood", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"yolo-tood {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     parser.subparsers = {}
-    for name in COMMANDS:
-        module = command_module(name)
-        summary = (module.__doc__ or "").strip().splitlines()[0].removeprefix(f"``yolo-tood {name}``: ")
-        p = sub.add_parser(
-            name, help=summary, description=module.__doc__, formatter_class=HelpFormatter, prog=f"yolo-tood {name}"
-        )
-        module.add_arguments(p)
+    for name, summary in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, formatter_class=HelpFormatter, prog=f"yolo-tood {name}")
+        if name in commands:
+            command_parser(command_module(name), name, p)
         parser.subparsers[name] = p
     return parser
 
@@ -77,30 +78,29 @@ def run_command(name: str, argv: list[str] | None = None) -> Any:
     """Parse ``argv`` with subcommand ``name``'s parser, check the arguments, run it and return its results.
 
     Args:
-        name (str): Subcommand (``compare``, ``alignment``, ``coverage``, ``speed``).
+        name (str): Subcommand (``compare``, ``alignment``, ``coverage``, ``speed``, ``merge``, ``tal-stats``).
         argv (list[str], optional): Its arguments; ``sys.argv[1:]`` by default (the ``scripts/`` shims).
 
     Returns:
         (Any): What the command's ``run`` returns (``compare``: the content of compare.json).
     """
-    parser = build_parser().subparsers[name]
-    args = parser.parse_args(argv)
-    module = command_module(name)
-    module.check_args(parser, args)
-    return module.run(args)
+    return parse_and_run(command_module(name), name, argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``yolo-tood``: parse, check the arguments of the chosen subcommand, run it.
 
+    Only the chosen subcommand's module is imported, so ``yolo-tood --help`` imports neither torch nor ultralytics.
     Returns None: the console script passes the return value to ``sys.exit``. Python callers who want the results
     call ``run_command`` or a command module's ``main(argv)``, which return them.
 
     Args:
         argv (list[str], optional): Arguments after the program name; ``sys.argv[1:]`` by default.
     """
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = [a for a in argv[:1] if a in COMMANDS]  # the subcommand is the first argument
+    parser = build_parser(chosen)
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         parser.exit(2)

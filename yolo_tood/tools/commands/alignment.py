@@ -5,15 +5,15 @@ Usage:
         --data $YOLO_TOOD_SHARED/datasets/bccd/bccd.yaml --split val --imgsz 320 --json alignment.json
 
 Prints a markdown table with PCC top-50, IoU top-10 and the post-NMS correct / duplicate / error counts (plus the
-boxes NMS redundant and the validator's mAP50-95) of each model. Definitions: yolo_tood/analysis/alignment.py.
+boxes NMS redundant and the validator's mAP50-95) of each model. Definitions: yolo_tood/tools/analysis/alignment.py.
 
 With ``--tap-parts`` each TOOD / TAP model is evaluated twice more, once with its probability map M switched off
 (scores ranked by the cls branch alone) and once with its offsets switched off (sides measured from the anchors):
 rows ``<name> (M off)`` and ``<name> (offsets off)``, which show what the model's PCC and mAP owe to each part of
-TAP (yolo_tood/analysis/tap_parts.py). A head whose M reads both the features and the box distribution
+TAP (yolo_tood/tools/analysis/tap_parts.py). A head whose M reads both the features and the box distribution
 (``quality: both``) gets a third row, ``<name> (quality off)``: M from the features alone.
 
-With ``--plots DIR`` it also writes (see yolo_tood/analysis/plots.py):
+With ``--plots DIR`` it also writes (see yolo_tood/tools/analysis/plots.py):
     DIR/score_iou.png       score vs IoU of each object's top-50 predictions, one panel per model, PCC in the title
     DIR/distributions.png   histograms of score, IoU and t = s^alpha * u^beta of the same predictions, models overlaid
     DIR/maps_<image>.png    for the first --map-images images of the split, the first TOOD model's probability map,
@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD checkpoints and YAMLs load
-from yolo_tood.analysis import AlignmentResult, alignment_table, evaluate_alignment
-from yolo_tood.analysis.plots import plot_distributions, plot_head_maps, plot_score_iou
-from yolo_tood.analysis.tap_parts import TAP_PARTS, switch_off, tap_head
-from yolo_tood.commands.common import check_models, check_split, data_yaml, split_images
+from yolo_tood.tools.analysis import AlignmentResult, alignment_table, evaluate_alignment
+from yolo_tood.tools.analysis.plots import plot_distributions, plot_head_maps, plot_score_iou
+from yolo_tood.tools.analysis.tap_parts import TAP_PARTS, switch_off, tap_head
+from yolo_tood.tools.commands.common import check_models, check_split, data_yaml, parse_and_run, split_images
 
 
 def evaluate(
@@ -73,7 +74,7 @@ def evaluate(
 def evaluate_tap_parts(
     models: list[str], data: str, names: list[str] | None = None, **kwargs: Any
 ) -> dict[str, AlignmentResult]:
-    """Evaluate each TOOD / TAP model once more per part of TAP switched off (``yolo_tood.analysis.tap_parts``).
+    """Evaluate each TOOD / TAP model once more per part of TAP switched off (``yolo_tood.tools.analysis.tap_parts``).
 
     Args:
         models (list[str]): Checkpoints (or model YAMLs).
@@ -175,9 +176,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 def main(argv: list[str] | None = None) -> dict[str, AlignmentResult]:
     """Parse and check the arguments, then ``run``."""
-    from yolo_tood.cli import run_command
-
-    return run_command("alignment", argv)
+    return parse_and_run(sys.modules[__name__], "alignment", argv)
 
 
 def run(a: argparse.Namespace) -> dict[str, AlignmentResult]:

@@ -12,7 +12,26 @@ from typing import Any
 
 import yaml
 
-CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"  # the configs installed with the package
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the module docstrings' layout and show every argument's default."""
+
+
+def command_parser(module: Any, name: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Return ``parser`` (default: a new one for ``yolo-tood <name>``) with a command module's description and
+    arguments (``module.add_arguments``)."""
+    parser = parser or argparse.ArgumentParser(prog=f"yolo-tood {name}", formatter_class=HelpFormatter)
+    parser.description = module.__doc__
+    module.add_arguments(parser)
+    return parser
+
+
+def parse_and_run(module: Any, name: str, argv: list[str] | None = None) -> Any:
+    """Parse ``argv`` (default ``sys.argv[1:]``) with a command module's parser, check the arguments, run it."""
+    parser = command_parser(module, name)
+    args = parser.parse_args(argv)
+    module.check_args(parser, args)
+    return module.run(args)
 
 
 def data_yaml(parser: argparse.ArgumentParser, data: str, flag: str = "--data") -> dict[str, Any]:
