@@ -174,7 +174,7 @@ def tap_variant_yaml(family: str, scale: str, workdir: Path, **head_args: str) -
     from yolo_tood.integration.heads import head_spec
 
     cfg = yaml_model_load(f"{family}{scale}-tap.yaml")
-    defaults = dict(head_spec("TAPDetect").yaml_args)
+    defaults = head_spec("TAPDetect").arg_defaults()
     cfg["head"][-1][3] = ["nc", *({**defaults, **head_args}.values())]
     path = workdir / f"{family}{scale}-tap-{'-'.join(head_args.values())}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

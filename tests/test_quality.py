@@ -177,3 +177,23 @@ def test_the_export_form_of_the_statistics_is_the_same_function():
     with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):
         exported = dgqp.statistics(x)
     torch.testing.assert_close(exported, dgqp.statistics(x), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("quality", ["distribution", "both"])
+def test_head_maps_read_m_from_the_distribution_too(quality):
+    """The tools' head-map pictures: sigmoid(M) with M from the features and the distribution, as the score uses."""
+    from test_tap_head import tap_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_tood.tools.analysis.plots import head_maps
+
+    torch.manual_seed(0)
+    model = DetectionModel(tap_cfg(quality=quality), nc=3, verbose=False).eval()
+    head = model.model[-1]
+    off_the_noop_start(head.dgqp)
+    img = torch.rand(1, 3, 64, 64)
+    maps = head_maps(model, img)
+    with torch.no_grad():
+        scores = model(img)[0][0, 4:]  # (nc, A) the aligned scores the model predicts
+    best = torch.cat([s.flatten() for s in maps["score"]])
+    torch.testing.assert_close(best, scores.amax(0), atol=1e-6, rtol=1e-5)

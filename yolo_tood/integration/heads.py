@@ -26,11 +26,10 @@ class HeadSpec:
         module (str): Module defining the class (and its sub-modules, allowed for ``ULTRALYTICS_SAFE_LOAD``).
         stands_for (str): The ultralytics head whose ``parse_model`` branch builds it (appends reg_max, end2end, ch).
         criterion (str): ``module:name`` of the loss a model with this head gets from ``init_criterion``.
-        yaml_args (tuple[tuple[str, int | str], ...]): Head arguments after ``nc`` in the YAML row, with the reference
-            defaults used when the row omits them. With ``scaled`` the first (a width) is scaled like conv widths and
-            the second (a depth) like repeats; the others (``norm``, ``tap``, ``adapter``, ``interact``,
-            ``quality``) are passed as
-            written. A value's type is its default's.
+        yaml_args (tuple[str, ...]): Names of the head's arguments after ``nc`` in the YAML row, in order; a row that
+            omits one gets the constructor's default (``arg_defaults``). With ``scaled`` the first (a width) is scaled
+            like conv widths and the second (a depth) like repeats; the others (``norm``, ``tap``, ``adapter``,
+            ``interact``, ``quality``) are passed as written. A value's type is its default's.
         scaled (bool): Whether the first two ``yaml_args`` are a width and a depth that the model scale multiplies
             (TOODDetect's tower); a head without its own tower (TAPDetect) has none.
     """
@@ -39,13 +38,20 @@ class HeadSpec:
     module: str
     stands_for: str
     criterion: str
-    yaml_args: tuple[tuple[str, int | str], ...]
+    yaml_args: tuple[str, ...]
     scaled: bool = True
 
     @property
     def cls(self) -> type:
         """The head class (imports its module)."""
         return getattr(import_module(self.module), self.name)
+
+    def arg_defaults(self) -> dict[str, Any]:
+        """The defaults of ``yaml_args``, read from the head constructor's signature (imports the head)."""
+        import inspect
+
+        parameters = inspect.signature(self.cls.__init__).parameters
+        return {name: parameters[name].default for name in self.yaml_args}
 
     def criterion_for(self, model: Any) -> Any:
         """Return the criterion of ``model`` (a de-paralleled DetectionModel whose last module is this head)."""
@@ -59,16 +65,9 @@ HEADS: tuple[HeadSpec, ...] = (
         module="yolo_tood.nn.head",
         stands_for="Detect",
         criterion="yolo_tood.train.loss:TOODLoss",
-        # MMDetection's TOOD head defaults: 256 channels, 6 stacked convs, GroupNorm shared over the levels, TAP; the
-        # per-level 1x1 adapter is this head's (YOLOv8's neck levels differ in width)
-        yaml_args=(
-            ("feat_channels", 256),
-            ("stacked_convs", 6),
-            ("norm", "gn"),
-            ("tap", "faithful"),
-            ("adapter", "linear"),
-            ("quality", "features"),
-        ),
+        # the defaults are TOODDetect's: MMDetection's TOOD head (256 channels, 6 stacked convs, GroupNorm shared over
+        # the levels, TAP); the per-level 1x1 adapter is this head's (YOLOv8's neck levels differ in width)
+        yaml_args=("feat_channels", "stacked_convs", "norm", "tap", "adapter", "quality"),
     ),
     HeadSpec(
         name="TAPDetect",
@@ -78,7 +77,7 @@ HEADS: tuple[HeadSpec, ...] = (
         # the stock Detect branches (cv2, cv3, dfl) under their stock names, plus TOOD's task-aligned predictor;
         # interact: box_to_cls, a 1x1 conv per level from the box branch's feature into the cls branch's (opt-in);
         # quality: what M reads (features, distribution: GFLv2's DGQP, or both)
-        yaml_args=(("tap", "faithful"), ("interact", "none"), ("quality", "features")),
+        yaml_args=("tap", "interact", "quality"),
         scaled=False,
     ),
 )

@@ -92,7 +92,7 @@ def _head_args(spec: Any, args: list, depth: float, width: float, max_channels: 
     """
     from ultralytics.utils.ops import make_divisible
 
-    names, defaults = zip(*spec.yaml_args)
+    names, defaults = spec.yaml_args, list(spec.arg_defaults().values())
     if not isinstance(args, list) or not 1 <= len(args) <= 1 + len(names):
         raise ValueError(f"{spec.name} YAML args must be [nc, {', '.join(names)}], got {args!r}")
     full = (list(args) + list(defaults)[len(args) - 1 :])[: 1 + len(names)]

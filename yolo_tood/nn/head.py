@@ -787,6 +787,19 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         if value:
             LOGGER.warning("TOODDetect has no one-to-one head; using one-to-many outputs (run NMS on them).")
 
+    def map_modules(self) -> dict[str, list[nn.Module]]:
+        """The modules whose outputs are the head's maps, each run once per level (for forward hooks: the tools'
+        head-map pictures): ``cls`` logits, M's logit from the features (``prob``) and from the distribution
+        (``quality``), the ``offsets``, the layer attention of both decompositions; empty lists where a part is off."""
+        return {
+            "cls": [self.tood_cls],
+            "prob": [self.cls_prob] if self.cls_prob is not None else [],
+            "quality": [self.dgqp] if getattr(self, "dgqp", None) is not None else [],
+            "offsets": [self.reg_offset] if self.reg_offset is not None else [],
+            "cls_attention": [self.cls_decomp.layer_attention],
+            "reg_attention": [self.reg_decomp.layer_attention],
+        }
+
     def bias_init(self) -> None:
         """Set the cls and probability-map biases to the prior probability 0.01, as the reference.
 

@@ -216,6 +216,19 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             else:
                 self._init_prob_bias()
 
+    def map_modules(self) -> dict[str, list[nn.Module]]:
+        """The modules whose outputs are the head's maps, each run once per level in level order (``TOODDetect``'s
+        contract): the stock cls branch's last conv, M's predictors, the offsets; no layer attention."""
+        dgqp = getattr(self, "dgqp", None)
+        return {
+            "cls": [branch[-1] for branch in self.cv3],
+            "prob": list(self.cls_prob or ()),
+            "quality": [dgqp] if dgqp is not None else [],
+            "offsets": list(self.reg_offset or ()),
+            "cls_attention": [],
+            "reg_attention": [],
+        }
+
     def forward_level(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the stock branches and the task-aligned predictor on one level.
 

@@ -157,28 +157,13 @@ def head_maps(model: torch.nn.Module, img: torch.Tensor) -> dict[str, list[torch
             feature-map pixels; ``cls_attention`` and ``reg_attention`` (S,) layer-attention weights (empty for
             TAPDetect, which has none); ``stride`` ().
     """
-    from ...nn.head import TOODDetect
-    from ...nn.tap_head import TAPDetect
+    from ...nn.head import inference_score
 
     head = model.model[-1]
-    outs: dict[str, list[torch.Tensor]] = {k: [] for k in ("cls", "prob", "offsets", "cls_attention", "reg_attention")}
-    # each hooked module runs once per level, in level order (TAPDetect's are one module per level)
-    if isinstance(head, TOODDetect):
-        hooked = {
-            "cls": [head.tood_cls],
-            "prob": [head.cls_prob],
-            "offsets": [head.reg_offset] if head.reg_offset is not None else [],  # tap="none": all offsets zero
-            "cls_attention": [head.cls_decomp.layer_attention],
-            "reg_attention": [head.reg_decomp.layer_attention],
-        }
-    elif isinstance(head, TAPDetect):  # the stock cls branch's last conv, the predictor; no layer attention
-        hooked = {
-            "cls": [branch[-1] for branch in head.cv3],
-            "prob": list(head.cls_prob),
-            "offsets": list(head.reg_offset or ()),
-        }
-    else:
+    if not hasattr(head, "map_modules"):
         raise ValueError(f"head maps need a TOODDetect or TAPDetect head, got {type(head).__name__}")
+    hooked = head.map_modules()  # each module runs once per level, in level order
+    outs: dict[str, list[torch.Tensor]] = {k: [] for k in hooked}
     handles = [
         m.register_forward_hook(lambda _m, _i, o, k=k: outs[k].append(o[0].float()))
         for k, modules in hooked.items()
@@ -189,9 +174,11 @@ def head_maps(model: torch.nn.Module, img: torch.Tensor) -> dict[str, list[torch
     finally:
         for h in handles:
             h.remove()
+    # M's logit per level: the features' (cls_prob) plus the distribution's (dgqp), whichever the head has
+    prob = [sum(parts) for parts in zip(*(outs[k] for k in ("prob", "quality") if outs[k]))]
     return {
-        "prob": [p[0].sigmoid() for p in outs["prob"]],
-        "score": [(c.sigmoid() * p.sigmoid()).sqrt().amax(0) for c, p in zip(outs["cls"], outs["prob"])],
+        "prob": [p[0].sigmoid() for p in prob],
+        "score": [inference_score(c, p).amax(0) for c, p in zip(outs["cls"], prob)],
         "offsets": [o.view(4, 2, *o.shape[-2:]) for o in outs["offsets"]]
         or [c.new_zeros(4, 2, *c.shape[-2:]) for c in outs["cls"]],
         "cls_attention": [a.view(-1).sigmoid() for a in outs["cls_attention"]],

@@ -91,9 +91,7 @@ CURVE_AFTER = 10  # the curve goal ignores the first 10 epochs (generalisation i
 # and their row args after nc (TOODDetect: feat_channels, stacked_convs unscaled, norm, tap, adapter, quality;
 # TAPDetect: tap, interact, quality)
 HEAD_MODELS = {"tood": "TOODDetect", "tap": "TAPDetect"}
-HEAD_ROW_ARGS = {model: dict(next(h for h in HEADS if h.name == name).yaml_args) for model, name in HEAD_MODELS.items()}
-HEAD_ARGS = HEAD_ROW_ARGS["tood"]  # the TOOD head's, as before
-HEAD_KEYS = tuple(HEAD_ARGS)
+HEAD_ROW_ARGS = {model: next(h for h in HEADS if h.name == name).arg_defaults() for model, name in HEAD_MODELS.items()}
 
 
 def head_model(model: str) -> str | None:
