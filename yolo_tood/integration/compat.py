@@ -174,12 +174,12 @@ RELIED_ON: tuple[Internal, ...] = (
         "integration/callbacks.py",
         "callbacks read the instance attributes model, ema.ema, args (plots), epoch, start_epoch, epochs and save_dir",
     ),
-    # analysis/nms_guard.py
+    # tools/analysis/nms_guard.py
     Internal(
         "ultralytics.utils.nms:non_max_suppression",
         None,
         ("__code__",),
-        "analysis/nms_guard.py",
+        "tools/analysis/nms_guard.py",
         "stops after 2.0 + max_time_img * batch seconds and only logs 'NMS time limit ... exceeded' on the "
         "'ultralytics' logger; NMSTimeLimitGuard watches for that message (tests/test_nms_pre.py forces it)",
     ),
@@ -277,41 +277,41 @@ RELIED_ON: tuple[Internal, ...] = (
         "ultralytics.engine.validator:BaseValidator.match_predictions",
         ("self", "pred_classes", "true_classes", "iou", "use_scipy"),
         (),
-        "analysis/alignment.py",
+        "tools/analysis/alignment.py",
         "called with a stand-in self that has only `iouv` (see match_predictions below)",
     ),
     Internal(
         "ultralytics.models.yolo.detect:DetectionValidator._prepare_batch",
         ("self", "si", "batch"),
         (),
-        "analysis/validator.py",
+        "tools/analysis/validator.py",
         "GT boxes of one image in letterboxed input pixels",
     ),
     Internal(
         "ultralytics.models.yolo.detect:DetectionValidator.postprocess",
         ("self", "preds"),
         (),
-        "analysis/validator.py",
+        "tools/analysis/validator.py",
         "overridden to keep the raw (B, 4 + nc, A) output before NMS; reads self.end2end",
     ),
     Internal(
         "ultralytics.models.yolo.detect:DetectionValidator.update_metrics",
         ("self", "preds", "batch"),
         (),
-        "analysis/validator.py",
+        "tools/analysis/validator.py",
     ),
     Internal(
         "ultralytics.models.yolo.detect:DetectionValidator.init_metrics",
         ("self", "model"),
         (),
-        "analysis/validator.py",
+        "tools/analysis/validator.py",
         "overridden; reads args.iou, args.max_det, args.single_cls, args.agnostic_nms",
     ),
     Internal(
         "ultralytics.utils.nms:non_max_suppression",
         None,
         (),
-        "analysis/alignment.py",
+        "tools/analysis/alignment.py",
         "called with return_idxs=True and max_time_img",
     ),
 )

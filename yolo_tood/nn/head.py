@@ -57,21 +57,19 @@ OFFSET_INIT_STD = 0.001  # both reg_offset convs, as MMDetection's TOOD head (no
 def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Zero every score of an image except its ``k`` largest (anchor, class) scores: a pre-NMS candidate bound.
 
-    TOOD's aligned score sqrt(sigmoid(cls) * sigmoid(M)) and QFL leave many more (anchor, class) pairs above
-    ultralytics' validation threshold (conf 0.001, multi-label) than stock YOLOv8, and NMS time grows with their
-    number (postprocess ~140 ms per image against ~5 ms for stock on BCCD, and ultralytics' NMS time limit then drops
-    detections). MMDetection bounds this with ``nms_pre=1000`` candidates per level before NMS; here the default
-    bound is over all levels and classes of an image (BCCD val, BENCHMARKS section 20b: mAP50-95 within 1e-4 of the
-    unbounded one and postprocess at stock's, where the per-level form, ``keep_topk_scores_per_level``, costs 3-4x
-    stock's postprocess for the same mAP), inside the head's inference output so that exported graphs carry it
-    too (TopK + GatherElements + Where). The shape is kept (same output contract): the other scores become 0, below
-    every threshold.
+    TOOD's aligned score and QFL leave many more (anchor, class) pairs above ultralytics' validation threshold than
+    stock YOLOv8, and NMS time grows with their number (ultralytics' NMS time limit then drops detections).
+    MMDetection bounds this with ``nms_pre=1000`` candidates per level before NMS. Deviation: the default bound is over
+    all levels and classes of an image (same mAP as the per-level form, ``keep_topk_scores_per_level``, at a fraction
+    of its NMS time: docs/export.md), inside the head's inference output so that exported graphs carry it too (TopK +
+    GatherElements + Where). The shape is kept (same output contract): the other scores become 0, below every
+    threshold.
 
-    The k-th largest pair is found in two small TopKs instead of one over all nc * A pairs (4 ms for 80 classes at
-    640 px on one CPU thread): a pair among the top k has fewer than k pairs above it, so fewer than k anchors have a
-    higher best-class score, and its anchor is among the k anchors with the highest best-class score. The anchor
-    scores are padded with k zeros before the first TopK (padding anchors then contribute pairs of score 0), so a graph
-    traced at a small input size (fewer than k anchors) stays valid at any size.
+    The k-th largest pair is found in two small TopKs instead of one over all nc * A pairs: a pair among the top k
+    has fewer than k pairs above it, so fewer than k anchors have a higher best-class score, and its anchor is among
+    the k anchors with the highest best-class score. The anchor scores are padded with k zeros before the first TopK
+    (padding anchors then contribute pairs of score 0), so a graph traced at a small input size (fewer than k
+    anchors) stays valid at any size.
 
     Args:
         scores (torch.Tensor): (B, nc, A) scores in [0, 1].
@@ -93,7 +91,7 @@ def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
     anchors = torch.where(real, anchors, torch.zeros_like(anchors))
     pairs = scores.gather(2, anchors[:, None].expand(b, nc, k)) * real[:, None]  # (B, nc, k), padding scores 0
     kth = pairs.reshape(b, nc * k).topk(k, dim=1).values[:, -1:, None]  # (B, 1, 1) the k-th largest pair score
-    return torch.where(scores >= kth, scores, 0.0)  # a scalar 0: no zeros tensor (0.5 of 1.8 ms at 640 px)
+    return torch.where(scores >= kth, scores, 0.0)  # a scalar 0: no zeros tensor to allocate
 
 
 def keep_topk_scores_per_level(scores: torch.Tensor, k: int, level_sizes: list[int]) -> torch.Tensor:
@@ -456,9 +454,9 @@ class DFLExpectation(DFL):
     """Ultralytics' ``DFL`` (same fixed bin weights, same value), computed in layouts that run faster.
 
     ``DFL`` transposes to (B, reg_max, 4, A) and takes a softmax over axis 1, which onnxruntime's CPU Softmax runs
-    through internal transposes (about 5 ms of a 65 ms yolov8n at 640 px). Here the expectation is taken over axis 2
-    of (B, 4, reg_max, A) with no transpose: in an ONNX export as a max-shifted exp and two reductions (about 7x
-    faster in onnxruntime), in PyTorch as a softmax and a matmul with the bin values (about 1.3x faster).
+    through internal transposes. Here the expectation is taken over axis 2 of (B, 4, reg_max, A) with no transpose:
+    in an ONNX export as a max-shifted exp and two reductions, in PyTorch as a softmax and a matmul with the bin
+    values (timings: docs/export.md).
 
     Examples:
         >>> x = torch.randn(2, 64, 100)
@@ -517,7 +515,7 @@ class DGQP(nn.Module):
         """
         b, _, h, w = boxes.shape
         logits = _fp32(boxes).view(b, 4, self.reg_max, h, w)
-        if torch.onnx.is_in_onnx_export():  # onnxruntime's Softmax over a middle axis transposes (~35% of the DGQP)
+        if torch.onnx.is_in_onnx_export():  # onnxruntime's Softmax over a middle axis transposes (see DFLExpectation)
             e = (logits - logits.amax(2, keepdim=True)).exp()
             prob = e / e.sum(2, keepdim=True)
         else:

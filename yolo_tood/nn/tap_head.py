@@ -138,8 +138,8 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         super().__init__(nc, reg_max, False, ch)
         if reg_max > 1:
             # Stock's DFL, re-arranged (same function, same fixed weights, same ``dfl.conv.weight`` key): TAP decodes
-            # distances per level for its validity test as well as once for the boxes, and stock's transpose +
-            # softmax over axis 1 costs onnxruntime about 17 ms of a 160 ms yolov8n at 640 px (ORT profile, 1 thread)
+            # distances per level for its validity test as well as once for the boxes, where stock's transpose +
+            # softmax over axis 1 is slow in onnxruntime
             self.dfl = DFLExpectation(reg_max)
         self.tap = tap
         self.interact = interact

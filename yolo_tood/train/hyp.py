@@ -120,14 +120,14 @@ class TOODHyp:
         atss_fraction (float): length of the ATSS + Focal loss warm-up before TAL as a fraction of the run's
             ``epochs``, in [0, 1); resolved as round(atss_fraction * epochs), halves up (1/3: 1 epoch -> 0, 10 -> 3,
             12 -> 4, 60 -> 20). Default one third, the proportion of every TAL detector with an ATSS warm-up: TOOD 4 of
-            12 epochs (mmdet ``initial_epoch=4``), PP-YOLOE 100 of 300, PP-YOLOE+ 30 of 80. A literal 4 epochs is a
-            few dozen iterations on a small set (52 on BCCD) and measured the same as none. 0 disables the warm-up.
+            12 epochs (mmdet ``initial_epoch=4``), PP-YOLOE 100 of 300, PP-YOLOE+ 30 of 80 (why a fraction and not the
+            reference's 4 epochs: docs/tal.md). 0 disables the warm-up.
         atss_epochs (int | None): an explicit number of warm-up epochs, overriding ``atss_fraction``; None (the
             default) uses the fraction. The authors report 41.8 AP without and 42.3 AP with the warm-up
             (fcjian/TOOD#11). 0 disables the warm-up.
         tal_topk_mode (str): "fixed" (default, the paper's: m = tal_topk for every GT) or "dynamic": m per GT from its
             size, from tal_topk_max for small GTs down to tal_topk_min for large ones (an opt-in addition, see
-            ``yolo_tood.assigner.dynamic_topk`` for the rule).
+            ``yolo_tood.train.assigner.dynamic_topk`` for the rule).
         tal_topk_min (int): smallest m of the dynamic mode (for GTs of sqrt(w*h) >= 96 px). Default 5.
         tal_topk_max (int): largest m of the dynamic mode (for GTs of sqrt(w*h) <= 8 px). Default 21; 5..21 is the
             range over which the paper found AP flat.

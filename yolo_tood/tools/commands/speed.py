@@ -9,7 +9,8 @@ checkpoint (same data, same run) it reports ultralytics' per-image preprocess / 
 for PyTorch and for an ONNX export with NMS embedded (``format=onnx nms=True``), at each ``--batch``, plus the number
 of NMS candidates per image (PyTorch: (anchor, class) pairs above conf that enter ultralytics' NMS, counted on the
 model's output) and the detections per image above 0.001 / 0.05 / 0.25 after NMS (calibration). Every validation is
-guarded against ultralytics' NMS time limit (``yolo_tood.nms_guard``): a run that hits it is reported as void.
+guarded against ultralytics' NMS time limit (``yolo_tood.tools.analysis.nms_guard``): a run that hits it is reported
+as void.
 
 Models are measured in interleaved order (model A, model B, model A, ...) for ``--repeats`` rounds; tables report
 medians. A TOOD checkpoint can be measured as trained and with its pre-NMS bound switched off (``--nms-pre 0``
