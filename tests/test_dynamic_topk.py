@@ -86,7 +86,7 @@ def test_yaml_keys_reach_the_assigner_and_are_validated():
 
     assert (TOODHyp().tal_topk_mode, TOODHyp().tal_topk_min, TOODHyp().tal_topk_max) == ("fixed", 5, 21)
     crit = TOODLoss(FakeModel(FakeHead(), tal_topk_mode="dynamic", tal_topk_min=3, tal_topk_max=30))
-    a = crit.assigner
+    a = crit.tal_assigner
     assert (a.topk_mode, a.topk_min, a.topk_max, a.topk) == ("dynamic", 3, 30, 13)
     for bad, match in (
         ({"tal_topk_mode": "auto"}, "tal_topk_mode"),

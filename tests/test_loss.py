@@ -204,7 +204,7 @@ def test_loss_normalisation_and_gains_match_the_assignment():
         if warmup:
             res = criterion.atss_assigner(anc * stride, stride, gt_labels, gt_bboxes, mask_gt, 3)
         else:
-            res = criterion.assigner(scores, pred_boxes * stride, anc * stride, gt_labels, gt_bboxes, mask_gt)
+            res = criterion.tal_assigner(scores, pred_boxes * stride, anc * stride, gt_labels, gt_bboxes, mask_gt)
         fg = res.fg_mask
         assert fg.any()
         target = torch.zeros_like(scores)
@@ -362,14 +362,14 @@ def test_phase_follows_head_epoch(monkeypatch):
     head.atss_epochs = 4
     criterion = TOODLoss(FakeModel(head, atss_fraction=0.5))
     calls = []
-    for name in ("assigner", "atss_assigner"):
+    for name in ("tal_assigner", "atss_assigner"):
         module = getattr(criterion, name)
         monkeypatch.setattr(module, "forward", _spy(calls, name, module.forward))
     for name in ("focal_loss_prob", "quality_focal_loss_prob"):
         monkeypatch.setattr(loss_module, name, _spy(calls, name, getattr(loss_module, name)))
     _, _, build = random_preds(1, 3, 16, 64)
     batch = random_batch([2], 3)
-    warm, tal = ["atss_assigner", "focal_loss_prob"], ["assigner", "quality_focal_loss_prob"]
+    warm, tal = ["atss_assigner", "focal_loss_prob"], ["tal_assigner", "quality_focal_loss_prob"]
     for epoch in (5, 0, 3, None, 4, 10):  # in any order: e.g. a run resumed at epoch 5, then a new run
         head.epoch = epoch
         calls.clear()

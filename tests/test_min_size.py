@@ -73,7 +73,7 @@ def test_key_reaches_both_assigners_and_is_checked():
 
     assert TOODHyp().tal_min_size == 0.0  # the reference by default
     crit = TOODLoss(FakeModel(FakeHead(), tal_min_size=16))
-    assert crit.assigner.min_size == 16.0 and crit.atss_assigner.min_size == 16.0
+    assert crit.tal_assigner.min_size == 16.0 and crit.atss_assigner.min_size == 16.0
     with pytest.raises(ValueError, match="tal_min_size"):
         TOODHyp(tal_min_size=-1.0)
 

@@ -66,8 +66,8 @@ def test_loss_counts_only_in_training_mode_and_matches_the_assignment(monkeypatc
     head = FakeHead(nc=3)
     criterion = TOODLoss(FakeModel(head))
     results = []
-    original = criterion.assigner.forward
-    monkeypatch.setattr(criterion.assigner, "forward", lambda *a: results.append(original(*a)) or results[-1])
+    original = criterion.tal_assigner.forward
+    monkeypatch.setattr(criterion.tal_assigner, "forward", lambda *a: results.append(original(*a)) or results[-1])
     batch = random_batch([3, 0, 5], nc=3)
     _, _, preds = random_preds(3, 3, 16, 64)
     head.eval()  # a validation loss call: not counted

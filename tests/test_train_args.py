@@ -165,7 +165,7 @@ def test_python_train_reaches_the_criteria_of_the_model_and_its_ema(shapes, tmp_
     def record(trainer):
         for name, m in (("model", trainer.model), ("ema", trainer.ema.ema)):
             c = unwrap_model(m).criterion
-            seen[name] = (c.hyp.tal_topk, c.assigner.topk, c.hyp.atss_fraction, c.hyp.tal_beta)
+            seen[name] = (c.tood_hyp.tal_topk, c.tal_assigner.topk, c.tood_hyp.atss_fraction, c.tood_hyp.tal_beta)
 
     model = YOLO(name)
     model.add_callback("on_fit_epoch_end", record)  # after the epoch's validation, which creates the EMA criterion

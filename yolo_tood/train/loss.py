@@ -157,30 +157,35 @@ class TOODLoss(v8DetectionLoss):
     """
 
     def __init__(self, model: torch.nn.Module):  # model must be de-paralleled
-        """Initialise from the model's head, YAML and train arguments; v8DetectionLoss.__init__ is not called."""
+        """Initialise from the model's head, YAML and train arguments.
+
+        ``v8DetectionLoss.__init__`` is not called (it builds ultralytics' own assigner and reads its gains from
+        ``model.args``); only the attributes its ``preprocess`` and ``bbox_decode`` read are set, under their names.
+        TOOD's own state has names of its own (``tood_hyp``, ``tal_assigner``, ``atss_assigner``).
+        """
         param = next(model.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
         self.head = model.model[-1]
         # model.args: the trainer's arguments (the EMA copy carries them too, for the validation losses); a model
         # used outside a trainer may have none, then the YAML alone applies
-        self.hyp = TOODHyp.from_yaml(getattr(model, "yaml", None), getattr(model, "args", None))
+        self.tood_hyp = TOODHyp.from_yaml(getattr(model, "yaml", None), getattr(model, "args", None))
         self.stride = self.head.stride
         self.nc = self.head.nc
         self.reg_max = self.head.reg_max
         self.no = self.nc + self.reg_max * 4
         self.use_dfl = self.reg_max > 1
         self.loss_names = "box_loss", "cls_loss", "dfl_loss" if self.use_dfl else "l1_loss"
-        self.assigner = TOODTaskAlignedAssigner(
-            self.hyp.tal_topk,
-            self.hyp.tal_alpha,
-            self.hyp.tal_beta,
-            topk_mode=self.hyp.tal_topk_mode,
-            topk_min=self.hyp.tal_topk_min,
-            topk_max=self.hyp.tal_topk_max,
-            min_size=self.hyp.tal_min_size,
+        self.tal_assigner = TOODTaskAlignedAssigner(
+            self.tood_hyp.tal_topk,
+            self.tood_hyp.tal_alpha,
+            self.tood_hyp.tal_beta,
+            topk_mode=self.tood_hyp.tal_topk_mode,
+            topk_min=self.tood_hyp.tal_topk_min,
+            topk_max=self.tood_hyp.tal_topk_max,
+            min_size=self.tood_hyp.tal_min_size,
         )
         self.atss_assigner = ATSSAssigner(
-            self.hyp.atss_topk, min_size=self.hyp.tal_min_size, min_pos=self.hyp.atss_min_pos
+            self.tood_hyp.atss_topk, min_size=self.tood_hyp.tal_min_size, min_pos=self.tood_hyp.atss_min_pos
         )
         self.dfl_loss = DFLoss(self.reg_max) if self.use_dfl else None
         self.proj = torch.arange(self.reg_max, dtype=torch.float, device=self.device)  # used by bbox_decode
@@ -206,7 +211,7 @@ class TOODLoss(v8DetectionLoss):
         """
         warmup = getattr(self.head, "atss_epochs", None)
         if warmup is None:
-            warmup = self.hyp.atss_epochs
+            warmup = self.tood_hyp.atss_epochs
         if warmup is None:
             raise RuntimeError(
                 "TOOD: head.epoch is set but the ATSS warm-up length is not resolved; set head.atss_epochs "
@@ -254,7 +259,7 @@ class TOODLoss(v8DetectionLoss):
                 anchor_points * stride_tensor, stride_tensor, gt_labels, gt_bboxes, mask_gt, self.nc
             )
         else:
-            res = self.assigner(
+            res = self.tal_assigner(
                 pred_scores.detach(),
                 (pred_bboxes.detach() * stride_tensor).to(gt_bboxes.dtype),
                 anchor_points * stride_tensor,
@@ -271,9 +276,9 @@ class TOODLoss(v8DetectionLoss):
         loss[0], loss[2] = self._box_loss(
             pred_distri, pred_bboxes, shifts, anchor_points, stride_tensor, imgsz, res, warmup
         )
-        loss[0] *= self.hyp.box_gain
-        loss[1] *= self.hyp.cls_gain
-        loss[2] *= self.hyp.dfl_gain
+        loss[0] *= self.tood_hyp.box_gain
+        loss[1] *= self.tood_hyp.cls_gain
+        loss[2] *= self.tood_hyp.dfl_gain
         return loss * batch_size, dict(zip(self.loss_names, loss.detach()))
 
     def _targets(
@@ -363,15 +368,15 @@ class TOODLoss(v8DetectionLoss):
         target = torch.zeros_like(pred_scores)  # (B, A, nc)
         fg = res.fg_mask.nonzero(as_tuple=True)  # (b, a) indices of the positives
         quality = res.metrics[fg].to(target.dtype)  # 1 (warm-up) or t_hat
-        iou_targets = warmup and self.hyp.atss_cls_target == "iou"
+        iou_targets = warmup and self.tood_hyp.atss_cls_target == "iou"
         if iou_targets:  # GFL's target: the IoU of the (detached) predicted box with its GT
             boxes = pred_bboxes[fg].detach() * stride_tensor[fg[1]]  # (P, 4) pixels
             quality = bbox_iou(boxes, res.bboxes[fg].to(boxes.dtype), xywh=False).squeeze(-1).clamp(min=0)
         target[fg[0], fg[1], res.labels[fg]] = quality
         if warmup and not iou_targets:
-            cls = focal_loss_prob(pred_scores, target, self.hyp.focal_gamma, self.hyp.focal_alpha)
+            cls = focal_loss_prob(pred_scores, target, self.tood_hyp.focal_gamma, self.tood_hyp.focal_alpha)
         else:
-            cls = quality_focal_loss_prob(pred_scores, target, self.hyp.qfl_beta)
+            cls = quality_focal_loss_prob(pred_scores, target, self.tood_hyp.qfl_beta)
         if self.head.training:  # as the assignment statistics: training batches only
             self.tal_stats.update_cls(pred_scores.detach(), target, cls.detach(), res.fg_mask, res.labels)
         return cls.sum() / self._normaliser(res.metrics.sum())
