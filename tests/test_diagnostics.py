@@ -337,9 +337,9 @@ def test_curve_gap_hand_case():
 
 
 def test_compare_reports_curve_gaps():
-    from yolo_tood.tools.commands import compare
+    from yolo_tood.tools.compare import report as compare_report
 
-    gaps = compare.curve_gaps({"stock": [[0.1] * 12], "tood": [[0.1] * 11 + [0.05]], "other": [[0.2] * 12]})
+    gaps = compare_report.curve_gaps({"stock": [[0.1] * 12], "tood": [[0.1] * 11 + [0.05]], "other": [[0.2] * 12]})
     assert gaps["tood"]["below"] == [12] and gaps["other"]["below"] == [] and set(gaps) == {"tood", "other"}
 
 
@@ -347,7 +347,7 @@ def test_compare_pairs_seeds_against_the_first_model(tmp_path):
     """Paired differences use only the seeds both models have; hand-computed mean and sample std, in compare.md."""
     import argparse
 
-    from yolo_tood.tools.commands import compare
+    from yolo_tood.tools.compare import report as compare_report
 
     def record(val: float, test: float | None = None) -> dict:
         splits = {"val": {"map50": 0.0, "map": val, "per_class": {}}}
@@ -360,7 +360,7 @@ def test_compare_pairs_seeds_against_the_first_model(tmp_path):
         "stock": {0: record(0.50, 0.40), 1: record(0.60, 0.50), 2: record(0.70)},
         "tap": {0: record(0.53, 0.40), 1: record(0.59, 0.55), 3: record(0.90)},  # seed 3 has no stock run
     }
-    summary = compare.summarize(runs, ["val", "test"])
+    summary = compare_report.summarize(runs, ["val", "test"])
     paired = summary["tap"]["paired_vs_stock"]
     assert "paired_vs_stock" not in summary["stock"]
     assert paired["val"]["diffs"] == pytest.approx({0: 0.03, 1: -0.01})
@@ -370,7 +370,7 @@ def test_compare_pairs_seeds_against_the_first_model(tmp_path):
         family="yolov8", scale="n", data="d.yaml", epochs=1, imgsz=64, batch=2, optimizer="auto", lr0=0.01,
         seeds=[0, 1, 2, 3], device="cpu", workers=0, alignment=False,
     )  # fmt: skip
-    text = compare.write_markdown(tmp_path / "compare.md", args, runs, summary, ["val", "test"])
+    text = compare_report.write_markdown(tmp_path / "compare.md", args, runs, summary, ["val", "test"])
     assert "| tap | s0 +3.0, s1 -1.0 | +1.0 ± 2.8 | s0 +0.0, s1 +5.0 | +2.5 ± 3.5 |" in text
 
 
@@ -391,9 +391,10 @@ def test_alignment_cli_writes_table_and_json(tiny_data, tmp_path, capsys):
 def test_compare_helpers():
     from yolo_tood.tools.analysis import report
     from yolo_tood.tools.commands import compare
+    from yolo_tood.tools.compare import models as compare_models
 
-    assert compare.model_labels(["stock", "stock", "tood"]) == ["stock", "stock_2", "tood"]
-    assert compare.model_cfg("stock", "s") == "yolov8s.yaml"
+    assert compare_models.model_labels(["stock", "stock", "tood"]) == ["stock", "stock_2", "tood"]
+    assert compare_models.model_cfg("stock", "s") == "yolov8s.yaml"
     assert report.mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2}
     assert report.mean_std([1.0]) == {"mean": 1.0, "std": None, "n": 1}
     assert report.pm({"mean": 0.5, "std": 0.25, "n": 2}) == "0.500 ± 0.250"
@@ -408,17 +409,20 @@ def test_compare_helpers():
 def test_compare_tood_variants(tmp_path):
     import yaml
 
-    from yolo_tood.tools.commands import compare
+    from yolo_tood.tools.compare import models as compare_models
 
     variant = "tood:atss_epochs=0,box_gain=7.5,feat_channels=512"
-    assert compare.parse_variant(variant) == {"atss_epochs": 0, "box_gain": 7.5, "feat_channels": 512}
-    assert compare.model_labels([variant, "tood"]) == ["tood-atss_epochs0_box_gain7.5_feat_channels512", "tood"]
-    path = Path(compare.model_cfg(variant, "n", tmp_path))
+    assert compare_models.parse_variant(variant) == {"atss_epochs": 0, "box_gain": 7.5, "feat_channels": 512}
+    assert compare_models.model_labels([variant, "tood"]) == ["tood-atss_epochs0_box_gain7.5_feat_channels512", "tood"]
+    path = Path(compare_models.model_cfg(variant, "n", tmp_path))
     assert path.name == "yolov8n-tood-atss_epochs0_box_gain7.5_feat_channels512.yaml"
     cfg = yaml.safe_load(path.read_text())
-    assert (cfg["atss_epochs"], cfg["box_gain"], cfg["cls_gain"]) == (0, 7.5, 1.0)  # untouched keys keep defaults
+    from yolo_tood.train.hyp import TOODHyp
+
+    hyp = TOODHyp.from_yaml(cfg)
+    assert (cfg["atss_epochs"], cfg["box_gain"], hyp.cls_gain) == (0, 7.5, 1.0)  # untouched keys keep defaults
     assert cfg["head"][-1][3] == ["nc", 512, 3]  # args after the last override are left to their defaults
-    sepbn = yaml.safe_load(Path(compare.model_cfg("tood:norm=sepbn", "n", tmp_path)).read_text())
+    sepbn = yaml.safe_load(Path(compare_models.model_cfg("tood:norm=sepbn", "n", tmp_path)).read_text())
     assert sepbn["head"][-1][3] == ["nc", 256, 3, "sepbn"]
 
     from ultralytics.nn.tasks import DetectionModel
@@ -426,11 +430,14 @@ def test_compare_tood_variants(tmp_path):
     model = DetectionModel(str(path), nc=3, verbose=False)
     assert model.model[-1].feat_channels == 128  # 512 x width 0.25 at scale n
     # the warm-up keys: atss_epochs (int | None in TOODHyp) stays an int, atss_fraction is a float
-    assert compare.parse_variant("tood:atss_fraction=0.5,atss_epochs=3") == {"atss_fraction": 0.5, "atss_epochs": 3}
+    assert compare_models.parse_variant("tood:atss_fraction=0.5,atss_epochs=3") == {
+        "atss_fraction": 0.5,
+        "atss_epochs": 3,
+    }
     bad_items = ("tood:atss_epochs=2.5", "tood:atss_fraction=1", "tood:atss_fraction=-0.1")
     for bad in ("tood:", "tood:atss_epochs", "tood:lr=0.1", "tood:box_gain=abc", "tood:atss_epochs=-1", *bad_items):
         with pytest.raises(ValueError):
-            compare.parse_variant(bad)
+            compare_models.parse_variant(bad)
 
 
 def test_alignment_reruns_at_batch_1_when_nms_runs_out_of_time(tiny_data, tmp_path, monkeypatch):

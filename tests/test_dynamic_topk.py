@@ -100,12 +100,12 @@ def test_yaml_keys_reach_the_assigner_and_are_validated():
 
 def test_compare_variant_with_the_str_key():
 
-    from yolo_tood.tools.commands import compare
+    from yolo_tood.tools.compare import models as compare_models
 
-    assert compare.parse_variant("tood:tal_topk_mode=dynamic,tal_topk_max=30") == {
+    assert compare_models.parse_variant("tood:tal_topk_mode=dynamic,tal_topk_max=30") == {
         "tal_topk_mode": "dynamic",
         "tal_topk_max": 30,
     }
-    assert compare.model_labels(["tood:tal_topk_mode=dynamic"]) == ["tood-tal_topk_modedynamic"]
+    assert compare_models.model_labels(["tood:tal_topk_mode=dynamic"]) == ["tood-tal_topk_modedynamic"]
     with pytest.raises(ValueError):
-        compare.parse_variant("tood:tal_topk_mode=auto")
+        compare_models.parse_variant("tood:tal_topk_mode=auto")

@@ -23,7 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from yolo_tood.tools.commands.compare import MAP_COLUMN, read_results_csv, write_report
+from yolo_tood.tools.compare.report import write_report
+from yolo_tood.tools.compare.runs import MAP_COLUMN, read_results_csv
 
 SPLIT_ORDER = ("val", "test")
 REPORT_KEYS = ("args", "recipe", "splits", "runs")
