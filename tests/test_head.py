@@ -409,3 +409,20 @@ def test_offset_convs_start_at_the_reference_std():
     for w in (first, last):
         assert w.std().item() == pytest.approx(0.001, rel=0.1)
     assert head.tood_reg.weight.std().item() == pytest.approx(0.01, rel=0.1)  # the other convs stay at 0.01
+
+
+def test_no_stock_branches_as_real_attributes_and_older_pickles_get_them():
+    """TOODDetect has no stock branches: cv2 is an empty ModuleList (no state_dict keys) and cv3 None, as plain
+    attributes that Detect.forward, end2end and DetectionModel.load read; a head pickled when they were class
+    properties (no such attributes) gets the same ones when unpickled, and runs."""
+    import pickle
+
+    head = TOODDetect(nc=3, feat_channels=16, stacked_convs=2, ch=(16, 32, 64))
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    assert isinstance(head.cv2, torch.nn.ModuleList) and len(head.cv2) == 0 and head.cv3 is None
+    assert not any(k.startswith(("cv2", "cv3")) for k in head.state_dict()) and head.end2end is False
+    del head._modules["cv2"], head.__dict__["cv3"]  # as pickled before
+    old = pickle.loads(pickle.dumps(head))
+    assert len(old.cv2) == 0 and old.cv3 is None
+    x = [torch.randn(1, c, 8 // 2**i, 8 // 2**i) for i, c in enumerate((16, 32, 64))]
+    assert old.eval()(x)[0].shape == (1, 7, 84)

@@ -198,8 +198,8 @@ RELIED_ON: tuple[Internal, ...] = (
         None,
         ("forward", "forward_head", "_inference", "_get_decode_boxes", "bias_init", "legacy", "dynamic", "export"),
         "nn/head.py",
-        "Detect.__init__ is skipped (it would build cv2/cv3); nc, nl, reg_max, no, stride, dfl are set by hand and "
-        "cv2/cv3/one2many/end2end are properties, as Detect.forward and ultralytics' weight transfer read them",
+        "Detect.__init__ is skipped (it would build cv2/cv3); nc, nl, reg_max, no, stride, dfl are set by hand, "
+        "cv2 is an empty ModuleList and cv3 None (Detect.one2many, end2end and DetectionModel.load read them)",
     ),
     Internal("ultralytics.nn.modules:Detect.forward_head", ("self", "x", "box_head", "cls_head"), (), "nn/head.py"),
     Internal("ultralytics.nn.modules:Detect._inference", ("self", "x"), (), "nn/head.py"),

@@ -13,7 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ultralytics.nn.modules import DFL, Conv, Detect
-from ultralytics.utils import LOGGER
 
 from ..checks import check_int
 
@@ -694,6 +693,12 @@ class TOODDetect(TaskAlignedOutputs, Detect):
             raise ValueError("TOODDetect: no input levels; its YAML row needs 'from' levels, e.g. [15, 18, 21]")
         # Detect.__init__ would build the stock cv2/cv3 branches only to discard them, so set its attributes here
         nn.Module.__init__(self)
+        # No stock branches, as real (empty) attributes that ultralytics reads: Detect.forward passes one2many
+        # ({"box_head": cv2, "cls_head": cv3}) to forward_head, which ignores them; DetectionModel.load compares the
+        # source head's cv2 input widths (none here) and skips a cv3 of None; Detect.end2end is False without a
+        # one2one_cv2, and its setter only warns when one is asked for (the exporter's nms=False)
+        self.cv2 = nn.ModuleList()
+        self.cv3 = None
         self.nc = nc
         self.nl = len(ch)
         self.reg_max = reg_max
@@ -755,35 +760,14 @@ class TOODDetect(TaskAlignedOutputs, Detect):
                         nn.init.zeros_(conv.bias)
         self.bias_init()
 
-    @property
-    def cv2(self) -> tuple:
-        """No stock box branch; ultralytics' ``is_fused`` and weight transfer read it, so it is an empty tuple."""
-        return ()
-
-    @property
-    def cv3(self) -> None:
-        """No stock cls branch; ultralytics' weight transfer skips a None branch."""
-        return None
-
-    @property
-    def one2many(self) -> dict:
-        """No stock branches: ``Detect.forward`` passes these to ``forward_head``, which ignores them."""
-        return {}
-
-    @property
-    def end2end(self) -> bool:
-        """TOOD is one-to-many only, so inference always gives NMS-style outputs."""
-        return False
-
-    @end2end.setter
-    def end2end(self, value: bool) -> None:
-        """Accept the mode as stock ``Detect`` without a one-to-one branch does: warn and keep one-to-many outputs.
-
-        The exporter sets ``end2end = (nms is False)`` and the predictor may pass ``end2end``; neither is an error for a
-        model that has no one-to-one branch. Building one (``end2end`` in the YAML) is, see ``__init__``.
-        """
-        if value:
-            LOGGER.warning("TOODDetect has no one-to-one head; using one-to-many outputs (run NMS on them).")
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, giving a head pickled before ``cv2`` / ``cv3`` were attributes (they were class properties then)
+        the same empty stock branches as a new one."""
+        super().__setstate__(state)
+        if "cv2" not in self._modules:
+            self.cv2 = nn.ModuleList()
+        if "cv3" not in self.__dict__ and "cv3" not in self._modules:
+            self.cv3 = None
 
     def map_modules(self) -> dict[str, list[nn.Module]]:
         """The modules whose outputs are the head's maps, each run once per level (for forward hooks: the tools'
