@@ -25,6 +25,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -224,6 +225,27 @@ def main(argv: list[str] | None = None) -> dict:
     return parse_and_run(sys.modules[__name__], "speed", argv)
 
 
+def measure_once(
+    results: dict[str, Any],
+    model: Any,
+    name: str,
+    fmt: str,
+    batch: int,
+    args: argparse.Namespace,
+    images: list[str],
+    tmp: Path,
+) -> None:
+    """Time one validation and one prediction of ``model`` and append them to ``results`` under their keys."""
+    for mode in ("val", "predict"):
+        rec = results.setdefault(
+            f"{mode}/{fmt}/{batch}/{name}", {"mode": mode, "format": fmt, "batch": batch, "model": name, "runs": []}
+        )
+        if mode == "val":
+            rec["runs"].append(val_once(model, args.data, args.split, args.imgsz, batch, tmp))
+        else:
+            rec["runs"].append(predict_once(model, images, args.imgsz, batch))
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run the interleaved measurements, print and write the tables."""
     torch.set_num_threads(args.threads)
@@ -234,31 +256,19 @@ def run(args: argparse.Namespace) -> dict:
         variants += [(f"{name}@nms_pre={n}", path, n) for name, path in weights.items() if name != "stock"]
     images = [str(f) for f in split_images(args.data, args.split, args.images)]
     results: dict[str, Any] = {}
-    calib: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        onnx_files = {}
-        if "onnx" in args.formats:
-            for name, path, nms_pre in variants:
-                for b in args.batch:
-                    onnx_files[(name, b)] = export_onnx(name, path, args.imgsz, b, tmp, nms_pre)
+        onnx_files = {
+            (name, b): export_onnx(name, path, args.imgsz, b, tmp, nms_pre)
+            for name, path, nms_pre in (variants if "onnx" in args.formats else [])
+            for b in args.batch
+        }
         for r in range(args.repeats):
-            order = variants if r % 2 == 0 else variants[::-1]
-            for fmt in args.formats:
-                for b in args.batch:
-                    for name, path, nms_pre in order:
-                        model = load(path if fmt == "pytorch" else onnx_files[(name, b)], nms_pre)
-                        for mode in ("val", "predict"):
-                            key = f"{mode}/{fmt}/{b}/{name}"
-                            rec = results.setdefault(
-                                key, {"mode": mode, "format": fmt, "batch": b, "model": name, "runs": []}
-                            )
-                            if mode == "val":
-                                rec["runs"].append(val_once(model, args.data, args.split, args.imgsz, b, tmp))
-                            else:
-                                rec["runs"].append(predict_once(model, images, args.imgsz, b))
-        for name, path, nms_pre in variants:
-            calib[name] = calibration(load(path, nms_pre), images, args.imgsz)
+            order = variants if r % 2 == 0 else variants[::-1]  # interleaved, alternating the order
+            for fmt, b, (name, path, nms_pre) in itertools.product(args.formats, args.batch, order):
+                model = load(path if fmt == "pytorch" else onnx_files[(name, b)], nms_pre)
+                measure_once(results, model, name, fmt, b, args, images, tmp)
+        calib = {name: calibration(load(path, nms_pre), images, args.imgsz) for name, path, nms_pre in variants}
 
     md = [
         f"data {args.data} split {args.split}, imgsz {args.imgsz}, {args.threads} torch threads, "
