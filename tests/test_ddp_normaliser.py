@@ -198,3 +198,18 @@ def test_one_rank_group_gives_the_same_loss_bit_for_bit(tmp_path):
     finally:
         dist.destroy_process_group()
     assert torch.equal(within, without)
+
+
+def test_validation_losses_make_no_collective():
+    """Rank 0 validates alone (the EMA head in eval mode): its loss must not wait for ranks that never call it."""
+    model = build_model("tap").eval()
+    set_phase(model, "tal")
+    batch = global_batch()
+    with (
+        mock.patch.object(dist, "is_initialized", return_value=True),
+        mock.patch.object(dist, "get_world_size", return_value=2),
+        mock.patch.object(dist, "all_reduce", side_effect=AssertionError("a collective in a validation loss")),
+    ):
+        preds = model(batch["img"])[1]  # eval: (inference output, training dict)
+        loss, _ = model.loss(batch, preds)
+    assert loss.isfinite().all()
