@@ -616,23 +616,12 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         feat -> TaskDecomposition(reg) -> reg_conv (3x3) -> Scale_l -> box  \\
         feat -> reg_offset (1x1, ReLU, 3x3) -> 4 x (dy, dx)                  -> side k measured from a + O_k
 
-    Deviations from MMDetection's TOOD head, for YOLOv8:
-        - YOLOv8's neck levels have different widths, so a per-level 1x1 ``adapters`` conv maps them to one width
-          before the shared ``inter_convs``.
-        - Box regression is ultralytics' DFL distribution (4 x reg_max logits, in stride units) so that ultralytics'
-          decoding, validator and exporter work unchanged; with ``reg_max: 1`` it is the plain distance
-          Scale_l(exp(x)) in stride units, the reference's (positive for any conv output). With DFL the per-level
-          ``Scale`` is a per-level temperature of the bin logits (initialised at 1, the identity). With DFL, a
-          fractional offset blends the neighbours' bin logits bilinearly (then the expectation is taken), where the
-          reference blends their decoded edges; at integer offsets the two are the same.
-
-    TAP's box re-sampling is the reference's: MMDetection decodes the boxes first and re-samples the edges, so side k
-    of the box at location a is the edge that location a + O_k predicted. Ultralytics decodes boxes after the head,
-    so here each side's regression channels (DFL logits or distance) are re-sampled at a + O_k and the side is then
-    measured from that point, not from a: the training dict carries the offsets ("offsets"), the loss decodes boxes
-    and builds DFL targets from the shifted points, and inference adds the offset term to the distances
-    (``offset_distances``). An integer offset borrows the neighbour's edge exactly. As the reference, where the box
-    is invalid (x1 > x2 or y1 > y2) the un-resampled prediction with zero offsets is kept (``keep_valid_boxes``).
+    Deviation (docs/head.md): per-level 1x1 ``adapters`` for YOLOv8's unequal neck widths; DFL box regression (so
+    ultralytics' decoding, validator and exporter work), with ``Scale_l`` a per-level temperature of the bin logits
+    and a fractional offset blending bin logits where the reference blends decoded edges; ``reg_max: 1`` regresses
+    Scale_l(exp(x)) as the reference. TAP re-samples each side's channels at a + O_k and measures the side from that
+    point (``offset_distances``), the reference's edge of a + O_k; where the box is invalid the un-resampled
+    prediction is kept, as the reference (``keep_valid_boxes``).
 
     Args:
         nc (int): Number of classes.
