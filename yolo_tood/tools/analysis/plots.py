@@ -187,6 +187,69 @@ def head_maps(model: torch.nn.Module, img: torch.Tensor) -> dict[str, list[torch
     }
 
 
+def _level_name(maps: dict, lvl: int) -> tuple[str, float]:
+    """The level's name (``P3``) and stride."""
+    stride = float(maps["stride"][lvl])
+    return f"P{round(math.log2(stride))}", stride
+
+
+def _draw_level_maps(fig: Any, axes: Any, rgb: np.ndarray, maps: dict, lvl: int) -> None:
+    """Draw sigmoid(M) and the best class's aligned score of one level over the image (two axes)."""
+    name, stride = _level_name(maps, lvl)
+    h, w = rgb.shape[:2]
+    for ax, (key, title) in zip(axes, (("prob", "probability map sigmoid(M)"), ("score", "aligned score"))):
+        ax.imshow(rgb)
+        m = maps[key][lvl].cpu().numpy()  # own colour range per map: an early model's values sit near 0.01
+        im = ax.imshow(
+            m, extent=(0, w, h, 0), alpha=0.6, cmap="magma", vmin=float(m.min()), vmax=max(float(m.max()), 1e-6)
+        )
+        ax.set_title(f"{name} (stride {stride:g}): {title}", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+
+
+def _draw_offsets(ax: Any, rgb: np.ndarray, maps: dict, lvl: int, arrows: int) -> torch.Tensor:
+    """Draw the TAP offsets of the ``arrows`` best-scoring anchors of one level; return their (y, x) cells (k, 2)."""
+    name, stride = _level_name(maps, lvl)
+    h, w = rgb.shape[:2]
+    ax.imshow(rgb)
+    score = maps["score"][lvl]
+    top = score.flatten().topk(min(arrows, score.numel())).indices
+    cells = torch.stack((top // score.shape[1], top % score.shape[1]), 1).cpu()  # (k, 2) y, x
+    off = maps["offsets"][lvl].cpu()  # (4, 2, H_l, W_l)
+    for y, x in cells.tolist():
+        cx, cy = (x + 0.5) * stride, (y + 0.5) * stride
+        for side in range(4):
+            dy, dx = (off[side, :, y, x] * stride).tolist()
+            ax.annotate(
+                "", (cx + dx, cy + dy), (cx, cy), arrowprops=dict(arrowstyle="->", color=SIDE_COLORS[side], lw=1)
+            )
+        ax.plot(cx, cy, "w.", ms=3)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_title(f"{name}: TAP offsets of the top-{len(cells)} anchors", fontsize=8)
+    return cells
+
+
+def _draw_layer_attention(ax: Any, maps: dict) -> None:
+    """Bar chart of both decompositions' layer-attention weights per level (TAPDetect: a note, it has none)."""
+    if not maps["cls_attention"]:  # TAPDetect: the stock branches have no task decomposition
+        ax.text(0.5, 0.5, "no layer attention\n(stock branches + TAP)", ha="center", va="center", fontsize=8)
+        ax.axis("off")
+        return
+    nl, s = len(maps["cls_attention"]), len(maps["cls_attention"][0])
+    width = 0.8 / (2 * nl)
+    for lvl in range(nl):
+        for t, (task, hatch) in enumerate((("cls", ""), ("reg", "//"))):
+            pos = np.arange(s) + (2 * lvl + t) * width - 0.4 + width / 2
+            weights = maps[f"{task}_attention"][lvl].cpu().numpy()
+            label = f"{_level_name(maps, lvl)[0]} {task}"
+            ax.bar(pos, weights, width, color=f"C{lvl}", hatch=hatch, edgecolor="k", lw=0.3, label=label)
+    ax.set_xticks(range(s), [f"layer {i + 1}" for i in range(s)])
+    ax.set_ylim(0, 1)
+    ax.set_title("layer attention (task decomposition)", fontsize=8)
+    ax.legend(fontsize=6, ncol=2)
+
+
 def letterbox_image(path: str | Path, imgsz: int, stride: int = 32) -> tuple[np.ndarray, torch.Tensor]:
     """Load an image and letterbox it as ultralytics' predictor; return (RGB uint8 H x W x 3, (1, 3, H, W) tensor)."""
     import cv2
@@ -223,69 +286,18 @@ def plot_head_maps(
     rgb, img = letterbox_image(image, imgsz, int(max(model.stride)))
     maps = head_maps(model, img.to(next(model.parameters()).device))
     nl = len(maps["prob"])
-    h, w = rgb.shape[:2]
     fig, axes = plt.subplots(3, nl + 1, figsize=(3.4 * (nl + 1), 10), dpi=110, squeeze=False)
     anchors = []
     for lvl in range(nl):
-        stride = float(maps["stride"][lvl])
-        name = f"P{round(math.log2(stride))}"
-        ext = (0, w, h, 0)
-        for row, (key, title) in enumerate((("prob", "probability map sigmoid(M)"), ("score", "aligned score"))):
-            ax = axes[row, lvl]
-            ax.imshow(rgb)
-            m = maps[key][lvl].cpu().numpy()  # own colour range per map: an early model's values sit near 0.01
-            im = ax.imshow(m, extent=ext, alpha=0.6, cmap="magma", vmin=float(m.min()), vmax=max(float(m.max()), 1e-6))
-            ax.set_title(f"{name} (stride {stride:g}): {title}", fontsize=8)
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-        ax = axes[2, lvl]
-        ax.imshow(rgb)
-        score = maps["score"][lvl]
-        top = score.flatten().topk(min(arrows, score.numel())).indices
-        cells = torch.stack((top // score.shape[1], top % score.shape[1]), 1).cpu()  # (k, 2) y, x
-        anchors.append(cells)
-        off = maps["offsets"][lvl].cpu()  # (4, 2, H_l, W_l)
-        for y, x in cells.tolist():
-            cx, cy = (x + 0.5) * stride, (y + 0.5) * stride
-            for side in range(4):
-                dy, dx = (off[side, :, y, x] * stride).tolist()
-                ax.annotate(
-                    "", (cx + dx, cy + dy), (cx, cy), arrowprops=dict(arrowstyle="->", color=SIDE_COLORS[side], lw=1)
-                )
-            ax.plot(cx, cy, "w.", ms=3)
-        ax.set_xlim(0, w)
-        ax.set_ylim(h, 0)
-        ax.set_title(f"{name}: TAP offsets of the top-{len(cells)} anchors", fontsize=8)
+        _draw_level_maps(fig, axes[:2, lvl], rgb, maps, lvl)
+        anchors.append(_draw_offsets(axes[2, lvl], rgb, maps, lvl, arrows))
     for ax in axes[:, :nl].flat:
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0, nl].imshow(rgb)
     axes[0, nl].set_title(Path(image).name, fontsize=8)
     axes[0, nl].axis("off")
-    ax = axes[1, nl]
-    if maps["cls_attention"]:
-        s = len(maps["cls_attention"][0])
-        width = 0.8 / (2 * nl)
-        for lvl in range(nl):
-            for t, (task, hatch) in enumerate((("cls", ""), ("reg", "//"))):
-                weights = maps[f"{task}_attention"][lvl].cpu().numpy()
-                pos = np.arange(s) + (2 * lvl + t) * width - 0.4 + width / 2
-                ax.bar(
-                    pos,
-                    weights,
-                    width,
-                    color=f"C{lvl}",
-                    hatch=hatch,
-                    edgecolor="k",
-                    lw=0.3,
-                    label=f"P{round(math.log2(float(maps['stride'][lvl])))} {task}",
-                )
-        ax.set_xticks(range(s), [f"layer {i + 1}" for i in range(s)])
-        ax.set_ylim(0, 1)
-        ax.set_title("layer attention (task decomposition)", fontsize=8)
-        ax.legend(fontsize=6, ncol=2)
-    else:  # TAPDetect: the stock branches have no task decomposition
-        ax.text(0.5, 0.5, "no layer attention\n(stock branches + TAP)", ha="center", va="center", fontsize=8)
-        ax.axis("off")
+    _draw_layer_attention(axes[1, nl], maps)
     ax = axes[2, nl]
     for name, color in zip(SIDES, SIDE_COLORS):
         ax.plot([], [], color=color, label=f"{name} side offset")

@@ -10,6 +10,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,19 @@ class AlignmentValidator(DetectionValidator):
             self.alignment.update(xywh2xyxy(raw[:4].T), raw[4 : 4 + nc].T, pbatch["bboxes"], pbatch["cls"])
 
 
+@contextlib.contextmanager
+def unbounded_candidates(net: Any):
+    """Set ``nms_pre`` of the model's TOOD head to 0 (every candidate) inside the context; restore it after."""
+    bounded = [(m, m.nms_pre) for m in net.modules() if getattr(m, "nms_pre", None)] if hasattr(net, "modules") else []
+    try:
+        for m, _ in bounded:
+            m.nms_pre = 0
+        yield
+    finally:
+        for m, k in bounded:
+            m.nms_pre = k
+
+
 def evaluate_alignment(
     model: str | Path | Any,
     data: str | Path,
@@ -120,8 +134,6 @@ def evaluate_alignment(
     args = {**overrides, "rect": True, "plots": False, "verbose": False}
     args.update(kwargs)
     args.update(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, mode="val", task="detect")
-    # The statistics rank every anchor's raw prediction: switch off the TOOD head's pre-NMS candidate bound
-    bounded = [(m, m.nms_pre) for m in net.modules() if getattr(m, "nms_pre", None)] if hasattr(net, "modules") else []
     callbacks = yolo.callbacks if yolo is not None else None  # as Model.val does
 
     def run(batch_size: int) -> AlignmentValidator:
@@ -133,21 +145,17 @@ def evaluate_alignment(
             validator(model=net)
         return validator
 
-    try:
-        for m, _ in bounded:
-            m.nms_pre = 0
+    # The statistics rank every anchor's raw prediction: the TOOD head's pre-NMS candidate bound is off meanwhile
+    with unbounded_candidates(net):
         # Unbounded, NMS can exceed ultralytics' time limit on a busy CPU and silently drop detections (the counts
         # and mAP are then void): re-run one image at a time, as yolo-tood compare's validations do; fail if that
         # hits it too
         validator, hits = run_with_batch1_retry(run, batch, f"alignment run on {split}")
-        if hits:
-            LOGGER.warning(
-                f"Task alignment ({split}): ultralytics' NMS ran out of time {hits}x at batch {batch}, dropping "
-                "detections; the figures are those of a re-run at batch 1"
-            )
-    finally:
-        for m, k in bounded:
-            m.nms_pre = k
+    if hits:
+        LOGGER.warning(
+            f"Task alignment ({split}): ultralytics' NMS ran out of time {hits}x at batch {batch}, dropping "
+            "detections; the figures are those of a re-run at batch 1"
+        )
     result = validator.alignment.result()
     result.metrics = {k: float(v) for k, v in validator.metrics.results_dict.items()}
     LOGGER.info(
