@@ -132,9 +132,28 @@ def skip_amp_download_check() -> None:
     trainer.check_amp = lambda model: True
 
 
+def read_results_without_polars() -> None:
+    """Read results.csv with the csv module where polars is missing (the GPU image lacks it; its wheel needs a binary
+    runtime too large to carry). ultralytics imports polars only to store the CSV in each checkpoint (``save_model``).
+    """
+    try:
+        import polars  # noqa: F401
+
+        return
+    except ImportError:
+        from ultralytics.engine.trainer import BaseTrainer
+
+    def read_results_csv(self) -> dict[str, list]:
+        rows = list(csv.DictReader(self.csv.read_text().splitlines())) if self.csv.exists() else []
+        return {k.strip(): [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+
+    BaseTrainer.read_results_csv = read_results_csv
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """All the steps of the module docstring; returns the JSON's content."""
     skip_amp_download_check()
+    read_results_without_polars()
     report: dict[str, Any] = {"argv": sys.argv[1:], "torch": torch.__version__, "platform": platform.platform()}
     if args.device != "cpu":
         report["gpu"] = torch.cuda.get_device_name(int(args.device))
