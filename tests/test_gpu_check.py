@@ -36,3 +36,23 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
         assert all(v["ms"] > 0 and math.isfinite(v["vs_stock"]) for v in report["forward_ms"][batch].values())
     for name, parity in report["onnx"].items():  # the exported graph computes what the checkpoint computes
         assert parity["max_score_diff"] < 1e-3 and parity["max_box_diff_px"] < 0.1, (name, parity)
+
+
+def test_results_csv_read_without_polars(tmp_path, monkeypatch):
+    """Where polars is missing (the GPU image), the trainer's results.csv reader falls back to the csv module."""
+    import importlib.util
+    import types
+
+    from ultralytics.engine.trainer import BaseTrainer
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setitem(sys.modules, "polars", None)  # import polars raises ImportError
+    monkeypatch.setattr(BaseTrainer, "read_results_csv", BaseTrainer.read_results_csv)  # restored afterwards
+    gpu_check.read_results_without_polars()
+    trainer = types.SimpleNamespace(csv=tmp_path / "results.csv")
+    trainer.csv.write_text("                  epoch,  train/box_loss\n1,2.5\n2,2.0\n")
+    assert BaseTrainer.read_results_csv(trainer) == {"epoch": [1.0, 2.0], "train/box_loss": [2.5, 2.0]}
+    trainer.csv.unlink()
+    assert BaseTrainer.read_results_csv(trainer) == {}

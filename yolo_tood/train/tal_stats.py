@@ -33,6 +33,24 @@ import torch
 
 from .assigner import AssignResult, gt_sizes
 
+
+def weighted_count(index: torch.Tensor, weights: torch.Tensor, bins: int) -> torch.Tensor:
+    """``torch.bincount(index, weights, minlength=bins)`` as a one-hot product, deterministic on CUDA.
+
+    CUDA's weighted bincount adds floats atomically, so ``deterministic=True`` makes torch warn at every step; here
+    ``index`` holds one entry per GT slot (B * n_max), so the one-hot matrix is small.
+
+    Args:
+        index (torch.Tensor): (N,) bin of each entry, in [0, bins).
+        weights (torch.Tensor): (N,) float weight of each entry.
+        bins (int): number of bins.
+
+    Returns:
+        (torch.Tensor): (bins,) the summed weights per bin.
+    """
+    return weights @ torch.nn.functional.one_hot(index, bins).to(weights.dtype)
+
+
 __all__ = ("SIZE_EDGES", "SIZE_LABELS", "STATS_FILE", "TALStats", "gt_sizes")
 
 STATS_FILE = "tal_stats.jsonl"  # in the run's save_dir, one line per epoch
@@ -109,15 +127,12 @@ class TALStats:
         bucket = torch.where(valid, bucket, len(SIZE_LABELS))  # padding goes to a dropped bin
         nb = len(SIZE_LABELS) + 1
         self.num_gt += torch.bincount(bucket, minlength=nb)[:-1]
-        self.num_pos += torch.bincount(bucket, weights=pos, minlength=nb)[:-1]
-        self.num_zero += torch.bincount(bucket, weights=(pos == 0).float(), minlength=nb)[:-1]
+        self.num_pos += weighted_count(bucket, pos, nb)[:-1]
+        self.num_zero += weighted_count(bucket, (pos == 0).float(), nb)[:-1]
         if gt_labels is not None and nc > 0:
             cls = torch.where(valid, gt_labels.reshape(-1).long(), nc)  # padding to a dropped bin
             counts = torch.stack(
-                [
-                    torch.bincount(cls, weights=w, minlength=nc + 1)[:-1]
-                    for w in (valid.float(), pos, (pos == 0).float())
-                ]
+                [weighted_count(cls, w, nc + 1)[:-1] for w in (valid.float(), pos, (pos == 0).float())]
             )  # (3, nc)
             self.class_counts = counts if self.class_counts is None else self.class_counts + counts
 
