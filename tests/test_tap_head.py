@@ -193,7 +193,6 @@ def test_tap_none_has_no_offsets():
         ({"quality": "iou"}, "TAPDetect: quality must be one of features, distribution, both, got 'iou'"),
         ({"quality": "distribution", "reg_max": 1}, "TAPDetect: quality 'distribution' reads the DFL box distrib"),
         ({"quality": "both", "reg_max": 1}, "a reg_max 1 head does not have"),
-        ({"end2end": True}, "TAPDetect has no one-to-one"),
         ({"nc": 0}, "nc"),
         ({"ch": ()}, "no input levels"),
     ],

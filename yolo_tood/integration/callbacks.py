@@ -135,12 +135,22 @@ def on_train_epoch_start(trainer: Any) -> None:
             LOGGER.info(f"TOOD: ATSS warm-up done, switching to Task Alignment Learning at epoch {trainer.epoch + 1}")
 
 
-def _tood_criterion(trainer: Any) -> Any:
-    """Return the trainer model's ``TOODLoss`` (created at the first training step), or None for other models."""
+def _tood_losses(criterion: Any) -> list[Any]:
+    """Return the ``TOODLoss`` instances of a criterion: itself, or an ``E2ELoss``'s one-to-many and one-to-one
+    branches (end-to-end heads), one-to-many first; [] for other criteria."""
     from ..train.loss import TOODLoss
 
-    criterion = getattr(_models(trainer)[0], "criterion", None)
-    return criterion if isinstance(criterion, TOODLoss) else None
+    branches = [getattr(criterion, "one2many", None), getattr(criterion, "one2one", None)]
+    return [c for c in ([criterion] if isinstance(criterion, TOODLoss) else branches) if isinstance(c, TOODLoss)]
+
+
+def _tood_criterion(trainer: Any) -> Any:
+    """Return the trainer model's ``TOODLoss`` (created at the first training step; the one-to-many branch's on an
+    end-to-end head), or None for other models. Other branches' statistics are reset, not written."""
+    losses = _tood_losses(getattr(_models(trainer)[0], "criterion", None))
+    for other in losses[1:]:
+        other.take_tal_stats()
+    return losses[0] if losses else None
 
 
 def _log_dropped_boxes(trainer: Any) -> None:
@@ -149,8 +159,8 @@ def _log_dropped_boxes(trainer: Any) -> None:
     The counts of the trained model's loss and of the EMA model's loss (validation losses) are summed; the EMA's
     validation of the previous epoch runs after this callback, so its drops are reported with the next epoch.
     """
-    losses = [getattr(m, "criterion", None) for m in _models(trainer)]
-    losses = [c for c in {id(c): c for c in losses}.values() if hasattr(c, "dropped_boxes")]
+    losses = [c for m in _models(trainer) for c in _tood_losses(getattr(m, "criterion", None))]
+    losses = list({id(c): c for c in losses}.values())
     if dropped := sum(c.dropped_boxes for c in losses):
         from ultralytics.utils import LOGGER
 

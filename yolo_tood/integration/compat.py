@@ -196,7 +196,20 @@ RELIED_ON: tuple[Internal, ...] = (
     Internal(
         "ultralytics.nn.modules:Detect",
         None,
-        ("forward", "forward_head", "_inference", "_get_decode_boxes", "bias_init", "legacy", "dynamic", "export"),
+        (
+            "forward",
+            "forward_head",
+            "_inference",
+            "_get_decode_boxes",
+            "bias_init",
+            "legacy",
+            "dynamic",
+            "export",
+            "one2many",
+            "one2one",
+            "end2end",
+            "postprocess",
+        ),
         "nn/head.py",
         "Detect.__init__ is skipped (it would build cv2/cv3); nc, nl, reg_max, no, stride, dfl are set by hand, "
         "cv2 is an empty ModuleList and cv3 None (Detect.one2many, end2end and DetectionModel.load read them)",
@@ -219,6 +232,38 @@ RELIED_ON: tuple[Internal, ...] = (
         "nn/tap_head.py",
         "called: builds the stock cv2 / cv3 / dfl that TAPDetect keeps under their names; cv2[i][:-1] and cv3[i][:-1] "
         "are run separately from their last conv, so each branch must stay an nn.Sequential ending in the predictor",
+    ),
+    Internal(
+        "ultralytics.nn.modules:Detect.forward",
+        ("self", "x"),
+        (),
+        "nn/tap_head.py",
+        "end-to-end heads (YOLO26): forward_head(x, **self.one2many), then forward_head(detached x, **self.one2one) "
+        "when one2one_cv2 exists; TAPDetect's one2many / one2one add its predictors to the branch dict (as YOLOE's "
+        "contrastive_head)",
+    ),
+    Internal(
+        "ultralytics.nn.modules:Detect.fuse",
+        ("self",),
+        (),
+        "nn/tap_head.py",
+        "sets name[8:] (end2end) or name to None for every child named one2one_*: TAPDetect's one-to-one "
+        "predictors carry that prefix",
+    ),
+    Internal(
+        "ultralytics.utils.loss:E2ELoss.__init__",
+        ("self", "model", "loss_fn"),
+        (),
+        "integration/heads.py",
+        "the criterion of an end-to-end TOOD head: E2ELoss(model, TOODLoss) calls TOODLoss(model, tal_topk=10) and "
+        "TOODLoss(model, tal_topk=7, tal_topk2=1), their parse_output and loss, and reads one2one.hyp.epochs",
+    ),
+    Internal(
+        "ultralytics.utils.loss:E2ELoss.decay",
+        ("self", "x"),
+        (),
+        "train/loss.py",
+        "the one-to-many weight's decay reads self.one2one.hyp.epochs: TOODLoss.hyp is the train arguments",
     ),
     Internal(
         "ultralytics.nn.modules:Detect.bias_init",

@@ -54,9 +54,18 @@ class HeadSpec:
         return {name: parameters[name].default for name in self.yaml_args}
 
     def criterion_for(self, model: Any) -> Any:
-        """Return the criterion of ``model`` (a de-paralleled DetectionModel whose last module is this head)."""
+        """Return the criterion of ``model`` (a de-paralleled DetectionModel whose last module is this head).
+
+        An end-to-end head (a ``one2one_cv2``, as ultralytics' own test in ``DetectionModel.init_criterion``) gets
+        ultralytics' ``E2ELoss`` with this criterion as its ``loss_fn``, one per branch.
+        """
         module, _, name = self.criterion.partition(":")
-        return getattr(import_module(module), name)(model)
+        criterion = getattr(import_module(module), name)
+        if getattr(model.model[-1], "one2one_cv2", None) is not None:
+            from ultralytics.utils.loss import E2ELoss
+
+            return E2ELoss(model, criterion)
+        return criterion(model)
 
 
 HEADS: tuple[HeadSpec, ...] = (

@@ -403,18 +403,22 @@ class TaskAlignedOutputs:
     nms_pre_mode: str = "image"  # NMS_PRE_MODES: nms_pre per image or per level
     atss_epochs: int | None = None  # warm-up length resolved from the trainer's epochs by the callbacks
 
-    def forward_head(self, x: list[torch.Tensor], **kwargs) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    def forward_head(self, x: list[torch.Tensor], **branch: nn.Module | None) -> dict[str, torch.Tensor | list]:
         """Return the training dict of ultralytics' Detect contract, plus TAP's offsets, from ``forward_level``.
 
-        ``Detect.forward`` passes the stock branches as keywords; the head's ``forward_level`` reads its own modules.
+        ``Detect.forward`` passes one branch's modules as keywords (``self.one2many``, then ``self.one2one`` for an
+        end-to-end head); they go to ``forward_level``. A branch whose ``box_head`` ``Detect.fuse`` removed gives
+        ``{}``, as ``Detect.forward_head``.
 
         Returns:
             (dict): ``boxes`` (B, 4 * reg_max, A) re-sampled box prediction, ``offsets`` (B, 8, A) the offsets it was
                 re-sampled with ((dy, dx) per side, feature-map pixels), ``scores`` (B, nc, A) aligned scores
                 (probabilities, not logits), ``feats`` the input levels.
         """
+        if "box_head" in branch and branch["box_head"] is None:
+            return {}
         bs = x[0].shape[0]
-        boxes, offsets, scores = zip(*(self.forward_level(xi, i) for i, xi in enumerate(x)))
+        boxes, offsets, scores = zip(*(self.forward_level(xi, i, **branch) for i, xi in enumerate(x)))
         return {
             "boxes": torch.cat([b.view(bs, 4 * self.reg_max, -1) for b in boxes], -1),
             "offsets": torch.cat([o.view(bs, 8, -1) for o in offsets], -1),
@@ -782,12 +786,15 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         m_last = self.cls_prob[-1] if self.cls_prob is not None else self.dgqp.reg_conf[-1]
         nn.init.constant_(m_last.bias, prior_bias)
 
-    def forward_level(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_level(
+        self, x: torch.Tensor, level: int, **branch: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the T-Head on one level.
 
         Args:
             x (torch.Tensor): Neck feature (B, ch[level], H, W).
             level (int): Pyramid level index, selecting the adapter and the scale.
+            **branch: ``Detect.one2many``'s stock branches, which the T-Head does not have (unused).
 
         Returns:
             boxes (torch.Tensor): Box prediction (B, 4 * reg_max, H, W), side k re-sampled at location + O_k.

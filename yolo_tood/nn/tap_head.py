@@ -31,6 +31,13 @@ classes, 640 px), over the 1.05x budget; the class score is the side TOOD's alig
 the two logits). The stock box branch is GFL's distribution (DFL, reg_max 16), so the quality costs one small
 predictor shared by the levels.
 
+On an end-to-end model (YOLO26: ``end2end: True``) ``Detect`` builds a one-to-one branch, ``one2one_cv2`` /
+``one2one_cv3`` (deep copies of the stock branches, fed detached features in training); the predictor is built for
+each branch, the one-to-one's named with the same ``one2one_`` prefix (``one2one_cls_prob``, ``one2one_reg_offset``,
+...), so that ``Detect.fuse`` keeps the predictor of the branch inference uses and drops the other's. With ``reg_max:
+1`` (YOLO26) the box prediction stays stock's raw distances (``dfl`` is ``nn.Identity``, box bias 2.0), so the weights
+transfer; TAP re-samples those distances as it re-samples DFL bins.
+
 It starts as the stock model: the last conv of ``cls_prob``, ``dgqp`` and ``reg_offset`` has zero weights, so right
 after a stock checkpoint is loaded M is a constant (score a monotone map of stock's sigmoid) and every offset is 0 (the
 stock boxes exactly); the cross-task conv of ``interact="box_to_cls"`` starts at zero weights and bias (adds 0).
@@ -55,7 +62,11 @@ from .head import (
     task_aligned_outputs,
 )
 
-__all__ = ("INTERACT_MODES", "TAPDetect", "TAP_PRIOR_PROB")
+__all__ = ("BRANCH_PREFIXES", "INTERACT_MODES", "TAPDetect", "TAP_PRIOR_PROB")
+
+# The head's branches by attribute prefix: one-to-many ("", the stock cv2 / cv3) and, on end-to-end models, one-to-one
+# (Detect's "one2one_" prefix, which Detect.fuse reads to drop the branch inference does not use)
+BRANCH_PREFIXES = ("", "one2one_")
 
 # Task interaction between the stock branches: none (the stock branches as they are) or box_to_cls (the cls branch's
 # last hidden feature plus a 1x1 projection of the box branch's; see the module docstring)
@@ -102,7 +113,8 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         quality (str): What M reads: ``features`` (``cls_prob`` on the task-interactive feature, TOOD's),
             ``distribution`` (``DGQP`` on the final box distribution, GFLv2's) or ``both`` (the sum of the logits).
         reg_max (int): DFL bins per side, filled in by ``parse_model``.
-        end2end (bool): Must be False: TAP has no one-to-one branch.
+        end2end (bool): Build the one-to-one branch too (``one2one_cv2`` / ``one2one_cv3`` as ``Detect``, each with
+            its own predictor); set by ``parse_model`` from the YAML's ``end2end`` (YOLO26).
         ch (tuple[int, ...]): Input channels of each level, filled in by ``parse_model``.
 
     Examples:
@@ -131,11 +143,9 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         if interact not in INTERACT_MODES:
             raise ValueError(f"TAPDetect: interact must be one of {', '.join(INTERACT_MODES)}, got {interact!r}")
         check_quality(quality, reg_max, "TAPDetect")
-        if end2end:
-            raise ValueError("TAPDetect has no one-to-one (end2end) branch; remove 'end2end' from the model YAML")
         if not ch:
             raise ValueError("TAPDetect: no input levels; its YAML row needs 'from' levels, e.g. [15, 18, 21]")
-        super().__init__(nc, reg_max, False, ch)
+        super().__init__(nc, reg_max, end2end, ch)
         if reg_max > 1:
             # Stock's DFL, re-arranged (same function, same fixed weights, same ``dfl.conv.weight`` key): TAP decodes
             # distances per level for its validity test as well as once for the boxes, where stock's transpose +
@@ -145,6 +155,34 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         self.interact = interact
         self.quality = quality
         self._build_predictor()
+
+    def _branch(self, prefix: str) -> dict[str, nn.Module | None]:
+        """The modules of one branch (``prefix`` in ``BRANCH_PREFIXES``), under ``forward_level``'s keyword names.
+
+        ``box_head`` / ``cls_head`` are ``Detect``'s keys (its ``bias_init`` reads them); None once fused away.
+        """
+        return {
+            "box_head": getattr(self, f"{prefix}cv2", None),
+            "cls_head": getattr(self, f"{prefix}cv3", None),
+            "prob_head": getattr(self, f"{prefix}cls_prob", None),
+            "quality_head": getattr(self, f"{prefix}dgqp", None),  # absent from checkpoints saved before quality
+            "offset_head": getattr(self, f"{prefix}reg_offset", None),
+            "interact_head": getattr(self, f"{prefix}cls_from_box", None),  # absent from checkpoints before interact
+        }
+
+    @property
+    def one2many(self) -> dict[str, nn.Module | None]:
+        """The one-to-many branch: the stock branches and their task-aligned predictor (``Detect.forward`` reads it)."""
+        return self._branch("")
+
+    @property
+    def one2one(self) -> dict[str, nn.Module | None]:
+        """The one-to-one branch of an end-to-end head (all None on other heads)."""
+        return self._branch("one2one_")
+
+    def _prefixes(self) -> tuple[str, ...]:
+        """The prefixes of the branches this head has (before fusion): one-to-one only on end-to-end heads."""
+        return BRANCH_PREFIXES if getattr(self, "one2one_cv2", None) is not None else BRANCH_PREFIXES[:1]
 
     def _interactive_channels(self) -> int:
         """Width of the task-interactive feature: the box branch's last hidden width plus the cls branch's."""
@@ -157,24 +195,33 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         c2, c3 = self.cv2[0][-1].in_channels, self.cv3[0][-1].in_channels
         quality = getattr(self, "quality", "features")  # absent from checkpoints saved before it
         self.predictor_width = c
-        self.cls_from_box = (
-            nn.ModuleList(_zero_conv1x1(c2, c3) for _ in range(self.nl)).to(device, dtype)
-            if getattr(self, "interact", "none") == "box_to_cls"  # absent from checkpoints saved before it
-            else None
-        )
-        self.cls_prob = (
-            nn.ModuleList(_predictor(c, 1) for _ in range(self.nl)).to(device, dtype)
-            if quality != "distribution"
-            else None
-        )
-        # one DGQP shared by the levels, as GFLv2 (its statistics are in bins, the same at every stride)
-        self.dgqp = DGQP(self.reg_max).to(device, dtype) if quality != "features" else None
-        self.reg_offset = (
-            nn.ModuleList(_predictor(c, 4 * 2) for _ in range(self.nl)).to(device, dtype)
-            if self.tap == "faithful"
-            else None
-        )
-        stds = [(p, 0.01) for p in self.cls_prob or ()] + [(p, OFFSET_INIT_STD) for p in self.reg_offset or ()]
+        for prefix in self._prefixes():
+            setattr(
+                self,
+                f"{prefix}cls_from_box",
+                nn.ModuleList(_zero_conv1x1(c2, c3) for _ in range(self.nl)).to(device, dtype)
+                if getattr(self, "interact", "none") == "box_to_cls"  # absent from checkpoints saved before it
+                else None,
+            )
+            setattr(
+                self,
+                f"{prefix}cls_prob",
+                nn.ModuleList(_predictor(c, 1) for _ in range(self.nl)).to(device, dtype)
+                if quality != "distribution"
+                else None,
+            )
+            # one DGQP per branch shared by the levels, as GFLv2 (its statistics are in bins, the same at every stride)
+            setattr(self, f"{prefix}dgqp", DGQP(self.reg_max).to(device, dtype) if quality != "features" else None)
+            setattr(
+                self,
+                f"{prefix}reg_offset",
+                nn.ModuleList(_predictor(c, 4 * 2) for _ in range(self.nl)).to(device, dtype)
+                if self.tap == "faithful"
+                else None,
+            )
+        branches = [self._branch(prefix) for prefix in self._prefixes()]
+        stds = [(p, 0.01) for b in branches for p in b["prob_head"] or ()]
+        stds += [(p, OFFSET_INIT_STD) for b in branches for p in b["offset_head"] or ()]
         for predictor, std in stds:
             nn.init.normal_(predictor[0].weight, std=std)  # the first conv as the reference: M 0.01, offsets 0.001
             nn.init.zeros_(predictor[0].bias)
@@ -187,19 +234,23 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         self._init_prob_bias()
 
     def _last_convs(self) -> list[nn.Conv2d]:
-        """The last conv of every predictor of M and O (zero at the no-op start)."""
-        predictors = [*(self.cls_prob or ()), *(self.reg_offset or ())]
-        return [p[-1] for p in predictors] + ([self.dgqp.reg_conf[-1]] if getattr(self, "dgqp", None) else [])
+        """The last conv of every predictor of M and O, in every branch (zero at the no-op start)."""
+        convs = []
+        for b in map(self._branch, self._prefixes()):
+            convs += [p[-1] for p in (*(b["prob_head"] or ()), *(b["offset_head"] or ()))]
+            convs += [b["quality_head"].reg_conf[-1]] if b["quality_head"] is not None else []
+        return convs
 
     def _init_prob_bias(self) -> None:
-        """Set M's bias to the prior ``TAP_PRIOR_PROB`` (see there why not the reference's 0.01).
+        """Set M's bias to the prior ``TAP_PRIOR_PROB`` in every branch (see there why not the reference's 0.01).
 
         With ``quality="both"`` the prior is on the features' logit and the distribution's starts at 0 (M is their sum).
         """
         prior = -math.log((1 - TAP_PRIOR_PROB) / TAP_PRIOR_PROB)
-        m_last = [p[-1] for p in self.cls_prob] if self.cls_prob is not None else [self.dgqp.reg_conf[-1]]
-        for conv in m_last:
-            nn.init.constant_(conv.bias, prior)
+        for b in map(self._branch, self._prefixes()):
+            m_last = [p[-1] for p in b["prob_head"]] if b["prob_head"] is not None else [b["quality_head"].reg_conf[-1]]
+            for conv in m_last:
+                nn.init.constant_(conv.bias, prior)
 
     def bias_init(self) -> None:
         """Initialise the stock biases as ``Detect`` does, then M's prior; rebuild the predictor if cv3 was rebuilt.
@@ -218,37 +269,42 @@ class TAPDetect(TaskAlignedOutputs, Detect):
 
     def map_modules(self) -> dict[str, list[nn.Module]]:
         """The modules whose outputs are the head's maps, each run once per level in level order (``TOODDetect``'s
-        contract): the stock cls branch's last conv, M's predictors, the offsets; no layer attention."""
-        dgqp = getattr(self, "dgqp", None)
+        contract): the stock cls branch's last conv, M's predictors, the offsets; no layer attention. On an end-to-end
+        head, those of the branch inference runs (``end2end``: one-to-one)."""
+        b = self.one2one if self.end2end else self.one2many
         return {
-            "cls": [branch[-1] for branch in self.cv3],
-            "prob": list(self.cls_prob or ()),
-            "quality": [dgqp] if dgqp is not None else [],
-            "offsets": list(self.reg_offset or ()),
+            "cls": [branch[-1] for branch in b["cls_head"]],
+            "prob": list(b["prob_head"] or ()),
+            "quality": [b["quality_head"]] if b["quality_head"] is not None else [],
+            "offsets": list(b["offset_head"] or ()),
             "cls_attention": [],
             "reg_attention": [],
         }
 
-    def forward_level(self, x: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the stock branches and the task-aligned predictor on one level.
+    def forward_level(
+        self, x: torch.Tensor, level: int, **branch: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run one branch's stock layers and task-aligned predictor on one level.
 
         Args:
             x (torch.Tensor): Neck feature (B, ch[level], H, W).
             level (int): Pyramid level index.
+            **branch: The branch's modules (``one2many`` or ``one2one``, as ``Detect.forward`` passes them);
+                none given: the one-to-many branch.
 
         Returns:
             boxes (torch.Tensor): Box prediction (B, 4 * reg_max, H, W), side k re-sampled at location + O_k.
             offsets (torch.Tensor): The offsets O (B, 8, H, W), zero where the un-resampled prediction was kept.
             scores (torch.Tensor): Aligned scores in [0, 1], (B, nc, H, W).
         """
-        box_branch, cls_branch = self.cv2[level], self.cv3[level]
+        b = branch or self.one2many
+        box_branch, cls_branch = b["box_head"][level], b["cls_head"][level]
         box_feat = box_branch[:-1](x)  # (B, c2, H, W)
         cls_feat = cls_branch[:-1](x)  # (B, c3, H, W)
-        if getattr(self, "cls_from_box", None) is not None:  # interact="box_to_cls" (absent from older checkpoints)
-            cls_feat = cls_feat + self.cls_from_box[level](box_feat)  # (B, c3, H, W)
+        if b["interact_head"] is not None:  # interact="box_to_cls"
+            cls_feat = cls_feat + b["interact_head"][level](box_feat)  # (B, c3, H, W)
         feat = torch.cat((box_feat, cls_feat), 1)  # task-interactive feature (B, c2 + c3, H, W)
         reg, cls_logits = box_branch[-1](box_feat), cls_branch[-1](cls_feat)
-        prob_logits = self.cls_prob[level](feat) if self.cls_prob is not None else None  # (B, 1, H, W)
-        offsets = self.reg_offset[level](feat) if self.reg_offset is not None else None  # (B, 8, H, W)
-        dgqp = getattr(self, "dgqp", None)  # absent from checkpoints saved before quality existed
-        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training, dgqp)
+        prob_logits = b["prob_head"][level](feat) if b["prob_head"] is not None else None  # (B, 1, H, W)
+        offsets = b["offset_head"][level](feat) if b["offset_head"] is not None else None  # (B, 8, H, W)
+        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training, b["quality_head"])

@@ -18,7 +18,15 @@ from ultralytics.utils.metrics import bbox_iou
 
 from .hyp import TOPK_MODES
 
-__all__ = ("ATSSAssigner", "AssignResult", "TOODTaskAlignedAssigner", "dynamic_topk", "gt_sizes", "widen_small_boxes")
+__all__ = (
+    "ATSSAssigner",
+    "AssignResult",
+    "TOODTaskAlignedAssigner",
+    "dynamic_topk",
+    "gt_sizes",
+    "keep_best_per_gt",
+    "widen_small_boxes",
+)
 
 # An anchor centre must be at least this many pixels inside every side of a GT to be a positive of that GT
 # (as MMDetection's TaskAlignedAssigner / ATSSAssigner: min(l, t, r, b) > 0.01).
@@ -128,6 +136,31 @@ def widen_small_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     return torch.cat((centre - wh / 2, centre + wh / 2), -1)
 
 
+def keep_best_per_gt(gt_ids: torch.Tensor, metrics: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep, for every GT, only its ``k`` pairs of largest metric (ties to the earlier pair).
+
+    The second top-k of ultralytics' ``TaskAlignedAssigner(topk2=...)`` (``select_highest_overlaps``), which YOLO26's
+    one-to-one branch trains with (``E2ELoss``: ``tal_topk=7, tal_topk2=1``): applied to the positives left after the
+    multi-GT resolution, as there.
+
+    Args:
+        gt_ids (torch.Tensor): (P,) int64 GT index of each positive pair.
+        metrics (torch.Tensor): (P,) alignment metric t of each pair.
+        k (int): Pairs kept per GT.
+
+    Returns:
+        (torch.Tensor): (P,) bool, True for the pairs kept.
+    """
+    order = torch.argsort(metrics, descending=True, stable=True)
+    order = order[torch.argsort(gt_ids[order], stable=True)]  # grouped by GT, each group by decreasing metric
+    sorted_ids = gt_ids[order]
+    group_start = torch.searchsorted(sorted_ids, sorted_ids)  # (P,) index of the first pair of the same GT
+    rank = torch.arange(len(order), device=gt_ids.device) - group_start
+    keep = torch.zeros_like(gt_ids, dtype=torch.bool)
+    keep[order] = rank < k
+    return keep
+
+
 def resolve_claims(gt_ids: torch.Tensor, anchor_ids: torch.Tensor, ious: torch.Tensor, na: int) -> torch.Tensor:
     """Keep, for every anchor claimed by several GTs, only the pair with the GT of highest IoU.
 
@@ -222,6 +255,8 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         topk_max (int): Largest m of the dynamic mode.
         min_size (float): GT sides shorter than this (pixels) are widened to it for the centre-in-GT test only
             (``widen_small_boxes``, as ultralytics' STAL); 0, the default, is the reference's strict test.
+        topk2 (int | None): After the multi-GT resolution, keep each GT's ``topk2`` positives of largest t
+            (``keep_best_per_gt``, ultralytics' ``topk2``; 1 for YOLO26's one-to-one branch); None keeps them all.
 
     Examples:
         >>> assigner = TOODTaskAlignedAssigner(topk=13, alpha=1.0, beta=6.0)
@@ -243,9 +278,12 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         topk_min: int = 5,
         topk_max: int = 21,
         min_size: float = 0.0,
+        topk2: int | None = None,
     ):
         """Initialise the assigner with the metric exponents and the number of candidates per GT."""
         super().__init__()
+        if topk2 is not None and topk2 < 1:
+            raise ValueError(f"topk2 must be None or >= 1, got {topk2}")
         if topk_mode not in TOPK_MODES:
             raise ValueError(f"topk_mode must be one of {TOPK_MODES}, got {topk_mode!r}")
         if not 1 <= topk_min <= topk_max:
@@ -256,6 +294,7 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         self.topk_mode = topk_mode
         self.topk_min, self.topk_max = topk_min, topk_max
         self.min_size = min_size
+        self.topk2 = topk2
 
     @torch.no_grad()
     def forward(
@@ -298,6 +337,8 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
             pairs = [self._topk_pairs(s, boxes, labels, scores_t, pboxes, anc, k) for s in self._gt_chunks(n, na)]
             gt_ids, anchor_ids, ious, metrics = (torch.cat(x) for x in zip(*pairs))
             keep = resolve_claims(gt_ids, anchor_ids, ious, na)
+            if getattr(self, "topk2", None) is not None:  # absent from assigners pickled before it
+                keep &= keep_best_per_gt(gt_ids, torch.where(keep, metrics, -1.0), self.topk2)
             gt_ids, anchor_ids, ious, metrics = gt_ids[keep], anchor_ids[keep], ious[keep], metrics[keep]
             # per-GT normalisation over its final positives: t_hat = t / max(t) * max(u); max(t) >= t > 0
             max_t = metrics.new_zeros(n).scatter_reduce_(0, gt_ids, metrics, "amax")

@@ -143,11 +143,20 @@ class TOODLoss(v8DetectionLoss):
     assignment and the losses. The phase is read from ``head.epoch`` at every call (0-based; ``None`` = TAL), so a
     resumed run and validation losses use the right phase.
 
+    On an end-to-end head (YOLO26) it is ultralytics' ``E2ELoss``'s ``loss_fn``, one instance per branch (``E2ELoss``
+    passes ``tal_topk=10`` for the one-to-many branch and ``tal_topk=7, tal_topk2=1`` for the one-to-one):
+
+    - one-to-many: TOOD's loss as above, with TOOD's ``tal_topk`` (the schema's m), not E2ELoss's 10;
+    - one-to-one: TAL by TOOD's metric (``tal_alpha`` / ``tal_beta``) over ``tal_topk`` candidates, then each GT's
+      single best positive (``tal_topk2``); never the ATSS warm-up (the warm-up is the one-to-many branch's).
+
     Args:
         model (torch.nn.Module): De-paralleled ultralytics DetectionModel whose ``model[-1]`` is the TOOD head (with
             ``nc``, ``reg_max``, ``stride`` and ``epoch``); the hyper-parameters come from ``model.yaml``, overridden
             by the TOOD keys set in ``model.args`` (the train arguments the trainer attaches, as v8DetectionLoss
             reads its gains there).
+        tal_topk (int | None): Candidates per GT of the one-to-one branch (with ``tal_topk2``); ignored without it.
+        tal_topk2 (int | None): Positives kept per GT: set for a one-to-one branch, None for TOOD's one-to-many loss.
 
     Examples:
         >>> criterion = TOODLoss(model)
@@ -156,11 +165,12 @@ class TOODLoss(v8DetectionLoss):
         ['box_loss', 'cls_loss', 'dfl_loss']
     """
 
-    def __init__(self, model: torch.nn.Module):  # model must be de-paralleled
+    def __init__(self, model: torch.nn.Module, tal_topk: int | None = None, tal_topk2: int | None = None):
         """Initialise from the model's head, YAML and train arguments.
 
         ``v8DetectionLoss.__init__`` is not called (it builds ultralytics' own assigner and reads its gains from
-        ``model.args``); only the attributes its ``preprocess`` and ``bbox_decode`` read are set, under their names.
+        ``model.args``); only the attributes its ``preprocess`` and ``bbox_decode`` read are set, under their names,
+        and ``hyp`` (the train arguments, whose ``epochs`` ``E2ELoss`` reads for its one-to-many weight decay).
         TOOD's own state has names of its own (``tood_hyp``, ``tal_assigner``, ``atss_assigner``).
         """
         param = next(model.parameters(), None)
@@ -169,6 +179,8 @@ class TOODLoss(v8DetectionLoss):
         # model.args: the trainer's arguments (the EMA copy carries them too, for the validation losses); a model
         # used outside a trainer may have none, then the YAML alone applies
         self.tood_hyp = TOODHyp.from_yaml(getattr(model, "yaml", None), getattr(model, "args", None))
+        self.hyp = getattr(model, "args", None)
+        self.one_to_one = tal_topk2 is not None
         self.stride = self.head.stride
         self.nc = self.head.nc
         self.reg_max = self.head.reg_max
@@ -176,13 +188,14 @@ class TOODLoss(v8DetectionLoss):
         self.use_dfl = self.reg_max > 1
         self.loss_names = "box_loss", "cls_loss", "dfl_loss" if self.use_dfl else "l1_loss"
         self.tal_assigner = TOODTaskAlignedAssigner(
-            self.tood_hyp.tal_topk,
+            tal_topk if self.one_to_one else self.tood_hyp.tal_topk,
             self.tood_hyp.tal_alpha,
             self.tood_hyp.tal_beta,
-            topk_mode=self.tood_hyp.tal_topk_mode,
+            topk_mode="fixed" if self.one_to_one else self.tood_hyp.tal_topk_mode,
             topk_min=self.tood_hyp.tal_topk_min,
             topk_max=self.tood_hyp.tal_topk_max,
             min_size=self.tood_hyp.tal_min_size,
+            topk2=tal_topk2,
         )
         self.atss_assigner = ATSSAssigner(
             self.tood_hyp.atss_topk, min_size=self.tood_hyp.tal_min_size, min_pos=self.tood_hyp.atss_min_pos
@@ -220,9 +233,10 @@ class TOODLoss(v8DetectionLoss):
         return warmup
 
     def in_warmup(self) -> bool:
-        """Return True while the head's current epoch is inside the ATSS warm-up (``epoch < warm-up epochs``)."""
+        """Return True while the head's current epoch is inside the ATSS warm-up (``epoch < warm-up epochs``); always
+        False for a one-to-one branch."""
         epoch = getattr(self.head, "epoch", None)
-        return epoch is not None and epoch < self.warmup_epochs()
+        return not getattr(self, "one_to_one", False) and epoch is not None and epoch < self.warmup_epochs()
 
     def loss(self, preds: dict[str, Any], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         """Return (sum of the gain-scaled losses * batch size, dict of the detached items) like v8DetectionLoss.

@@ -1,0 +1,217 @@
+"""YOLO26 with TOOD's task-aligned predictor: ``yolo26{n,s,m,l,x}-tap.yaml``, NMS and NMS-free.
+
+What it must show (issue: YOLO26 with TOOD): the config ships and resolves by bare name; every stock tensor of a stock
+YOLO26 (both branches) keeps its name and shape; right after loading a stock checkpoint the model predicts stock's
+boxes on both paths (one-to-many with NMS, one-to-one NMS-free) with scores a monotone map of stock's; ``fuse()`` keeps
+the predictor of the branch inference uses; TOOD's loss trains inside ultralytics' ``E2ELoss``, the one-to-one branch
+assigned by TOOD's metric with top-1; ``yolo train`` / ``val`` / ``predict`` run with and without NMS; the cost stays
+within 1.05x stock's.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from ultralytics import YOLO
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+from ultralytics.utils.loss import E2ELoss
+
+from yolo_tood.integration.register import CFG_DIR
+from yolo_tood.nn.tap_head import TAP_PRIOR_PROB, TAPDetect
+from yolo_tood.train.assigner import TOODTaskAlignedAssigner, keep_best_per_gt
+from yolo_tood.train.loss import TOODLoss
+
+NEW_MODULES = ["cls_prob", "one2one_cls_prob", "one2one_reg_offset", "reg_offset"]
+
+
+def stock_and_tap(nc: int, scale: str = "n") -> tuple[DetectionModel, DetectionModel]:
+    torch.manual_seed(0)
+    return (
+        DetectionModel(f"yolo26{scale}.yaml", nc=nc, verbose=False),
+        DetectionModel(f"yolo26{scale}-tap.yaml", nc=nc, verbose=False),
+    )
+
+
+def test_the_config_is_yolo26_with_a_tap_head():
+    tap = yaml.safe_load((CFG_DIR / "yolo26-tap.yaml").read_text())
+    stock = yaml_model_load("yolo26.yaml")
+    assert tap["backbone"] == stock["backbone"] and tap["head"][:-1] == stock["head"][:-1]
+    assert tap["head"][-1][2] == "TAPDetect" and stock["head"][-1][2] == "Detect"
+    assert (tap["end2end"], tap["reg_max"]) == (stock["end2end"], stock["reg_max"]) == (True, 1)
+
+
+@pytest.mark.parametrize("scale", list("nsmlx"))
+def test_bare_names_resolve_from_any_directory(scale, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    head = YOLO(f"yolo26{scale}-tap.yaml").model.model[-1]
+    assert isinstance(head, TAPDetect) and head.one2one_cv2 is not None and head.reg_max == 1
+
+
+def test_every_stock_tensor_keeps_its_name_and_shape_on_both_branches():
+    stock, tap = stock_and_tap(nc=80)
+    stock_sd, tap_sd = stock.state_dict(), tap.state_dict()
+    assert {k: v.shape for k, v in stock_sd.items()} == {k: tap_sd[k].shape for k in stock_sd}
+    assert any(".one2one_cv2." in k for k in stock_sd) and any(".one2one_cv3." in k for k in stock_sd)
+    assert sorted({k.split(".")[2] for k in set(tap_sd) - set(stock_sd)}) == NEW_MODULES
+    head = tap.model[-1]
+    assert not head.legacy and isinstance(head.dfl, torch.nn.Identity)  # YOLO26's cls branch, raw distances
+
+
+@pytest.mark.parametrize("source_nc,nc", [(80, 80), (80, 7)])
+def test_a_stock_checkpoint_transfers_what_it_transfers_into_stock(source_nc, nc):
+    source, _ = stock_and_tap(nc=source_nc)
+    counts = {}
+    for cfg in ("yolo26n.yaml", "yolo26n-tap.yaml"):
+        torch.manual_seed(1)
+        model = DetectionModel(cfg, nc=nc, verbose=False)
+        model.load(source, verbose=False)
+        counts[cfg] = {k for k, v in source.state_dict().items() if torch.equal(model.state_dict().get(k), v)}
+    assert counts["yolo26n-tap.yaml"] == counts["yolo26n.yaml"] and len(counts["yolo26n.yaml"]) > 500
+    head = model.model[-1]  # the predictors follow cv3's width when load rebuilt it at the source's
+    for prefix in ("", "one2one_"):
+        assert (
+            getattr(head, f"{prefix}cls_prob")[0][0].in_channels
+            == head.cv2[0][-1].in_channels + head.cv3[0][-1].in_channels
+        )
+
+
+def _stock_loaded_pair(nc: int = 5) -> tuple[DetectionModel, DetectionModel]:
+    """A stock YOLO26n with spread scores (cls biases at 0) and the TAP model loaded from it."""
+    stock, tap = stock_and_tap(nc=nc)
+    with torch.no_grad():
+        for branch in (*stock.model[-1].cv3, *stock.model[-1].one2one_cv3):
+            branch[-1].bias.zero_()
+    tap.load(stock, verbose=False)
+    return stock.eval(), tap.eval()
+
+
+@pytest.mark.parametrize("end2end", [False, True], ids=["nms", "nms_free"])
+def test_it_starts_as_the_stock_model_on_both_paths(end2end):
+    """NMS path: same boxes, scores sqrt(TAP_PRIOR_PROB * p); NMS-free: the same top-max_det rows, same order."""
+    stock, tap = _stock_loaded_pair()
+    stock.end2end = tap.end2end = end2end
+    x = torch.rand(2, 3, 160, 192)  # 630 anchors, more than max_det
+    with torch.no_grad():
+        ref, out = stock(x)[0], tap(x)[0]
+    if not end2end:  # (B, 4 + nc, A)
+        torch.testing.assert_close(out[:, :4], ref[:, :4], atol=1e-3, rtol=0)
+        torch.testing.assert_close(out[:, 4:], (TAP_PRIOR_PROB * ref[:, 4:]).sqrt(), atol=1e-6, rtol=1e-5)
+    else:  # (B, max_det, 6): x1, y1, x2, y2, score, class
+        assert out.shape == ref.shape == (2, 300, 6)
+        torch.testing.assert_close(out[..., :4], ref[..., :4], atol=1e-3, rtol=0)
+        torch.testing.assert_close(out[..., 4], (TAP_PRIOR_PROB * ref[..., 4]).sqrt(), atol=1e-6, rtol=1e-5)
+        assert torch.equal(out[..., 5], ref[..., 5])
+
+
+@pytest.mark.parametrize("end2end", [False, True], ids=["nms", "nms_free"])
+def test_fuse_keeps_the_predictor_of_the_branch_inference_uses(end2end):
+    _, tap = _stock_loaded_pair()
+    tap.end2end = end2end
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        before = tap(x)[0]
+        tap.fuse(verbose=False)
+        after = tap(x)[0]
+    head = tap.model[-1]
+    kept, dropped = ("one2one_", "") if end2end else ("", "one2one_")
+    for name in ("cv2", "cv3", "cls_prob", "reg_offset"):
+        assert getattr(head, kept + name) is not None and getattr(head, dropped + name) is None, name
+    torch.testing.assert_close(after, before, atol=1e-3, rtol=1e-4)
+
+
+def test_keep_best_per_gt_by_hand():
+    gt_ids = torch.tensor([0, 1, 0, 2, 1, 0])
+    metrics = torch.tensor([0.2, 0.5, 0.9, 0.1, 0.5, 0.4])
+    assert keep_best_per_gt(gt_ids, metrics, 1).tolist() == [False, True, True, True, False, False]  # tie: first
+    assert keep_best_per_gt(gt_ids, metrics, 2).tolist() == [False, True, True, True, True, True]
+
+
+def test_the_one_to_one_assignment_is_each_gts_best_positive():
+    """topk2=1 keeps, per GT, the positive of largest metric among those of the same assigner without it."""
+    torch.manual_seed(0)
+    anc = torch.stack(torch.meshgrid(torch.arange(4, 64, 8.0), torch.arange(4, 64, 8.0), indexing="xy"), -1).view(-1, 2)
+    scores = torch.rand(2, len(anc), 3)
+    boxes = torch.cat((anc - torch.rand(len(anc), 2) * 12 - 2, anc + torch.rand(len(anc), 2) * 12 + 2), -1)
+    gt_boxes = torch.tensor([[[4.0, 4, 30, 28], [20, 30, 60, 60]], [[10, 10, 40, 50], [0, 0, 0, 0]]])
+    gt_labels, mask = torch.tensor([[[0.0], [2]], [[1], [0]]]), torch.tensor([[[1.0], [1]], [[1], [0]]])
+    args = (scores, boxes[None].expand(2, -1, -1), anc, gt_labels, gt_boxes, mask)
+    many, one = TOODTaskAlignedAssigner(topk=7)(*args), TOODTaskAlignedAssigner(topk=7, topk2=1)(*args)
+    for b, n in ((0, 2), (1, 1)):
+        for g in range(n):
+            pos_many = (many.gt_idx[b] == g) & many.fg_mask[b]
+            pos_one = (one.gt_idx[b] == g) & one.fg_mask[b]
+            assert pos_one.sum() == 1 and pos_many.sum() > 1
+            metric = scores[b, :, int(gt_labels[b, g])] * many.ious[b] ** 6  # TOOD's t (alpha 1, beta 6)
+            assert int(pos_one.nonzero()) == int(torch.where(pos_many, metric, -1.0).argmax())
+            # t_hat of a single positive is its IoU (t / max(t) * max(u))
+            torch.testing.assert_close(one.metrics[b][pos_one], one.ious[b][pos_one])
+
+
+def test_toods_loss_runs_inside_e2eloss():
+    from ultralytics.cfg import get_cfg
+
+    _, tap = stock_and_tap(nc=7)
+    tap.args = get_cfg(overrides={"epochs": 5})
+    criterion = tap.init_criterion()
+    assert isinstance(criterion, E2ELoss)
+    o2m, o2o = criterion.one2many, criterion.one2one
+    assert isinstance(o2m, TOODLoss) and isinstance(o2o, TOODLoss)
+    assert (o2m.tal_assigner.topk, o2m.tal_assigner.topk2) == (13, None)  # TOOD's m, not E2ELoss's 10
+    assert (o2o.tal_assigner.topk, o2o.tal_assigner.topk2) == (7, 1)
+    tap.model[-1].epoch, tap.model[-1].atss_epochs = 0, 2  # inside a warm-up: the one-to-many branch only
+    assert o2m.in_warmup() and not o2o.in_warmup()
+    tap.train()
+    batch = {
+        "img": torch.rand(2, 3, 64, 64),
+        "batch_idx": torch.tensor([0.0, 0, 1]),
+        "cls": torch.tensor([[0.0], [3], [5]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.3, 0.3, 0.2, 0.3], [0.6, 0.6, 0.5, 0.5]]),
+    }
+    preds = tap(batch["img"])
+    loss, items = criterion(preds, batch)
+    assert sorted(items) == ["box_loss", "cls_loss", "l1_loss"] and torch.isfinite(loss).all()
+    o2m_loss = o2m.loss(preds["one2many"], batch)[0]
+    o2o_loss, o2o_items = o2o.loss(preds["one2one"], batch)
+    torch.testing.assert_close(loss, 0.8 * o2m_loss + 0.2 * o2o_loss)  # E2ELoss's start weights; items: one-to-one
+    torch.testing.assert_close(torch.stack(list(items.values())), torch.stack(list(o2o_items.values())))
+    loss.sum().backward()
+    head = tap.model[-1]
+    for name in ("cls_prob", "one2one_cls_prob", "reg_offset", "one2one_reg_offset"):
+        assert getattr(head, name)[0][-1].weight.grad.abs().sum() > 0, name  # both predictors learn from step 0
+
+
+@pytest.mark.parametrize("scale", list("nsmlx"))
+def test_budget_fused_params_and_gflops_within_five_percent_of_stock(scale):
+    from ultralytics.utils.torch_utils import get_flops, get_num_params
+
+    stock, tap = stock_and_tap(nc=80, scale=scale)
+    for end2end in (False, True):
+        s, t = (m.eval() for m in stock_and_tap(nc=80, scale=scale))
+        s.end2end = t.end2end = end2end
+        s.fuse(verbose=False), t.fuse(verbose=False)
+        assert get_num_params(t) <= 1.05 * get_num_params(s), end2end
+        assert get_flops(t, 640) <= 1.05 * get_flops(s, 640), end2end
+
+
+def test_train_val_predict_with_and_without_nms(tmp_path):
+    """``yolo train`` on a YOLO26 TAP model, then val and predict on both paths (default NMS, ``nms=False``)."""
+    from test_diagnostics import make_dataset
+
+    data = make_dataset(tmp_path / "data", n_train=4, n_val=2)
+    torch.manual_seed(0)
+    model = YOLO("yolo26n-tap.yaml")
+    model.train(
+        data=str(data), epochs=2, imgsz=64, batch=2, workers=0, device="cpu", project=str(tmp_path), name="t",
+        plots=False,
+    )  # fmt: skip
+    best = tmp_path / "t" / "weights" / "best.pt"
+    for nms in (None, False):
+        metrics = YOLO(best).val(data=str(data), imgsz=64, batch=2, workers=0, device="cpu", plots=False, nms=nms)
+        assert 0.0 <= metrics.box.map <= 1.0
+    images = sorted((data.parent / "images" / "val").glob("*"))
+    nms_free = YOLO(best).predict(images[0], imgsz=64, nms=False, conf=0.0, verbose=False)[0]
+    with_nms = YOLO(best).predict(images[0], imgsz=64, conf=0.0, iou=0.01, verbose=False)[0]
+    anchors = 8 * 8 + 4 * 4 + 2 * 2  # at 64 px, fewer than max_det (300)
+    assert len(nms_free.boxes) == anchors  # NMS-free: the top min(max_det, anchors), no IoU step
+    assert 0 < len(with_nms.boxes) < anchors  # the default path runs NMS (iou 0.01: overlapping boxes go)
