@@ -260,7 +260,6 @@ def test_aligned_score_value_and_finite_gradient_when_saturated():
         ({"nc": 0}, "nc"),
         ({"feat_channels": 0}, "feat_channels"),
         ({"stacked_convs": 1.5}, "stacked_convs"),
-        ({"end2end": True}, "end2end"),
         ({"ch": ()}, "levels"),
     ],
 )

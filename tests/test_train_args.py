@@ -54,12 +54,14 @@ def elsewhere(tmp_path, monkeypatch) -> Path:
 
 
 def test_the_package_ships_the_families_with_five_scales():
-    names = ["yolo11-tap.yaml", "yolo11-tood.yaml", "yolo26-tap.yaml", "yolov8-tap.yaml", "yolov8-tood.yaml"]
+    names = ["yolo11-tap.yaml", "yolo11-tood.yaml", "yolo26-tap.yaml", "yolo26-tood.yaml", "yolov8-tap.yaml"]
+    names += ["yolov8-tood.yaml"]
     assert sorted(f.name for f in CFG_DIR.glob("*.yaml")) == names
     assert shipped_configs() == [
         "yolo11{n,s,m,l,x}-tap.yaml",
         "yolo11{n,s,m,l,x}-tood.yaml",
         "yolo26{n,s,m,l,x}-tap.yaml",
+        "yolo26{n,s,m,l,x}-tood.yaml",
         "yolov8{n,s,m,l,x}-tap.yaml",
         "yolov8{n,s,m,l,x}-tood.yaml",
     ]

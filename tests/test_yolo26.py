@@ -1,11 +1,12 @@
-"""YOLO26 with TOOD's task-aligned predictor: ``yolo26{n,s,m,l,x}-tap.yaml``, NMS and NMS-free.
+"""YOLO26 with TOOD: ``yolo26{n,s,m,l,x}-tap.yaml`` and ``-tood.yaml``, NMS and NMS-free.
 
 What it must show (issue: YOLO26 with TOOD): the config ships and resolves by bare name; every stock tensor of a stock
 YOLO26 (both branches) keeps its name and shape; right after loading a stock checkpoint the model predicts stock's
 boxes on both paths (one-to-many with NMS, one-to-one NMS-free) with scores a monotone map of stock's; ``fuse()`` keeps
 the predictor of the branch inference uses; TOOD's loss trains inside ultralytics' ``E2ELoss``, the one-to-one branch
 assigned by TOOD's metric with top-1; ``yolo train`` / ``val`` / ``predict`` run with and without NMS; the cost stays
-within 1.05x stock's.
+within 1.05x stock's. The T-Head's one-to-one branch is a copy of the whole head on detached features, as
+ultralytics builds its own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils.loss import E2ELoss
 
 from yolo_tood.integration.register import CFG_DIR
+from yolo_tood.nn.head import T_HEAD_MODULES, TOODDetect
 from yolo_tood.nn.tap_head import TAP_PRIOR_PROB, TAPDetect
 from yolo_tood.train.assigner import TOODTaskAlignedAssigner, keep_best_per_gt
 from yolo_tood.train.loss import TOODLoss
@@ -33,19 +35,24 @@ def stock_and_tap(nc: int, scale: str = "n") -> tuple[DetectionModel, DetectionM
     )
 
 
-def test_the_config_is_yolo26_with_a_tap_head():
-    tap = yaml.safe_load((CFG_DIR / "yolo26-tap.yaml").read_text())
+KINDS = {"tap": TAPDetect, "tood": TOODDetect}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_config_is_yolo26_with_a_tood_head(kind):
+    ours = yaml.safe_load((CFG_DIR / f"yolo26-{kind}.yaml").read_text())
     stock = yaml_model_load("yolo26.yaml")
-    assert tap["backbone"] == stock["backbone"] and tap["head"][:-1] == stock["head"][:-1]
-    assert tap["head"][-1][2] == "TAPDetect" and stock["head"][-1][2] == "Detect"
-    assert (tap["end2end"], tap["reg_max"]) == (stock["end2end"], stock["reg_max"]) == (True, 1)
+    assert ours["backbone"] == stock["backbone"] and ours["head"][:-1] == stock["head"][:-1]
+    assert ours["head"][-1][2] == KINDS[kind].__name__ and stock["head"][-1][2] == "Detect"
+    assert (ours["end2end"], ours["reg_max"]) == (stock["end2end"], stock["reg_max"]) == (True, 1)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("scale", list("nsmlx"))
-def test_bare_names_resolve_from_any_directory(scale, tmp_path, monkeypatch):
+def test_bare_names_resolve_from_any_directory(kind, scale, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    head = YOLO(f"yolo26{scale}-tap.yaml").model.model[-1]
-    assert isinstance(head, TAPDetect) and head.one2one_cv2 is not None and head.reg_max == 1
+    head = YOLO(f"yolo26{scale}-{kind}.yaml").model.model[-1]
+    assert isinstance(head, KINDS[kind]) and head.one2one_cv2 is not None and head.reg_max == 1
 
 
 def test_every_stock_tensor_keeps_its_name_and_shape_on_both_branches():
@@ -104,20 +111,52 @@ def test_it_starts_as_the_stock_model_on_both_paths(end2end):
         assert torch.equal(out[..., 5], ref[..., 5])
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("end2end", [False, True], ids=["nms", "nms_free"])
-def test_fuse_keeps_the_predictor_of_the_branch_inference_uses(end2end):
-    _, tap = _stock_loaded_pair()
-    tap.end2end = end2end
+def test_fuse_keeps_the_branch_inference_uses(kind, end2end):
+    model = _stock_loaded_pair()[1] if kind == "tap" else DetectionModel("yolo26n-tood.yaml", nc=5, verbose=False)
+    model.eval().end2end = end2end
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        before = tap(x)[0]
-        tap.fuse(verbose=False)
-        after = tap(x)[0]
-    head = tap.model[-1]
+        before = model(x)[0]
+        model.fuse(verbose=False)
+        after = model(x)[0]
+    head = model.model[-1]
     kept, dropped = ("one2one_", "") if end2end else ("", "one2one_")
-    for name in ("cv2", "cv3", "cls_prob", "reg_offset"):
+    names = ("cv2", "cv3", "cls_prob", "reg_offset") if kind == "tap" else ("cv2", *T_HEAD_MODULES[:-3], "reg_offset")
+    for name in names:
         assert getattr(head, kept + name) is not None and getattr(head, dropped + name) is None, name
+    assert head.end2end == end2end
     torch.testing.assert_close(after, before, atol=1e-3, rtol=1e-4)
+
+
+def test_the_t_heads_one_to_one_branch_is_a_copy_on_detached_features():
+    """Same weights at the start; the one-to-one loss reaches its own branch only (not the backbone, not one2many)."""
+    from ultralytics.cfg import get_cfg
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolo26n-tood.yaml", nc=3, verbose=False)
+    head = model.model[-1]
+    for name in T_HEAD_MODULES:
+        o2m, o2o = getattr(head, name), getattr(head, f"one2one_{name}")
+        assert (o2m is None) == (o2o is None) and (o2m is None or o2m is not o2o), name
+        if o2m is not None:
+            for a, b in zip(o2m.state_dict().values(), o2o.state_dict().values()):
+                assert torch.equal(a, b), name
+    model.args = get_cfg(overrides={"epochs": 3})
+    criterion = model.init_criterion()
+    batch = {
+        "img": torch.rand(2, 3, 64, 64),
+        "batch_idx": torch.tensor([0.0, 1]),
+        "cls": torch.tensor([[0.0], [2]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.4, 0.6, 0.5, 0.3]]),
+    }
+    preds = model.train()(batch["img"])
+    criterion.one2one.loss(preds["one2one"], batch)[0].sum().backward()
+    grads = {n: p.grad is not None and bool(p.grad.abs().sum() > 0) for n, p in model.named_parameters()}
+    head_prefix = f"model.{len(model.model) - 1}."
+    assert all(g for n, g in grads.items() if n.startswith(head_prefix + "one2one_tood_"))
+    assert not any(g for n, g in grads.items() if not n.startswith(head_prefix + "one2one_"))
 
 
 def test_keep_best_per_gt_by_hand():
@@ -148,10 +187,12 @@ def test_the_one_to_one_assignment_is_each_gts_best_positive():
             torch.testing.assert_close(one.metrics[b][pos_one], one.ious[b][pos_one])
 
 
-def test_toods_loss_runs_inside_e2eloss():
+@pytest.mark.parametrize("kind", KINDS)
+def test_toods_loss_runs_inside_e2eloss(kind):
     from ultralytics.cfg import get_cfg
 
-    _, tap = stock_and_tap(nc=7)
+    torch.manual_seed(0)
+    tap = DetectionModel(f"yolo26n-{kind}.yaml", nc=7, verbose=False)
     tap.args = get_cfg(overrides={"epochs": 5})
     criterion = tap.init_criterion()
     assert isinstance(criterion, E2ELoss)
@@ -178,29 +219,33 @@ def test_toods_loss_runs_inside_e2eloss():
     loss.sum().backward()
     head = tap.model[-1]
     for name in ("cls_prob", "one2one_cls_prob", "reg_offset", "one2one_reg_offset"):
-        assert getattr(head, name)[0][-1].weight.grad.abs().sum() > 0, name  # both predictors learn from step 0
+        module = getattr(head, name)  # TAP: one predictor per level (P3's here); T-Head: one shared
+        last = module[-1] if kind == "tood" else module[0][-1]
+        assert last.weight.grad.abs().sum() > 0, name  # both branches learn from step 0
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("scale", list("nsmlx"))
-def test_budget_fused_params_and_gflops_within_five_percent_of_stock(scale):
+def test_budget_fused_params_and_gflops_within_five_percent_of_stock(kind, scale):
     from ultralytics.utils.torch_utils import get_flops, get_num_params
 
-    stock, tap = stock_and_tap(nc=80, scale=scale)
     for end2end in (False, True):
-        s, t = (m.eval() for m in stock_and_tap(nc=80, scale=scale))
+        s = DetectionModel(f"yolo26{scale}.yaml", verbose=False).eval()
+        t = DetectionModel(f"yolo26{scale}-{kind}.yaml", verbose=False).eval()
         s.end2end = t.end2end = end2end
         s.fuse(verbose=False), t.fuse(verbose=False)
         assert get_num_params(t) <= 1.05 * get_num_params(s), end2end
         assert get_flops(t, 640) <= 1.05 * get_flops(s, 640), end2end
 
 
-def test_train_val_predict_with_and_without_nms(tmp_path):
-    """``yolo train`` on a YOLO26 TAP model, then val and predict on both paths (default NMS, ``nms=False``)."""
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_val_predict_with_and_without_nms(kind, tmp_path):
+    """``yolo train`` on a YOLO26 TOOD model, then val and predict on both paths (default NMS, ``nms=False``)."""
     from test_diagnostics import make_dataset
 
     data = make_dataset(tmp_path / "data", n_train=4, n_val=2)
     torch.manual_seed(0)
-    model = YOLO("yolo26n-tap.yaml")
+    model = YOLO(f"yolo26n-{kind}.yaml")
     model.train(
         data=str(data), epochs=2, imgsz=64, batch=2, workers=0, device="cpu", project=str(tmp_path), name="t",
         plots=False,
@@ -215,3 +260,56 @@ def test_train_val_predict_with_and_without_nms(tmp_path):
     anchors = 8 * 8 + 4 * 4 + 2 * 2  # at 64 px, fewer than max_det (300)
     assert len(nms_free.boxes) == anchors  # NMS-free: the top min(max_det, anchors), no IoU step
     assert 0 < len(with_nms.boxes) < anchors  # the default path runs NMS (iou 0.01: overlapping boxes go)
+
+
+def _soften_scores(head: torch.nn.Module) -> None:
+    """Scale the last cls and M convs of both branches by 0.1: spread_scores saturates YOLO26's scores at 1.0, and
+    the top-300 set of an NMS-free output is then decided by ties."""
+    tap = isinstance(head, TAPDetect)
+    with torch.no_grad():
+        for name, module in head.named_modules():
+            first, *rest = name.removeprefix("one2one_").split(".")
+            last_conv = (rest[1:] == ["2"]) if tap else (first == "tood_cls" or rest == ["2"])  # TAP: per level
+            if first in ("cv3", "cls_prob", "tood_cls") and last_conv:
+                module.weight.mul_(0.1)
+
+
+def _assert_same_rows(ref: torch.Tensor, out: torch.Tensor, what: str, box_rtol: float) -> None:
+    """Two (N, 6) NMS-free outputs hold the same detections in any order: each row of one has a row of the other
+    with the same class, a score within 1e-4 and a box within 1e-2 px or ``box_rtol`` of its largest coordinate."""
+    assert ref.shape == out.shape, what
+    box_tol = torch.clamp(box_rtol * ref[:, :4].abs().amax(1), min=1e-2)  # (N,)
+    close = (ref[:, None, 5] == out[None, :, 5]) & ((ref[:, None, 4] - out[None, :, 4]).abs() <= 1e-4)
+    close &= (ref[:, None, :4] - out[None, :, :4]).abs().amax(-1) <= box_tol[:, None]  # (N, N)
+    assert close.any(1).all() and close.any(0).all(), f"{what}: {int((~close.any(1)).sum())} rows unmatched"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("nms", [None, False], ids=["nms", "nms_free"])
+def test_onnx_parity_on_both_paths(kind, nms, tmp_path):
+    """ONNX export of each path (``nms=False``: the NMS-free branch, (1, 300, 6)) matches the fused PyTorch model."""
+    ort = pytest.importorskip("onnxruntime")
+    from test_export import TAP_BOX_RTOL, assert_parity, calibrate_batchnorms, load_image
+    from test_export_matrix import SOURCE, spread_scores
+
+    torch.manual_seed(0)
+    yolo = YOLO(f"yolo26n-{kind}.yaml")
+    spread_scores(yolo.model.model[-1], seed=1)
+    calibrate_batchnorms(yolo.model, [SOURCE], imgsz=320)
+    _soften_scores(yolo.model.model[-1])
+    ckpt = tmp_path / f"{kind}.pt"
+    yolo.save(ckpt)
+    f = YOLO(ckpt).export(format="onnx", imgsz=160, nms=nms)
+    session = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    x = load_image(SOURCE, 160)
+    out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    ref_model = YOLO(ckpt).model.float().eval()
+    ref_model.end2end = nms is False
+    with torch.no_grad():
+        ref = ref_model.fuse(verbose=False)(x)
+    ref = ref[0] if isinstance(ref, (list, tuple)) else ref
+    assert out.shape == ref.shape == ((1, 300, 6) if nms is False else (1, 4 + 80, 525))
+    if nms is False:  # the same rows; their order may differ where scores tie
+        _assert_same_rows(ref[0], out[0], f"yolo26n-{kind} nms=False", TAP_BOX_RTOL)
+    else:
+        assert_parity(ref.numpy(), out.numpy(), f"yolo26n-{kind} nms={nms}", TAP_BOX_RTOL)

@@ -7,6 +7,7 @@ YOLOv8's neck or for export, are marked "Deviation" where they happen.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -42,6 +43,22 @@ __all__ = (
 )
 
 PRIOR_PROB = 0.01  # cls and probability-map bias prior, as MMDetection's TOOD head
+
+# The T-Head's modules, by attribute name; an end-to-end head (YOLO26) holds a copy of each under Detect's "one2one_"
+# prefix (its one-to-one branch, fed detached features as ultralytics builds it), which Detect.fuse reads to drop the
+# branch inference does not use
+T_HEAD_MODULES = (
+    "adapters",
+    "inter_convs",
+    "cls_decomp",
+    "reg_decomp",
+    "tood_cls",
+    "tood_reg",
+    "cls_prob",
+    "dgqp",
+    "reg_offset",
+    "scales",
+)
 # Offset channels along each side's own axis in the (dy, dx) x (left, top, right, bottom) layout: dx_l, dy_t, dx_r, dy_b
 SIDE_SHIFT_CHANNELS = (1, 2, 5, 6)
 # Candidates per image kept before NMS at inference, over all levels (MMDetection's TOOD: nms_pre=1000 per level, here
@@ -641,7 +658,8 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         quality (str): What M reads: ``features`` (``cls_prob`` on the stacked features, the reference),
             ``distribution`` (``DGQP`` on the final box distribution, GFLv2's; DFL heads only) or ``both`` (the sum).
         reg_max (int): DFL bins per side; 1 for plain distances.
-        end2end (bool): Must be False: TOOD has no one-to-one branch.
+        end2end (bool): Build a one-to-one branch too (YOLO26's ``end2end: True``): a copy of the whole T-Head under
+            the ``one2one_`` prefix, fed detached features in training, as ultralytics builds its own (``Detect``).
         ch (tuple[int, ...]): Input channels of each level, filled in by ``parse_model``.
 
     Examples:
@@ -680,8 +698,6 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         if adapter not in ADAPTERS:
             raise ValueError(f"TOODDetect: adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
         check_quality(quality, reg_max, "TOODDetect")
-        if end2end:
-            raise ValueError("TOODDetect has no one-to-one (end2end) branch; remove 'end2end' from the model YAML")
         if not ch:
             raise ValueError("TOODDetect: no input levels; its YAML row needs 'from' levels, e.g. [15, 18, 21]")
         # Detect.__init__ would build the stock cv2/cv3 branches only to discard them, so set its attributes here
@@ -689,7 +705,8 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         # No stock branches, as real (empty) attributes that ultralytics reads: Detect.forward passes one2many
         # ({"box_head": cv2, "cls_head": cv3}) to forward_head, which ignores them; DetectionModel.load compares the
         # source head's cv2 input widths (none here) and skips a cv3 of None; Detect.end2end is False without a
-        # one2one_cv2, and its setter only warns when one is asked for (the exporter's nms=False)
+        # one2one_cv2, and its setter only warns when one is asked for (the exporter's nms=False). An end-to-end head
+        # has an empty one2one_cv2 too: ultralytics tests it to pick E2ELoss, end2end inference and fusion
         self.cv2 = nn.ModuleList()
         self.cv3 = None
         self.nc = nc
@@ -734,6 +751,26 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         self.scales = nn.ModuleList(Scale(1.0) for _ in ch)
         self.dfl = DFLExpectation(reg_max) if reg_max > 1 else nn.Identity()
         self._init_weights()
+        if end2end:  # the one-to-one branch starts as a copy, as Detect's one2one_cv2 / one2one_cv3
+            self.one2one_cv2 = nn.ModuleList()
+            for name in T_HEAD_MODULES:
+                setattr(self, f"one2one_{name}", copy.deepcopy(getattr(self, name)))
+
+    def _branch(self, prefix: str) -> dict[str, nn.Module | None]:
+        """The T-Head modules of one branch (``""`` or ``"one2one_"``) by their one-to-many names, plus ``box_head``
+        (the branch's ``cv2``: None once ``Detect.fuse`` dropped the branch, which ``forward_head`` reads)."""
+        branch = {name: getattr(self, f"{prefix}{name}", None) for name in T_HEAD_MODULES}
+        return {"box_head": getattr(self, f"{prefix}cv2", None), **branch}
+
+    @property
+    def one2many(self) -> dict[str, nn.Module | None]:
+        """The one-to-many branch (``Detect.forward`` passes it to ``forward_head``)."""
+        return self._branch("")
+
+    @property
+    def one2one(self) -> dict[str, nn.Module | None]:
+        """The one-to-one branch of an end-to-end head (all None on other heads)."""
+        return self._branch("one2one_")
 
     def _init_weights(self) -> None:
         """Initialise as MMDetection's TOOD head: normal std 0.01 convs, prior-probability biases, offsets std 0.001.
@@ -765,14 +802,16 @@ class TOODDetect(TaskAlignedOutputs, Detect):
     def map_modules(self) -> dict[str, list[nn.Module]]:
         """The modules whose outputs are the head's maps, each run once per level (for forward hooks: the tools'
         head-map pictures): ``cls`` logits, M's logit from the features (``prob``) and from the distribution
-        (``quality``), the ``offsets``, the layer attention of both decompositions; empty lists where a part is off."""
+        (``quality``), the ``offsets``, the layer attention of both decompositions; empty lists where a part is off.
+        On an end-to-end head, those of the branch inference runs (``end2end``: one-to-one)."""
+        b = self.one2one if self.end2end else self.one2many
         return {
-            "cls": [self.tood_cls],
-            "prob": [self.cls_prob] if self.cls_prob is not None else [],
-            "quality": [self.dgqp] if getattr(self, "dgqp", None) is not None else [],
-            "offsets": [self.reg_offset] if self.reg_offset is not None else [],
-            "cls_attention": [self.cls_decomp.layer_attention],
-            "reg_attention": [self.reg_decomp.layer_attention],
+            "cls": [b["tood_cls"]],
+            "prob": [b["cls_prob"]] if b["cls_prob"] is not None else [],
+            "quality": [b["dgqp"]] if b["dgqp"] is not None else [],
+            "offsets": [b["reg_offset"]] if b["reg_offset"] is not None else [],
+            "cls_attention": [b["cls_decomp"].layer_attention],
+            "reg_attention": [b["reg_decomp"].layer_attention],
         }
 
     def bias_init(self) -> None:
@@ -794,7 +833,8 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         Args:
             x (torch.Tensor): Neck feature (B, ch[level], H, W).
             level (int): Pyramid level index, selecting the adapter and the scale.
-            **branch: ``Detect.one2many``'s stock branches, which the T-Head does not have (unused).
+            **branch: The branch's modules (``one2many`` or ``one2one``, as ``Detect.forward`` passes them);
+                none given: the one-to-many branch.
 
         Returns:
             boxes (torch.Tensor): Box prediction (B, 4 * reg_max, H, W), side k re-sampled at location + O_k.
@@ -802,17 +842,18 @@ class TOODDetect(TaskAlignedOutputs, Detect):
                 the faithful box was invalid and ``boxes`` is the un-resampled prediction.
             scores (torch.Tensor): Aligned scores in [0, 1], (B, nc, H, W).
         """
-        x = self.adapters[level](x)
+        b = branch or self.one2many
+        x = b["adapters"][level](x)
         inter_feats = []
-        for conv in self.inter_convs:
+        for conv in b["inter_convs"]:
             x = conv(x, level) if isinstance(conv, SepBNConv) else conv(x)
             inter_feats.append(x)
         feat = torch.cat(inter_feats, 1)  # (B, S*C, H, W)
         avg_feat = F.adaptive_avg_pool2d(feat, 1)  # shared by both decompositions, as the reference
 
-        cls_logits = self.tood_cls(self.cls_decomp(feat, avg_feat, level))
-        prob_logits = self.cls_prob(feat) if self.cls_prob is not None else None
-        reg = self.tood_reg(self.reg_decomp(feat, avg_feat, level))  # (B, 4*reg_max, H, W)
+        cls_logits = b["tood_cls"](b["cls_decomp"](feat, avg_feat, level))
+        prob_logits = b["cls_prob"](feat) if b["cls_prob"] is not None else None
+        reg = b["tood_reg"](b["reg_decomp"](feat, avg_feat, level))  # (B, 4*reg_max, H, W)
         if self.reg_max == 1:
             # Plain distances as the reference, Scale_l(exp(x)) in stride units: positive for any conv output, so the
             # un-resampled fallback of keep_valid_boxes is always a valid box (a raw output could invert a box, which
@@ -820,7 +861,6 @@ class TOODDetect(TaskAlignedOutputs, Detect):
             # clamped at log(1e4): a distance of 10^4 strides is past any image, and an inf distance would make the
             # decoded box NaN (inf - inf); MMDetection has no clamp, its exp simply overflows there
             reg = _fp32(reg).clamp(max=MAX_LOG_DISTANCE).exp()
-        reg = self.scales[level](reg)  # DFL: a per-level temperature of the bin logits, initialised at 1
-        offsets = self.reg_offset(feat) if self.reg_offset is not None else None  # (B, 8, H, W)
-        dgqp = getattr(self, "dgqp", None)  # absent from checkpoints saved before quality existed
-        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training, dgqp)
+        reg = b["scales"][level](reg)  # DFL: a per-level temperature of the bin logits, initialised at 1
+        offsets = b["reg_offset"](feat) if b["reg_offset"] is not None else None  # (B, 8, H, W)
+        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training, b["dgqp"])
