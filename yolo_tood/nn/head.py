@@ -411,14 +411,25 @@ class TaskAlignedOutputs:
 
     A mixin for ``Detect`` subclasses whose training dict is ``{"boxes", "offsets", "scores", "feats"}`` with
     "scores" the aligned scores (probabilities, not logits): ``TOODDetect`` and ``TAPDetect``. It holds behaviour
-    only (no ``nn.Module`` state and no properties), so a head that keeps stock ``cv2`` / ``cv3`` children is not
-    shadowed by it. The class attributes are the ones TOODLoss and yolo-tood's callbacks read.
+    only (no ``nn.Module`` state), so a head that keeps stock ``cv2`` / ``cv3`` children is not shadowed by it; its
+    two properties are ``Detect``'s branch dicts, read from the head's ``_branch(prefix)``. The class attributes are
+    the ones TOODLoss and yolo-tood's callbacks read.
     """
 
     epoch: int | None = None  # trainer's current 0-based epoch, set by yolo_tood's callbacks; None outside training
     nms_pre: int = NMS_PRE  # inference candidates before NMS (keep_topk_scores); 0 keeps all
     nms_pre_mode: str = "image"  # NMS_PRE_MODES: nms_pre per image or per level
     atss_epochs: int | None = None  # warm-up length resolved from the trainer's epochs by the callbacks
+
+    @property
+    def one2many(self) -> dict[str, nn.Module | None]:
+        """The one-to-many branch's modules, which ``Detect.forward`` passes to ``forward_head``."""
+        return self._branch("")
+
+    @property
+    def one2one(self) -> dict[str, nn.Module | None]:
+        """The one-to-one branch's modules (``Detect``'s ``one2one_`` prefix); all None on a head without one."""
+        return self._branch("one2one_")
 
     def forward_head(self, x: list[torch.Tensor], **branch: nn.Module | None) -> dict[str, torch.Tensor | list]:
         """Return the training dict of ultralytics' Detect contract, plus TAP's offsets, from ``forward_level``.
@@ -761,16 +772,6 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         (the branch's ``cv2``: None once ``Detect.fuse`` dropped the branch, which ``forward_head`` reads)."""
         branch = {name: getattr(self, f"{prefix}{name}", None) for name in T_HEAD_MODULES}
         return {"box_head": getattr(self, f"{prefix}cv2", None), **branch}
-
-    @property
-    def one2many(self) -> dict[str, nn.Module | None]:
-        """The one-to-many branch (``Detect.forward`` passes it to ``forward_head``)."""
-        return self._branch("")
-
-    @property
-    def one2one(self) -> dict[str, nn.Module | None]:
-        """The one-to-one branch of an end-to-end head (all None on other heads)."""
-        return self._branch("one2one_")
 
     def _init_weights(self) -> None:
         """Initialise as MMDetection's TOOD head: normal std 0.01 convs, prior-probability biases, offsets std 0.001.

@@ -170,16 +170,6 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             "interact_head": getattr(self, f"{prefix}cls_from_box", None),  # absent from checkpoints before interact
         }
 
-    @property
-    def one2many(self) -> dict[str, nn.Module | None]:
-        """The one-to-many branch: the stock branches and their task-aligned predictor (``Detect.forward`` reads it)."""
-        return self._branch("")
-
-    @property
-    def one2one(self) -> dict[str, nn.Module | None]:
-        """The one-to-one branch of an end-to-end head (all None on other heads)."""
-        return self._branch("one2one_")
-
     def _prefixes(self) -> tuple[str, ...]:
         """The prefixes of the branches this head has (before fusion): one-to-one only on end-to-end heads."""
         return BRANCH_PREFIXES if getattr(self, "one2one_cv2", None) is not None else BRANCH_PREFIXES[:1]
