@@ -51,12 +51,14 @@ def fused_eval(yolo) -> torch.nn.Module:
     return model.fuse(verbose=False)
 
 
-def export_onnx(yolo, workdir: Path, opset: int, imgsz: int) -> str:
-    """Export with ultralytics' exporter into ``workdir`` (the exporter names the file after the YAML, in the cwd)."""
+def export_onnx(yolo, workdir: Path, opset: int, imgsz: int, nms: bool | None = None) -> str:
+    """Export with ultralytics' exporter into ``workdir`` (the exporter names the file after the YAML, in the cwd);
+    ``nms=False`` exports an end-to-end model's NMS-free branch."""
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        return str(Path(workdir) / yolo.export(format="onnx", imgsz=imgsz, opset=opset, simplify=True, verbose=False))
+        f = yolo.export(format="onnx", imgsz=imgsz, opset=opset, simplify=True, nms=nms, verbose=False)
+        return str(Path(workdir) / f)
     finally:
         os.chdir(cwd)
 
@@ -109,12 +111,15 @@ def bench_scale(
     family: str = "yolov8",
     tap_parts: bool = False,
     tap_quality: bool = False,
+    nms_free: bool = False,
 ) -> dict:
     """Measure stock and TOOD models of one scale (and the TOOD / TAP reference paths if ``reference``).
 
     With ``tap_parts`` the TAP model is also timed without its pre-NMS bound (``nms_pre = 0``) and without its offset
     branch (``tap="none"``: no re-sampling, no validity test), which splits TAP's cost over its parts. With
     ``tap_quality`` it is also timed with M read from the box distribution (``quality: distribution`` and ``both``).
+    With ``nms_free`` (an end-to-end family, YOLO26) the three models are also timed on their NMS-free branch
+    (``end2end``, top-k postprocess included; ONNX exported with ``nms=False``), each against stock's NMS-free path.
 
     Returns:
         (dict): For each metric (params, gflops, torch_ms, ort_ms) a dict model-key -> value; for the latencies also
@@ -137,6 +142,10 @@ def bench_scale(
     if tap_quality:
         for quality in ("distribution", "both"):
             yolos[f"tap_{quality}"] = build(tap_variant_yaml(family, scale, workdir, quality=quality))
+    if nms_free:
+        for key, cfg in (("stock", f"{family}{scale}.yaml"), ("tood", tood_cfg), ("tap", tap_cfg)):
+            yolos[f"{key}_nms_free"] = build(cfg)
+            yolos[f"{key}_nms_free"].model.end2end = True  # before fusion: fuse() keeps the one-to-one branch
     models = {k: fused_eval(y) for k, y in yolos.items()}
     x = torch.rand(1, 3, imgsz, imgsz)
     res = {
@@ -155,7 +164,7 @@ def bench_scale(
     sessions = {}
     for k, y in yolos.items():
         (workdir / k).mkdir(exist_ok=True)  # the two TOOD variants would otherwise write the same file name
-        f = export_onnx(y, workdir / k, opset, imgsz)
+        f = export_onnx(y, workdir / k, opset, imgsz, nms=False if k.endswith("_nms_free") else None)
         sessions[k] = ort.InferenceSession(f, so, providers=["CPUExecutionProvider"])
     xn = x.numpy()
     res["ort_ms_runs"] = interleaved_times_ms(
@@ -194,11 +203,13 @@ def matmul_gflops(model: torch.nn.Module, imgsz: int) -> float:
 
 
 def ratio(res: dict, metric: str, key: str) -> float:
-    """TOOD/stock ratio: of the values for params and GFLOPs, the median of the per-round ratios for latencies."""
+    """TOOD/stock ratio: of the values for params and GFLOPs, the median of the per-round ratios for latencies; an
+    NMS-free row against stock's NMS-free path."""
+    base = "stock_nms_free" if key.endswith("_nms_free") else "stock"
     if f"{metric}_runs" in res:
         runs = res[f"{metric}_runs"]
-        return statistics.median(a / b for a, b in zip(runs[key], runs["stock"]))
-    return res[metric][key] / res[metric]["stock"]
+        return statistics.median(a / b for a, b in zip(runs[key], runs[base]))
+    return res[metric][key] / res[metric][base]
 
 
 def header(imgsz: int, runs: int, opset: int) -> str:
@@ -236,6 +247,9 @@ def table(results: dict[str, dict], threads: int, load: tuple[float, float], fam
         "tap_none": ("{}-tap, tap none", "TAP tap none / stock"),
         "tap_distribution": ("{}-tap, quality distribution", "TAP distribution / stock"),
         "tap_both": ("{}-tap, quality both", "TAP both / stock"),
+        "stock_nms_free": ("{}, NMS-free", "stock NMS-free / stock"),
+        "tood_nms_free": ("{}-tood, NMS-free", "TOOD NMS-free / stock NMS-free"),
+        "tap_nms_free": ("{}-tap, NMS-free", "TAP NMS-free / stock NMS-free"),
     }
     metrics = ("params", "gflops", "gflops_all", "torch_ms", "ort_ms")
     for scale, r in results.items():
@@ -248,7 +262,7 @@ def table(results: dict[str, dict], threads: int, load: tuple[float, float], fam
         for k in keys[1:]:
             q = {m: ratio(r, m, k) for m in metrics}
             label = rows[k][1]
-            bold = "**" if k in ("tood", "tap") else ""
+            bold = "**" if k in ("tood", "tap", "tood_nms_free", "tap_nms_free") else ""
             lines.append(
                 f"| {bold}{scale}: {label}{bold} | {q['params']:.3f} | {q['gflops']:.3f} | {q['gflops_all']:.3f} "
                 f"| {bold}{q['torch_ms']:.3f}{bold} | {bold}{q['ort_ms']:.3f}{bold} |"
@@ -292,6 +306,9 @@ def main() -> None:
     np.random.seed(0)
     torch.manual_seed(0)
 
+    from ultralytics.nn.tasks import yaml_model_load
+
+    nms_free = bool(yaml_model_load(f"{args.family}n.yaml").get("end2end"))  # YOLO26: both inference paths
     sections, by_threads = [header(args.imgsz, args.runs, args.opset)], {}
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -311,6 +328,7 @@ def main() -> None:
                     args.family,
                     args.tap_parts,
                     args.tap_quality,
+                    nms_free,
                 )
         sections.append(table(results, threads, (load, os.getloadavg()[0]), args.family))
     notes = NOTES

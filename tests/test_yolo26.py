@@ -313,3 +313,24 @@ def test_onnx_parity_on_both_paths(kind, nms, tmp_path):
         _assert_same_rows(ref[0], out[0], f"yolo26n-{kind} nms=False", TAP_BOX_RTOL)
     else:
         assert_parity(ref.numpy(), out.numpy(), f"yolo26n-{kind} nms={nms}", TAP_BOX_RTOL)
+
+
+def test_compare_reports_both_maps_of_an_end_to_end_family(tmp_path):
+    """``yolo-tood compare --family yolo26``: every run validated with NMS (``val``) and NMS-free (``val_nms_free``)."""
+    import json
+
+    from test_diagnostics import make_dataset
+
+    from yolo_tood.tools.cli import run_command
+
+    data = make_dataset(tmp_path / "data", n_train=2, n_val=2)
+    out = tmp_path / "cmp"
+    args = ["--data", str(data), "--family", "yolo26", "--models", "stock", "tap", "--seeds", "0", "--epochs", "1"]
+    run_command("compare", [*args, "--imgsz", "64", "--batch", "2", "--workers", "0", "--out", str(out)])
+    report = json.loads((out / "compare.json").read_text())
+    assert report["splits"] == ["val", "val_nms_free"]
+    for label in ("stock", "tap"):
+        val = report["runs"][label]["0"]["val"]
+        assert set(val) == {"val", "val_nms_free"} and all(0 <= v["map"] <= 1 for v in val.values())
+    assert (out / "val" / "tap_s0_nms_free").is_dir()  # the NMS-free validation run, beside the NMS one
+    assert "val_nms_free mAP50-95" in (out / "compare.md").read_text()

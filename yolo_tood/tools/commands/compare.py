@@ -66,8 +66,10 @@ from yolo_tood.tools.compare.runs import (
     MAP_COLUMN,
     file_sha256,
     has_split,
+    is_end_to_end,
     load_record,
     model_cost,
+    nms_free_splits,
     read_results_csv,
     save_record,
     speed_of,
@@ -184,6 +186,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """
     args.out.mkdir(parents=True, exist_ok=True)
     splits = ["val"] + (["test"] if has_split(args.data, "test") and not args.val_only else [])
+    from ultralytics.nn.tasks import yaml_model_load
+
+    if yaml_model_load(f"{args.family}{args.scale}.yaml").get("end2end"):  # YOLO26: the NMS-free path as well
+        splits += nms_free_splits(splits)
     train_args, recipe = recipe_of(args)
     labels = model_labels(args.models)
     runs: dict[str, dict[int, dict[str, Any]]] = {}
@@ -265,10 +271,13 @@ def run_one(
     if "cost" not in record:
         record["cost"] = model_cost(best, args.imgsz)
     for split in splits:
+        nms_free = split in nms_free_splits(splits)
+        if nms_free and not is_end_to_end(best):
+            continue  # a model without a one-to-one branch has no NMS-free path
         if split not in record["val"]:
             record["val"][split] = validate_run(best, args.data, split, args, args.out / "val", run_dir.name)
         pairs = run_dir / f"score_iou_{split}.pt"  # the score_iou.png data, kept beside the cached record
-        if args.alignment and (split not in record["alignment"] or not pairs.exists()):
+        if args.alignment and not nms_free and (split not in record["alignment"] or not pairs.exists()):
             res = evaluate_alignment(
                 best, args.data, split=split, imgsz=args.imgsz, batch=args.batch, conf=args.align_conf,
                 device=args.device, workers=0,
@@ -278,7 +287,8 @@ def run_one(
     record["speed"] = speed_of(record["train"], results)
     record["curve"] = results.get(MAP_COLUMN, [])  # so that the report alone can be merged (yolo-tood merge)
     save_record(run_dir, record)  # validation results are cached too
-    print(f"{progress}: " + ", ".join(f"{split} mAP50-95 {record['val'][split]['map']:.3f}" for split in splits))
+    done = [split for split in splits if split in record["val"]]
+    print(f"{progress}: " + ", ".join(f"{split} mAP50-95 {record['val'][split]['map']:.3f}" for split in done))
     return record
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from yolo_tood.tools.compare.report import write_report
 from yolo_tood.tools.compare.runs import MAP_COLUMN, read_results_csv
 
-SPLIT_ORDER = ("val", "test")
+SPLIT_ORDER = ("val", "test", "val_nms_free", "test_nms_free")
 REPORT_KEYS = ("args", "recipe", "splits", "runs")
 # Recipe keys that reports written before them lack: compared only when both reports have them
 LATER_RECIPE_KEYS = ("pretrained_sha256",)

@@ -134,6 +134,21 @@ def model_cost(weights: Path, imgsz: int) -> dict[str, float]:
     }
 
 
+NMS_FREE = "_nms_free"  # suffix of a split validated on an end-to-end model's NMS-free branch (val_nms_free)
+
+
+def nms_free_splits(splits: list[str]) -> list[str]:
+    """The NMS-free counterparts of ``splits`` (``val`` -> ``val_nms_free``), validated with ``nms=False``."""
+    return [f"{split}{NMS_FREE}" for split in splits]
+
+
+def is_end_to_end(weights: Path) -> bool:
+    """Whether a checkpoint's head has a one-to-one branch (YOLO26's ``end2end``), i.e. an NMS-free path."""
+    from ultralytics import YOLO
+
+    return getattr(YOLO(str(weights)).model.model[-1], "one2one_cv2", None) is not None
+
+
 def validate_run(
     weights: Path, data: str, split: str, args: argparse.Namespace, val_dir: Path, name: str
 ) -> dict[str, Any]:
@@ -142,7 +157,8 @@ def validate_run(
     Args:
         weights (Path): Checkpoint.
         data (str): Dataset YAML.
-        split (str): ``val`` or ``test``.
+        split (str): ``val`` or ``test``; ``val_nms_free`` / ``test_nms_free`` validate that split with ``nms=False``
+            (an end-to-end model's one-to-one branch, no NMS).
         args (argparse.Namespace): Script arguments (imgsz, batch, device).
         val_dir (Path): Project directory of the validation runs.
         name (str): Run name.
@@ -152,17 +168,20 @@ def validate_run(
     """
     from ultralytics import YOLO
 
+    nms_free = split.endswith(NMS_FREE)
+
     def val(batch: int):
         return YOLO(str(weights)).val(
             data=data,
-            split=split,
+            split=split.removesuffix(NMS_FREE),
+            nms=False if nms_free else None,
             imgsz=args.imgsz,
             batch=batch,
             device=args.device,
             workers=0,
             plots=True,
             project=str(val_dir),
-            name=name,
+            name=f"{name}{NMS_FREE}" if nms_free else name,
             exist_ok=True,
         )
 
