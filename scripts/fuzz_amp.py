@@ -76,23 +76,40 @@ def make_batch(kind: str, g: torch.Generator, bs: int, imgsz: int, nc: int) -> d
 
 
 def build_model(nc: int, seed: int, cfg: str | dict = str(CFG)):
-    """Return a DetectionModel of ``cfg`` (default: n-scale YOLOv8-TOOD) in training mode and its TOODLoss."""
+    """Return a DetectionModel of ``cfg`` (default: n-scale YOLOv8-TOOD) in training mode and its criterion
+    (``TOODLoss``; ultralytics' ``E2ELoss`` around it for an end-to-end head, YOLO26)."""
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_tood.train.loss import TOODLoss
+    from yolo_tood.integration.heads import is_tood_head
 
     torch.manual_seed(seed)
     model = DetectionModel(cfg, nc=nc, verbose=False).train()
-    return model, TOODLoss(model)
+    return model, is_tood_head(model.model[-1]).criterion_for(model)
 
 
 def score_biases(head) -> list[torch.Tensor]:
-    """The biases of the class logits and of every path of M (TOODDetect or TAPDetect, any ``quality``)."""
-    cls = [head.tood_cls] if hasattr(head, "tood_cls") else [branch[-1] for branch in head.cv3]
-    prob = head.cls_prob if head.cls_prob is not None else []
-    prob = [prob[-1]] if isinstance(prob, torch.nn.Sequential) else [p[-1] for p in prob]
-    dgqp = [head.dgqp.reg_conf[-1]] if getattr(head, "dgqp", None) is not None else []
-    return [conv.bias for conv in (*cls, *prob, *dgqp)]
+    """The biases of the class logits and of every path of M (TOODDetect or TAPDetect, any ``quality``), in every
+    branch (one-to-many, and one-to-one on an end-to-end head)."""
+    convs = []
+    for prefix in ("", "one2one_"):
+        tood_cls, cv3 = getattr(head, f"{prefix}tood_cls", None), getattr(head, f"{prefix}cv3", None)
+        if tood_cls is None and cv3 is None:
+            continue
+        cls = [tood_cls] if tood_cls is not None else [branch[-1] for branch in cv3]
+        prob = getattr(head, f"{prefix}cls_prob", None) or []
+        prob = [prob[-1]] if isinstance(prob, torch.nn.Sequential) else [p[-1] for p in prob]
+        dgqp = getattr(head, f"{prefix}dgqp", None)
+        convs += [*cls, *prob, *([dgqp.reg_conf[-1]] if dgqp is not None else [])]
+    return [conv.bias for conv in convs]
+
+
+def detached(preds: dict) -> dict:
+    """The training predictions (of each branch of an end-to-end head), detached and in fp32."""
+    if "one2many" in preds:
+        return {branch: detached(p) for branch, p in preds.items()}
+    return {k: preds[k].detach().float() for k in ("boxes", "offsets", "scores")} | {
+        "feats": [f.detach().float() for f in preds["feats"]]
+    }
 
 
 @contextlib.contextmanager
@@ -120,7 +137,7 @@ def run_step(model, criterion, batch: dict, dtype: torch.dtype | None) -> dict:
         with ctx:
             preds = model(batch["img"])
             loss, items = criterion(preds, batch)
-        feats = [f.detach().float() for f in preds["feats"]]
+        reference = detached(preds)
         loss.sum().backward()
     except Exception as e:  # the fuzz counts every exception as a failure
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
@@ -128,8 +145,7 @@ def run_step(model, criterion, batch: dict, dtype: torch.dtype | None) -> dict:
     items = {k: float(v) for k, v in items.items()}
     out = {"items": items, "finite": bool(torch.isfinite(loss).all()) and grads_finite}
     if dtype is not None:  # the same predictions, loss in plain fp32 outside autocast
-        preds = {k: preds[k].detach().float() for k in ("boxes", "offsets", "scores")} | {"feats": feats}
-        out["loss_only_ref"] = {k: float(v) for k, v in criterion(preds, batch)[1].items()}
+        out["loss_only_ref"] = {k: float(v) for k, v in criterion(reference, batch)[1].items()}
     return out
 
 

@@ -61,6 +61,17 @@ def test_fuzz_amp_tap_head_with_the_distribution_quality(precision):
         assert s["loss_only"] < 1e-4, s
 
 
+@pytest.mark.parametrize("kind", ["tap", "tood"])
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_fuzz_amp_yolo26(kind, precision):
+    """The same fuzz (one round) on YOLO26 (end-to-end: both branches, TOODLoss inside ultralytics' E2ELoss)."""
+    res = fuzz_amp.fuzz(len(fuzz_amp.KINDS), 64, 2, 80, 0, [precision], ["atss", "tal"], f"yolo26n-{kind}.yaml")
+    for phase in ("atss", "tal"):
+        s = res[f"{precision}/{phase}"]
+        assert s["batches"] == len(fuzz_amp.KINDS) and s["failures"] == 0, s["errors"]
+        assert s["loss_only"] < 1e-4, s
+
+
 def test_aligned_score_saturated_fp16_logits_give_finite_fp32_gradients():
     """A negative of score 1 - 6e-6: in fp16 its log-sigmoid sum was a subnormal and the score rounded to 1."""
     grads = []

@@ -69,12 +69,14 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(
-    "kind,from_weights", [("tood", False), ("tood", True), ("tap", False)], ids=["from_yaml", "from_model", "tap"]
+    "kind,from_weights",
+    [("tood", False), ("tood", True), ("tap", False), ("yolo26-tap", False)],
+    ids=["from_yaml", "from_model", "tap", "yolo26_tap"],
 )
 def test_generated_ddp_worker_trains_tood(data, tmp_path, monkeypatch, kind, from_weights):
     monkeypatch.setattr(dist, "USER_CONFIG_DIR", tmp_path)  # the DDP files go under USER_CONFIG_DIR/DDP
-    head_name = {"tood": "TOODDetect", "tap": "TAPDetect"}[kind]
-    model = YOLO(CFG.with_name(f"yolov8n-{kind}.yaml"))
+    head_name = {"tood": "TOODDetect", "tap": "TAPDetect", "yolo26-tap": "TAPDetect"}[kind]
+    model = YOLO("yolo26n-tap.yaml" if kind == "yolo26-tap" else CFG.with_name(f"yolov8n-{kind}.yaml"))
     if from_weights:
         model.save(tmp_path / "start.pt")
         model = YOLO(tmp_path / "start.pt")
@@ -89,9 +91,9 @@ def test_generated_ddp_worker_trains_tood(data, tmp_path, monkeypatch, kind, fro
     assert best.exists(), log[-3000:]
     trained = YOLO(best).model
     assert type(trained.model[-1]).__name__ == head_name
-    assert type(trained.criterion if trained.criterion is not None else trained.init_criterion()).__name__ == (
-        "TOODLoss"
-    )
+    criterion = trained.criterion if trained.criterion is not None else trained.init_criterion()
+    losses = [criterion.one2many, criterion.one2one] if kind == "yolo26-tap" else [criterion]  # E2ELoss's branches
+    assert [type(c).__name__ for c in losses] == ["TOODLoss"] * len(losses)
     rows = (tmp_path / "ddp" / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 2  # header + the one epoch
 
