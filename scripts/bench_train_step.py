@@ -1,12 +1,14 @@
-"""Training-step throughput of stock YOLOv8 vs YOLOv8-TOOD, side by side in one process, and where TOOD's time goes.
+"""Training-step throughput of stock YOLO vs its TOOD heads, side by side in one process, and where TOOD's time goes.
 
-Both models get the same real batches (ultralytics' own training dataloader with its augmentation, built once), and
-the steps (forward, loss, backward, optimizer step) are interleaved stock/TOOD after a warm-up, so load from other
-processes hits both alike. Prints a markdown table with images/s and the TOOD/stock ratio, and a breakdown of one
-TOOD step (head forward, assigner, rest of the loss, backward).
+Every model gets the same real batches (ultralytics' own training dataloader with its augmentation, built once), and
+the steps (forward, loss, backward, optimizer step) are interleaved after a warm-up, so load from other processes hits
+all alike. Prints a markdown table with images/s and the ratio to stock, and a breakdown of one TOOD step (head
+forward, assigner, rest of the loss, backward). ``--no-end2end`` also times each model of an end-to-end family
+(YOLO26) without its one-to-one branch (``end2end: False``): what that branch costs in training.
 
 Usage:
     python scripts/bench_train_step.py --data path/to/data.yaml --scale n --imgsz 320 --batch 16 --steps 20
+    python scripts/bench_train_step.py --data path/to/data.yaml --family yolo26 --models stock tap tood --no-end2end
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from pathlib import Path
 CFG = Path(__file__).resolve().parents[1] / "cfg"
 
 
-def build(cfg: str, nc: int):
-    """Build a DetectionModel in training mode with ultralytics' default hyper-parameters attached."""
+def build(cfg: str, nc: int, end2end: bool | None = None):
+    """Build a DetectionModel in training mode with ultralytics' default hyper-parameters attached; ``end2end``
+    overrides the YAML's."""
     from ultralytics.cfg import get_cfg
-    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
-    model = DetectionModel(cfg, nc=nc, verbose=False).train()
+    d = yaml_model_load(cfg)
+    if end2end is not None:
+        d["end2end"] = end2end
+    model = DetectionModel(d, nc=nc, verbose=False).train()
     model.args = get_cfg()
     return model
 
@@ -64,7 +70,8 @@ def breakdown(model, batch: dict, repeats: int = 5) -> dict[str, float]:
 
     criterion = model.criterion
     times: dict[str, list[float]] = {"model forward": [], "assigner": [], "loss (rest)": [], "backward": []}
-    assign = criterion.assigner if not criterion.in_warmup() else criterion.atss_assigner
+    tood_loss = getattr(criterion, "one2many", criterion)  # E2ELoss: the one-to-many branch's assigner is timed
+    assign = tood_loss.tal_assigner if not tood_loss.in_warmup() else tood_loss.atss_assigner
     original = assign.forward
 
     def timed(*args, **kwargs):
@@ -103,6 +110,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="measured steps per model (after 3 warm-up steps)")
     parser.add_argument("--epoch", type=int, default=None, help="TOOD phase: epoch < warm-up epochs is the warm-up")
     parser.add_argument("--epochs", type=int, default=60, help="run length from which the warm-up is resolved")
+    parser.add_argument("--models", nargs="+", default=["stock", "tood"], choices=["stock", "tood", "tap"])
+    parser.add_argument("--no-end2end", action="store_true", help="also time each model without a one-to-one branch")
     args = parser.parse_args()
 
     import torch
@@ -112,13 +121,16 @@ def main() -> None:
 
     nc = check_det_dataset(args.data)["nc"]
     data = batches(args.data, args.imgsz, args.batch, 4)
-    models = {
-        "stock": build(f"{args.family}{args.scale}.yaml", nc),
-        "tood": build(str(CFG / f"{args.family}{args.scale}-tood.yaml"), nc),
-    }
-    models["tood"].model[-1].epoch = args.epoch
-    hyp = TOODHyp.from_yaml(models["tood"].yaml)
-    models["tood"].model[-1].atss_epochs = hyp.warmup_epochs(args.epochs)  # as the training callbacks resolve it
+    cfgs = {k: f"{args.family}{args.scale}.yaml" if k == "stock" else str(CFG / f"{args.family}{args.scale}-{k}.yaml")
+            for k in ["stock", *(m for m in args.models if m != "stock")]}  # fmt: skip
+    models = {k: build(cfg, nc) for k, cfg in cfgs.items()}
+    if args.no_end2end:
+        models |= {f"{k}, no one-to-one": build(cfg, nc, end2end=False) for k, cfg in cfgs.items()}
+    for k, model in models.items():
+        if k.split(",")[0] != "stock":
+            model.model[-1].epoch = args.epoch
+            hyp = TOODHyp.from_yaml(model.yaml)
+            model.model[-1].atss_epochs = hyp.warmup_epochs(args.epochs)  # as the training callbacks resolve it
     optims = {k: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(3 + args.steps):
@@ -129,18 +141,20 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     ips = {k: args.batch / v for k, v in med.items()}
-    phase = "TAL" if not models["tood"].criterion.in_warmup() else "ATSS warm-up"
+    first = next(k for k in models if k != "stock")
+    tood_loss = getattr(models[first].criterion, "one2many", models[first].criterion)
+    phase = "TAL" if not tood_loss.in_warmup() else "ATSS warm-up"
     print(
         f"\n{args.family}{args.scale}, imgsz {args.imgsz}, batch {args.batch}, "
         f"torch threads {torch.get_num_threads()}, "
         f"median of {args.steps} interleaved steps, TOOD phase: {phase}\n"
     )
-    print("| model | s/step | images/s | ratio TOOD/stock |")
+    print("| model | s/step | images/s | images/s ratio to stock |")
     print("|---|---|---|---|")
-    print(f"| stock | {med['stock']:.3f} | {ips['stock']:.1f} | |")
-    print(f"| tood | {med['tood']:.3f} | {ips['tood']:.1f} | {ips['tood'] / ips['stock']:.2f} |")
-    print("\nTOOD step breakdown (median s):")
-    for k, v in breakdown(models["tood"], data[0]).items():
+    for k in models:
+        print(f"| {k} | {med[k]:.3f} | {ips[k]:.1f} | {ips[k] / ips['stock']:.2f} |")
+    print(f"\n{first} step breakdown (median s):")
+    for k, v in breakdown(models[first], data[0]).items():
         print(f"  {k:14s} {v:.3f}")
 
 
