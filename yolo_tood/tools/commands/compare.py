@@ -125,6 +125,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--val-only", action="store_true", help="skip the test split (ablations and tuning must never look at test)"
     )
+    p.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="train without ultralytics' training plots (labels.jpg, results.png: they need polars)",
+    )
     p.add_argument("--alignment", action="store_true", help="also run the task-alignment diagnostics")
     p.add_argument("--align-conf", type=float, default=0.05, help="NMS score threshold of the alignment counts")
 
@@ -228,7 +233,7 @@ def recipe_of(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
         "deterministic": True,
         "workers": args.workers,
         "device": args.device,
-        "plots": True,
+        "plots": not args.no_plots,
     }
     recipe = dict(train_args)
     if args.pretrained is not None:  # only when given, so that the records of from-scratch runs stay valid
