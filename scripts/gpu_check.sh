@@ -9,7 +9,8 @@
 #   scripts/gpu_check.sh yolo26 [OUT] # on the GPU machine: YOLO26 fine-tuning evidence (issue: YOLO26 with TOOD): a
 #                                     # stock yolo26n trained on road_traffic (30 epochs, 320 px), then BCCD fine-tuning
 #                                     # from it, stock vs tap, seeds 0-2, 15 epochs, val with and without NMS
-#                                     # (yolo-tood compare through scripts/gpu_compare.py); OUT/yolo26_src, OUT/yolo26_ft
+#                                     # (yolo-tood compare through scripts/gpu_compare.py); on one H200 about 190 s +
+#                                     # 55 s per run: run(..., timeout_s=600). Reports land flat in OUT (yolo26_ft__...)
 #
 # The device tool carries the ignored folders: run(command="bash scripts/gpu_check.sh run", carry=[".whl", ".gpu"]).
 # Wheels are Python-independent (py3-none-any); the GPU image already holds torch, torchvision, onnx, onnxruntime,
@@ -56,13 +57,18 @@ run | yolo26)
     common=(--family yolo26 --scale n --imgsz "${IMGSZ:-320}" --batch 16 --val-only --device "${DEVICE:-0}" --workers 8)
     common+=(--no-plots)
     out=$(cd "$out" && pwd)
-    keep() { (cd "$work" && find . \( -name '*.json' -o -name '*.md' -o -name results.csv \) -exec cp --parents {} "$out/" \;); }
-    timeout "${SRC_LIMIT:-190}" python3 scripts/gpu_compare.py --data .gpu/road_traffic/road_traffic.yaml \
+    # flat names (yolo26_ft__runs__tap_s0__compare_run.json): the device tool does not return folders that deep
+    keep() {
+        (cd "$work" && find . \( -name '*.json' -o -name '*.md' -o -name results.csv \) | while read -r f; do
+            f="${f#./}" && cp "$f" "$out/${f//\//__}"
+        done)
+    }
+    timeout "${SRC_LIMIT:-200}" python3 scripts/gpu_compare.py --data .gpu/road_traffic/road_traffic.yaml \
         --epochs "$src" --models stock --seeds 0 "${common[@]}" --out "$work/yolo26_src" >"$out/yolo26_src.log" 2>&1 ||
         echo "gpu_check yolo26: the source step ended with $?"
     keep
     tail -5 "$out/yolo26_src.log"
-    timeout "${FT_LIMIT:-300}" python3 scripts/gpu_compare.py --data .gpu/bccd/bccd.yaml --epochs "$ft" \
+    timeout "${FT_LIMIT:-360}" python3 scripts/gpu_compare.py --data .gpu/bccd/bccd.yaml --epochs "$ft" \
         --models stock tap --seeds 0 1 2 --pretrained "$work/yolo26_src/runs/stock_s0/weights/best.pt" \
         "${common[@]}" --out "$work/yolo26_ft" >"$out/yolo26_ft.log" 2>&1 ||
         echo "gpu_check yolo26: the fine-tuning step ended with $?"
