@@ -144,15 +144,6 @@ def _tood_losses(criterion: Any) -> list[Any]:
     return [c for c in ([criterion] if isinstance(criterion, TOODLoss) else branches) if isinstance(c, TOODLoss)]
 
 
-def _tood_criterion(trainer: Any) -> Any:
-    """Return the trainer model's ``TOODLoss`` (created at the first training step; the one-to-many branch's on an
-    end-to-end head), or None for other models. Other branches' statistics are reset, not written."""
-    losses = _tood_losses(getattr(_models(trainer)[0], "criterion", None))
-    for other in losses[1:]:
-        other.take_tal_stats()
-    return losses[0] if losses else None
-
-
 def _log_dropped_boxes(trainer: Any) -> None:
     """Log once how many zero-size GT boxes the TOOD losses dropped during the epoch, and reset the counts.
 
@@ -179,10 +170,12 @@ def on_train_epoch_end(trainer: Any) -> None:
 
     from ..train.tal_stats import STATS_FILE
 
-    criterion = _tood_criterion(trainer)
-    if criterion is None:
+    # the trainer model's TOODLoss (created at the first training step); an end-to-end head's E2ELoss holds one per
+    # branch: the one-to-many branch's statistics are written, the others' reset
+    losses = _tood_losses(getattr(_models(trainer)[0], "criterion", None))
+    if not losses:
         return
-    summary = criterion.take_tal_stats()  # the epoch's statistics; the criterion starts the next epoch's
+    summary, *_ = (loss.take_tal_stats() for loss in losses)  # the epoch's statistics; each loss starts the next's
     if RANK in {-1, 0}:
         path = Path(trainer.save_dir) / STATS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -713,11 +713,12 @@ class TOODDetect(TaskAlignedOutputs, Detect):
             raise ValueError("TOODDetect: no input levels; its YAML row needs 'from' levels, e.g. [15, 18, 21]")
         # Detect.__init__ would build the stock cv2/cv3 branches only to discard them, so set its attributes here
         nn.Module.__init__(self)
-        # No stock branches, as real (empty) attributes that ultralytics reads: Detect.forward passes one2many
-        # ({"box_head": cv2, "cls_head": cv3}) to forward_head, which ignores them; DetectionModel.load compares the
-        # source head's cv2 input widths (none here) and skips a cv3 of None; Detect.end2end is False without a
-        # one2one_cv2, and its setter only warns when one is asked for (the exporter's nms=False). An end-to-end head
-        # has an empty one2one_cv2 too: ultralytics tests it to pick E2ELoss, end2end inference and fusion
+        # No stock branches, as real (empty) attributes that ultralytics reads: the branch dicts (one2many /
+        # one2one) hand cv2 to forward_head as "box_head" (None once fuse() dropped the branch); DetectionModel.load
+        # compares the source head's cv2 input widths (none here) and skips a cv3 of None; Detect.end2end is False
+        # without a one2one_cv2, and its setter only warns when one is asked for (the exporter's nms=False). An
+        # end-to-end head has an empty one2one_cv2 too: ultralytics tests it to pick E2ELoss, end2end inference and
+        # fusion
         self.cv2 = nn.ModuleList()
         self.cv3 = None
         self.nc = nc

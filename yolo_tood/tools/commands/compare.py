@@ -64,6 +64,7 @@ from yolo_tood.tools.compare.models import head_model, model_cfg, model_labels, 
 from yolo_tood.tools.compare.report import write_report
 from yolo_tood.tools.compare.runs import (
     MAP_COLUMN,
+    NMS_FREE,
     file_sha256,
     has_split,
     is_end_to_end,
@@ -276,8 +277,8 @@ def run_one(
     if "cost" not in record:
         record["cost"] = model_cost(best, args.imgsz)
     for split in splits:
-        nms_free = split in nms_free_splits(splits)
-        if nms_free and not is_end_to_end(best):
+        nms_free = split.endswith(NMS_FREE)
+        if nms_free and split not in record["val"] and not is_end_to_end(best):
             continue  # a model without a one-to-one branch has no NMS-free path
         if split not in record["val"]:
             record["val"][split] = validate_run(best, args.data, split, args, args.out / "val", run_dir.name)
