@@ -90,17 +90,7 @@ def build_model(nc: int, seed: int, cfg: str | dict = str(CFG)):
 def score_biases(head) -> list[torch.Tensor]:
     """The biases of the class logits and of every path of M (TOODDetect or TAPDetect, any ``quality``), in every
     branch (one-to-many, and one-to-one on an end-to-end head)."""
-    convs = []
-    for prefix in ("", "one2one_"):
-        tood_cls, cv3 = getattr(head, f"{prefix}tood_cls", None), getattr(head, f"{prefix}cv3", None)
-        if tood_cls is None and cv3 is None:
-            continue
-        cls = [tood_cls] if tood_cls is not None else [branch[-1] for branch in cv3]
-        prob = getattr(head, f"{prefix}cls_prob", None) or []
-        prob = [prob[-1]] if isinstance(prob, torch.nn.Sequential) else [p[-1] for p in prob]
-        dgqp = getattr(head, f"{prefix}dgqp", None)
-        convs += [*cls, *prob, *([dgqp.reg_conf[-1]] if dgqp is not None else [])]
-    return [conv.bias for conv in convs]
+    return [conv.bias for conv in head.score_convs()]
 
 
 def detached(preds: dict) -> dict:

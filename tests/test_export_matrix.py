@@ -73,18 +73,8 @@ def spread_scores(head: torch.nn.Module, seed: int = 0) -> None:
         for p in head.parameters():
             if p.dim() == 4 and p.requires_grad:  # conv weights, not DFL's fixed bin values
                 p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-        if isinstance(head, TOODDetect):
-            for prefix in ("", "one2one_"):  # both branches of an end-to-end head
-                if getattr(head, f"{prefix}tood_cls", None) is not None:
-                    getattr(head, f"{prefix}tood_cls").bias.zero_()
-                    getattr(head, f"{prefix}cls_prob")[-1].bias.zero_()
-        else:
-            for prefix in ("", "one2one_"):  # TAPDetect: its M as well, on both branches of an end-to-end head
-                for branch in (
-                    *(getattr(head, f"{prefix}cv3", None) or ()),
-                    *(getattr(head, f"{prefix}cls_prob", None) or ()),
-                ):
-                    branch[-1].bias.zero_()
+        for conv in head.score_convs():  # class logits and M, every branch of an end-to-end head
+            conv.bias.zero_()
 
 
 @pytest.fixture(scope="module", params=MODELS)

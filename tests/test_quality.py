@@ -197,3 +197,31 @@ def test_head_maps_read_m_from_the_distribution_too(quality):
         scores = model(img)[0][0, 4:]  # (nc, A) the aligned scores the model predicts
     best = torch.cat([s.flatten() for s in maps["score"]])
     torch.testing.assert_close(best, scores.amax(0), atol=1e-6, rtol=1e-5)
+
+
+def flat_scores_without_score_convs(head: nn.Module, run) -> list[torch.Tensor]:
+    """The training scores of every branch (``run()``: the training forward) once the head is off its no-op start and
+    its ``score_convs`` are zeroed (weights and biases)."""
+    off_the_noop_start(head)
+    with torch.no_grad():
+        for conv in head.score_convs():
+            conv.weight.zero_()
+            conv.bias.zero_()
+    out = run()
+    return [b["scores"] for b in out.values()] if "one2many" in out else [out["scores"]]
+
+
+@pytest.mark.parametrize("quality", QUALITY_MODES)
+@pytest.mark.parametrize("cls", [TAPDetect, TOODDetect])
+def test_score_convs_are_every_path_the_score_reads(cls, quality):
+    """With the class logits' and M's last convs at zero, every logit is 0 and every aligned score sqrt(0.5 * 0.5)."""
+    kwargs = {"feat_channels": 16, "stacked_convs": 2} if cls is TOODDetect else {}
+    torch.manual_seed(0)
+    head = cls(nc=3, quality=quality, ch=CH, **kwargs)
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    per_path = 1 if cls is TOODDetect else 3  # the T-Head's convs are shared by the levels; TAP's are per level
+    m_paths = per_path * (quality != "distribution") + (quality != "features")  # M from the features, DGQP (shared)
+    assert len(head.score_convs()) == per_path + m_paths
+    x = levels(2)
+    (scores,) = flat_scores_without_score_convs(head, lambda: head.train()(x))
+    torch.testing.assert_close(scores, torch.full_like(scores, 0.5))

@@ -265,13 +265,9 @@ def test_train_val_predict_with_and_without_nms(kind, tmp_path):
 def _soften_scores(head: torch.nn.Module) -> None:
     """Scale the last cls and M convs of both branches by 0.1: spread_scores saturates YOLO26's scores at 1.0, and
     the top-300 set of an NMS-free output is then decided by ties."""
-    tap = isinstance(head, TAPDetect)
     with torch.no_grad():
-        for name, module in head.named_modules():
-            first, *rest = name.removeprefix("one2one_").split(".")
-            last_conv = (rest[1:] == ["2"]) if tap else (first == "tood_cls" or rest == ["2"])  # TAP: per level
-            if first in ("cv3", "cls_prob", "tood_cls") and last_conv:
-                module.weight.mul_(0.1)
+        for conv in head.score_convs():
+            conv.weight.mul_(0.1)
 
 
 def _assert_same_rows(ref: torch.Tensor, out: torch.Tensor, what: str, box_rtol: float) -> None:
@@ -334,3 +330,17 @@ def test_compare_reports_both_maps_of_an_end_to_end_family(tmp_path):
         assert set(val) == {"val", "val_nms_free"} and all(0 <= v["map"] <= 1 for v in val.values())
     assert (out / "val" / "tap_s0_nms_free").is_dir()  # the NMS-free validation run, beside the NMS one
     assert "val_nms_free mAP50-95" in (out / "compare.md").read_text()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_score_convs_cover_both_branches(kind):
+    """``score_convs`` lists the score paths of both branches: zeroed, both branches' scores are flat at 0.5."""
+    from test_quality import flat_scores_without_score_convs
+
+    torch.manual_seed(0)
+    model = DetectionModel(f"yolo26n-{kind}.yaml", nc=3, verbose=False)
+    head, img = model.model[-1], torch.rand(1, 3, 64, 64)
+    branches = flat_scores_without_score_convs(head, lambda: model.train()(img))
+    assert len(branches) == 2
+    for scores in branches:
+        torch.testing.assert_close(scores, torch.full_like(scores, 0.5))

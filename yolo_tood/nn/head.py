@@ -19,6 +19,7 @@ from ..checks import check_int
 
 __all__ = (
     "ADAPTERS",
+    "BRANCH_PREFIXES",
     "DFLExpectation",
     "DGQP",
     "HEAD_NORMS",
@@ -43,6 +44,10 @@ __all__ = (
 )
 
 PRIOR_PROB = 0.01  # cls and probability-map bias prior, as MMDetection's TOOD head
+
+# A head's branches by attribute prefix: one-to-many ("") and, on end-to-end models, one-to-one (Detect's "one2one_"
+# prefix, which Detect.fuse reads to drop the branch inference does not use)
+BRANCH_PREFIXES = ("", "one2one_")
 
 # The T-Head's modules, by attribute name; an end-to-end head (YOLO26) holds a copy of each under Detect's "one2one_"
 # prefix (its one-to-one branch, fed detached features as ultralytics builds it), which Detect.fuse reads to drop the
@@ -431,6 +436,12 @@ class TaskAlignedOutputs:
         """The one-to-one branch's modules (``Detect``'s ``one2one_`` prefix); all None on a head without one."""
         return self._branch("one2one_")
 
+    def score_convs(self) -> list[nn.Conv2d]:
+        """The convs whose outputs are score logits: the class logits' and M's last convs (from the features and from
+        the distribution, where present), of every branch the head still has (one-to-one too on an end-to-end head)."""
+        branches = [self._branch(prefix) for prefix in BRANCH_PREFIXES]
+        return [conv for b in branches if b["box_head"] is not None for conv in self._score_logit_convs(b)]
+
     def forward_head(self, x: list[torch.Tensor], **branch: nn.Module | None) -> dict[str, torch.Tensor | list]:
         """Return the training dict of ultralytics' Detect contract, plus TAP's offsets, from ``forward_level``.
 
@@ -773,6 +784,12 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         (the branch's ``cv2``: None once ``Detect.fuse`` dropped the branch, which ``forward_head`` reads)."""
         branch = {name: getattr(self, f"{prefix}{name}", None) for name in T_HEAD_MODULES}
         return {"box_head": getattr(self, f"{prefix}cv2", None), **branch}
+
+    @staticmethod
+    def _score_logit_convs(b: dict[str, nn.Module | None]) -> list[nn.Conv2d]:
+        """The last convs of one branch's class logits and M (``score_convs``), ``b`` as ``_branch`` returns it."""
+        prob = [b["cls_prob"][-1]] if b["cls_prob"] is not None else []
+        return [b["tood_cls"], *prob, *([b["dgqp"].reg_conf[-1]] if b["dgqp"] is not None else [])]
 
     def _init_weights(self) -> None:
         """Initialise as MMDetection's TOOD head: normal std 0.01 convs, prior-probability biases, offsets std 0.001.

@@ -53,6 +53,7 @@ from ultralytics.nn.modules import Detect
 
 from ..checks import check_int
 from .head import (
+    BRANCH_PREFIXES,
     DGQP,
     OFFSET_INIT_STD,
     TAP_MODES,
@@ -63,10 +64,6 @@ from .head import (
 )
 
 __all__ = ("BRANCH_PREFIXES", "INTERACT_MODES", "TAPDetect", "TAP_PRIOR_PROB")
-
-# The head's branches by attribute prefix: one-to-many ("", the stock cv2 / cv3) and, on end-to-end models, one-to-one
-# (Detect's "one2one_" prefix, which Detect.fuse reads to drop the branch inference does not use)
-BRANCH_PREFIXES = ("", "one2one_")
 
 # Task interaction between the stock branches: none (the stock branches as they are) or box_to_cls (the cls branch's
 # last hidden feature plus a 1x1 projection of the box branch's; see the module docstring)
@@ -222,6 +219,12 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         self._init_prob_bias()
+
+    @staticmethod
+    def _score_logit_convs(b: dict[str, nn.Module | None]) -> list[nn.Conv2d]:
+        """The last convs of one branch's class logits (per level) and M (``score_convs``), ``b`` as ``_branch``."""
+        convs = [branch[-1] for branch in b["cls_head"]] + [p[-1] for p in b["prob_head"] or ()]
+        return convs + ([b["quality_head"].reg_conf[-1]] if b["quality_head"] is not None else [])
 
     def _last_convs(self) -> list[nn.Conv2d]:
         """The last conv of every predictor of M and O, in every branch (zero at the no-op start)."""
