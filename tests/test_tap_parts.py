@@ -9,7 +9,7 @@ import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_tood.tools.analysis.tap_parts import predictors, switch_off, tap_head
+from yolo_tood.tools.analysis.tap_parts import M_OFF_LOGIT, branch_prefixes, predictors, switch_off, tap_head
 
 
 def model(cfg: str) -> DetectionModel:
@@ -102,3 +102,25 @@ def test_predictors_lists_each_level_or_the_shared_one():
     assert predictors(tood, "cls_prob") == [tood.cls_prob] and predictors(tood, "reg_offset") == [tood.reg_offset]
     tap.reg_offset = None  # tap="none"
     assert predictors(tap, "reg_offset") == []
+
+
+@pytest.mark.parametrize("cfg", ["yolo26n-tap.yaml", "yolo26n-tood.yaml"])
+def test_both_branches_of_an_end_to_end_head_are_switched(cfg):
+    """YOLO26: ``m`` makes every M predictor of both branches give M_OFF_LOGIT; ``offsets`` zeroes both branches'."""
+    torch.manual_seed(0)
+    net, img = DetectionModel(cfg, nc=3, verbose=False), torch.rand(1, 3, 64, 64)
+    head = net.model[-1]
+    assert branch_prefixes(head) == ["", "one2one_"]
+    switch_off(net, "m")
+    outputs = []
+    lasts = [p[-1] for prefix in branch_prefixes(head) for p in predictors(head, f"{prefix}cls_prob")]
+    hooks = [last.register_forward_hook(lambda m, i, o: outputs.append(o)) for last in lasts]
+    with torch.no_grad():
+        net.train()(img)
+    for h in hooks:
+        h.remove()
+    assert len(outputs) == 2 * 3 and all(torch.all(o == M_OFF_LOGIT) for o in outputs)  # 2 branches x 3 levels
+    switch_off(net, "offsets")
+    with torch.no_grad():
+        out = net.train()(img)
+    assert all(torch.all(out[b]["offsets"] == 0) for b in ("one2many", "one2one"))

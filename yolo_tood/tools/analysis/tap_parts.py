@@ -12,6 +12,9 @@ TOOD or TAP model evaluated with one of them switched off, and nothing else chan
 - ``quality``: M's distribution path (``DGQP``, ``quality="distribution"`` or ``"both"``) adds nothing, so M reads
   the features alone (``both``) or is the constant of ``m`` (``distribution``).
 
+On an end-to-end head (YOLO26) the part is switched off in both branches, so NMS and NMS-free inference see the same
+head.
+
 Examples:
     >>> from ultralytics import YOLO
     >>> yolo = YOLO("runs/tap_s0/weights/best.pt")
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-__all__ = ("M_OFF_LOGIT", "TAP_PARTS", "predictors", "switch_off", "tap_head")
+from yolo_tood.nn.head import BRANCH_PREFIXES
+
+__all__ = ("M_OFF_LOGIT", "TAP_PARTS", "branch_prefixes", "predictors", "switch_off", "tap_head")
 
 TAP_PARTS = ("m", "offsets", "quality")
 # M's logit when switched off: sigmoid(30) = 1 - 9e-14, which rounds to 1.0 in float32 (and fp16)
@@ -37,12 +42,19 @@ def tap_head(model: nn.Module) -> nn.Module | None:
     return head if head is not None and is_tood_head(head) and hasattr(head, "cls_prob") else None
 
 
+def branch_prefixes(head: nn.Module) -> list[str]:
+    """The prefixes of the branches a head still has: one-to-many (``""``), and ``one2one_`` on an end-to-end head
+    (YOLO26) until ``Detect.fuse`` drops one of them (its ``cv2`` is then None)."""
+    return [prefix for prefix in BRANCH_PREFIXES if getattr(head, f"{prefix}cv2", None) is not None]
+
+
 def predictors(head: nn.Module, name: str) -> list[nn.Sequential]:
     """The ``cls_prob`` (M) or ``reg_offset`` (O) predictors of a task-aligned head, as a list.
 
     Args:
         head (nn.Module): A TAPDetect (one predictor per level, an ``nn.ModuleList``) or a TOODDetect (one shared).
-        name (str): ``cls_prob`` or ``reg_offset``.
+        name (str): ``cls_prob`` or ``reg_offset``, with the branch's prefix on an end-to-end head
+            (``one2one_cls_prob``).
 
     Returns:
         (list[nn.Sequential]): One per level for TAPDetect, the shared one for TOODDetect; empty when the head has
@@ -73,22 +85,28 @@ def switch_off(model: nn.Module, part: str) -> nn.Module:
     head = tap_head(model)
     if head is None:
         raise ValueError(f"{type(model).__name__} has no task-aligned head (TOODDetect or TAPDetect)")
-    if part == "offsets":
-        head.reg_offset = None  # both heads then measure every side from its anchor (their tap="none" path)
-        return model
-    dgqp = getattr(head, "dgqp", None)
-    if part == "quality" and dgqp is None:
+    if part == "quality" and all(getattr(head, f"{p}dgqp", None) is None for p in branch_prefixes(head)):
         raise ValueError("quality: this head's M reads the features only (quality 'features'); nothing to switch off")
-    if part == "quality" and head.cls_prob is not None:  # quality="both": M is the features' logit alone
-        head.dgqp = None
-        return model
+    for prefix in branch_prefixes(head):  # both branches of an end-to-end head: NMS and NMS-free inference alike
+        _switch_off_branch(head, prefix, part)
+    return model
+
+
+def _switch_off_branch(head: nn.Module, prefix: str, part: str) -> None:
+    """Switch ``part`` off in the branch of ``head`` whose attributes carry ``prefix`` (``switch_off``)."""
+    if part == "offsets":
+        setattr(head, f"{prefix}reg_offset", None)  # every side then measured from its anchor (the tap="none" path)
+        return
+    dgqp = getattr(head, f"{prefix}dgqp", None)
+    if part == "quality" and getattr(head, f"{prefix}cls_prob") is not None:  # "both": M is the features' logit alone
+        setattr(head, f"{prefix}dgqp", None)
+        return
     # M constant M_OFF_LOGIT: the features' predictors (one per level for TAPDetect) give it, the distribution's 0;
     # with quality="distribution" the distribution's predictor is all of M and gives it
-    features = [p[-1] for p in predictors(head, "cls_prob")]
+    features = [p[-1] for p in predictors(head, f"{prefix}cls_prob")]
     lasts = [(last, M_OFF_LOGIT) for last in features]
     if dgqp is not None:
         lasts.append((dgqp.reg_conf[-1], 0.0 if features else M_OFF_LOGIT))
     for last, bias in lasts:
         nn.init.zeros_(last.weight)
         nn.init.constant_(last.bias, bias)
-    return model
