@@ -6,11 +6,12 @@
 #   scripts/gpu_check.sh run [OUT]    # on the GPU machine, from the repository root: installs the project and the
 #                                     # wheels offline, runs scripts/gpu_check.py (at most ~8 min on one H200), writes
 #                                     # OUT/gpu_check.json (default: $OUT, else runs/gpu_check)
-#   scripts/gpu_check.sh yolo26 [OUT] # on the GPU machine: YOLO26 fine-tuning evidence (issue: YOLO26 with TOOD): a
-#                                     # stock yolo26n trained on road_traffic (30 epochs, 320 px), then BCCD fine-tuning
-#                                     # from it, stock vs tap, seeds 0-2, 15 epochs, val with and without NMS
-#                                     # (yolo-tood compare through scripts/gpu_compare.py); on one H200 about 190 s +
-#                                     # 55 s per run: run(..., timeout_s=600). Reports land flat in OUT (yolo26_ft__...)
+#   scripts/gpu_check.sh yolo26 [OUT] # on the GPU machine: the YOLO26 evidence (issue: YOLO26 with TOOD) in parallel
+#                                     # lanes, cut at LIMIT (530) s: a stock yolo26n trained on road_traffic (30 epochs,
+#                                     # 320 px), BCCD fine-tuning from it (stock vs tap, seeds 0-2, 15 epochs) and BCCD
+#                                     # from scratch (stock vs tap vs tood, seeds 0-2, 60 epochs); val and test, with and
+#                                     # without NMS (yolo-tood compare through scripts/gpu_compare.py, one call per run;
+#                                     # join with yolo-tood merge). run(..., timeout_s=600). Reports land flat in OUT
 #
 # The device tool carries the ignored folders: run(command="bash scripts/gpu_check.sh run", carry=[".whl", ".gpu"]).
 # Wheels are Python-independent (py3-none-any); the GPU image already holds torch, torchvision, onnx, onnxruntime,
@@ -51,29 +52,48 @@ run | yolo26)
             tee "$out/gpu_check.log"
         exit
     fi
-    # runs train under runs/gpu_yolo26 (their weights stay there); the reports, records and logs are copied to OUT
-    # after each step, so that a step cut by its time limit still leaves what it finished
-    work=runs/gpu_yolo26 src="${SRC_EPOCHS:-30}" ft="${FT_EPOCHS:-15}"
-    common=(--family yolo26 --scale n --imgsz "${IMGSZ:-320}" --batch 16 --val-only --device "${DEVICE:-0}" --workers 8)
+    # The issue's YOLO26 evidence in parallel lanes (one training is bound by its main thread, not by the H200), each
+    # lane one `compare` call per (model, seed) into its own --out, joined afterwards with `yolo-tood merge`:
+    #   source: stock yolo26n on road_traffic (30 epochs), then fine-tuning lanes on BCCD from it, stock vs tap,
+    #           one lane per seed (stock then tap), 15 epochs;
+    #   scratch: BCCD from scratch, stock vs tap vs tood, 60 epochs (recipe 9), seeds 0 and 1 in six lanes, then seed 2.
+    # Val and test, with NMS and NMS-free. Every lane stops at LIMIT seconds; what finished is copied to OUT.
+    work=runs/gpu_yolo26 limit="${LIMIT:-530}" w="${WORKERS:-2}"
+    common=(--family yolo26 --scale n --imgsz "${IMGSZ:-320}" --batch 16 --device "${DEVICE:-0}" --workers "$w")
     common+=(--no-plots)
     out=$(cd "$out" && pwd)
-    # flat names (yolo26_ft__runs__tap_s0__compare_run.json): the device tool does not return folders that deep
-    keep() {
-        (cd "$work" && find . \( -name '*.json' -o -name '*.md' -o -name results.csv \) | while read -r f; do
-            f="${f#./}" && cp "$f" "$out/${f//\//__}"
-        done)
+    end=$((SECONDS + limit))
+    one() { # <out> <data> <epochs> <model> <seed> [args...]: one compare call, cut at the common deadline
+        local dir=$1 data=$2 epochs=$3 model=$4 seed=$5
+        shift 5
+        local left=$((end - SECONDS))
+        [ "$left" -gt 20 ] || return 1
+        timeout "$left" python3 scripts/gpu_compare.py --data "$data" --epochs "$epochs" --models "$model" \
+            --seeds "$seed" "${common[@]}" --out "$work/$dir" "$@" >>"$out/$dir.log" 2>&1 || return
+        cp "$work/$dir/compare.json" "$out/${dir}_${model}.compare.json" # at once: a later cut keeps it
     }
-    timeout "${SRC_LIMIT:-200}" python3 scripts/gpu_compare.py --data .gpu/road_traffic/road_traffic.yaml \
-        --epochs "$src" --models stock --seeds 0 "${common[@]}" --out "$work/yolo26_src" >"$out/yolo26_src.log" 2>&1 ||
-        echo "gpu_check yolo26: the source step ended with $?"
-    keep
-    tail -5 "$out/yolo26_src.log"
-    timeout "${FT_LIMIT:-360}" python3 scripts/gpu_compare.py --data .gpu/bccd/bccd.yaml --epochs "$ft" \
-        --models stock tap --seeds 0 1 2 --pretrained "$work/yolo26_src/runs/stock_s0/weights/best.pt" \
-        "${common[@]}" --out "$work/yolo26_ft" >"$out/yolo26_ft.log" 2>&1 ||
-        echo "gpu_check yolo26: the fine-tuning step ended with $?"
-    keep
-    tail -40 "$out/yolo26_ft.log"
+    bccd=.gpu/bccd/bccd.yaml
+    src="$work/source/runs/stock_s0/weights/best.pt"
+    ft() { # the fine-tuning lane of one seed, once the source checkpoint exists
+        for model in stock tap; do one "ft_s$1" "$bccd" "${FT_EPOCHS:-15}" "$model" "$1" --pretrained "$src" || return; done
+    }
+    (one source .gpu/road_traffic/road_traffic.yaml "${SRC_EPOCHS:-30}" stock 0 --val-only && {
+        ft 0 &
+        ft 1 &
+        ft 2 &
+        wait
+    }) &
+    for model in stock tap tood; do
+        (one "scratch_${model}_s0" "$bccd" "${SCRATCH_EPOCHS:-60}" "$model" 0 &&
+            one "scratch_${model}_s2" "$bccd" "${SCRATCH_EPOCHS:-60}" "$model" 2) &
+        one "scratch_${model}_s1" "$bccd" "${SCRATCH_EPOCHS:-60}" "$model" 1 &
+    done
+    wait
+    # the run records too, flat (ft_s0__runs__stock_s0__compare_run.json): the device tool returns no deep folders
+    (cd "$work" && find . \( -name compare_run.json -o -name results.csv \) | while read -r f; do
+        f="${f#./}" && cp "$f" "$out/${f//\//__}"
+    done)
+    grep -h "mAP50-95\|NMS time limit\|Error" "$out"/*.log | tail -60
     ;;
 *)
     echo "usage: scripts/gpu_check.sh prepare | run [OUT] | yolo26 [OUT]" >&2
