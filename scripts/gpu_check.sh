@@ -6,12 +6,17 @@
 #   scripts/gpu_check.sh run [OUT]    # on the GPU machine, from the repository root: installs the project and the
 #                                     # wheels offline, runs scripts/gpu_check.py (at most ~8 min on one H200), writes
 #                                     # OUT/gpu_check.json (default: $OUT, else runs/gpu_check)
-#   scripts/gpu_check.sh yolo26 [OUT] # on the GPU machine: the YOLO26 evidence (issue: YOLO26 with TOOD) in parallel
-#                                     # lanes, cut at LIMIT (530) s: a stock yolo26n trained on road_traffic (30 epochs,
-#                                     # 320 px), BCCD fine-tuning from it (stock vs tap, seeds 0-2, 15 epochs) and BCCD
-#                                     # from scratch (stock vs tap vs tood, seeds 0-2, 60 epochs); val and test, with and
-#                                     # without NMS (yolo-tood compare through scripts/gpu_compare.py, one call per run;
-#                                     # join with yolo-tood merge). run(..., timeout_s=600). Reports land flat in OUT
+#   scripts/gpu_check.sh yolo26-ft [OUT]      # on the GPU machine: YOLO26 fine-tuning evidence (issue: YOLO26
+#                                             # with TOOD): a stock yolo26n trained on road_traffic (30 epochs, 320
+#                                             # px), then BCCD fine-tuning from it, stock vs tap, seeds 0-2 (15 epochs),
+#                                             # in three lanes (one per seed)
+#   scripts/gpu_check.sh yolo26-scratch SEED [OUT] # BCCD from scratch (60 epochs), stock vs tap vs tood, one seed,
+#                                             # three lanes; one seed per call (three lanes of TAP / T-Head fill one
+#                                             # 600 s call: 16 CPU cores, each training bound by its main thread)
+#   Both: val and test, with and without NMS (yolo-tood compare through scripts/gpu_compare.py, one compare call per
+#   run, cut at LIMIT (520) s), joined afterwards with yolo-tood merge; OUT gets one yolo26.tgz (the device tool
+#   returns at most 8 files) and the logs. run(command="bash scripts/gpu_check.sh yolo26-ft", carry=[".whl", ".gpu"],
+#   timeout_s=590): every call needs the carry, a warm machine included (an ignored path not carried is removed).
 #
 # The device tool carries the ignored folders: run(command="bash scripts/gpu_check.sh run", carry=[".whl", ".gpu"]).
 # Wheels are Python-independent (py3-none-any); the GPU image already holds torch, torchvision, onnx, onnxruntime,
@@ -35,10 +40,15 @@ prepare)
     done
     du -sh .whl .gpu
     ;;
-run | yolo26)
+run | yolo26-ft | yolo26-scratch)
+    mode=$1 seed=0
+    if [ "$mode" = yolo26-scratch ]; then
+        seed=${2:?usage: scripts/gpu_check.sh yolo26-scratch SEED [OUT]}
+        shift
+    fi
     out="${2:-${OUT:-runs/gpu_check}}"
     mkdir -p "$out"
-    # DEVICE=cpu (yolo26 only): the same steps on the CPU, as a smoke test of this script (with SRC_EPOCHS=1 ...)
+    # DEVICE=cpu (yolo26-*): the same steps on the CPU, as a smoke test of this script (with SRC_EPOCHS=1 ...)
     [ "${DEVICE:-0}" = cpu ] || python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)' || {
         echo "gpu_check: no CUDA device here; nothing to check"
         exit 0
@@ -47,20 +57,17 @@ run | yolo26)
     cp -r yolo_tood /tmp/site/ # the package itself; gpu_check.py imports it first, which registers the heads
     export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 YOLO_OFFLINE=1
     set -o pipefail
-    if [ "$1" = run ]; then
+    if [ "$mode" = run ]; then
         python3 scripts/gpu_check.py --data .gpu/road_traffic/road_traffic.yaml --json "$out/gpu_check.json" 2>&1 |
             tee "$out/gpu_check.log"
         exit
     fi
-    # The issue's YOLO26 evidence in parallel lanes (one training is bound by its main thread, not by the H200), each
-    # lane one `compare` call per (model, seed) into its own --out, joined afterwards with `yolo-tood merge`:
-    #   source: stock yolo26n on road_traffic (30 epochs), then fine-tuning lanes on BCCD from it, stock vs tap,
-    #           one lane per seed (stock then tap), 15 epochs;
-    #   scratch: BCCD from scratch, stock vs tap vs tood, 60 epochs (recipe 9), seeds 0 and 1 in six lanes, then seed 2.
-    # Val and test, with NMS and NMS-free. Every lane stops at LIMIT seconds; what finished is copied to OUT.
-    work=runs/gpu_yolo26 limit="${LIMIT:-530}" w="${WORKERS:-2}"
-    common=(--family yolo26 --scale n --imgsz "${IMGSZ:-320}" --batch 16 --device "${DEVICE:-0}" --workers "$w")
-    common+=(--no-plots)
+    # One training is bound by its main thread, not by the H200: parallel lanes, each one `compare` call per
+    # (model, seed) into its own --out. Measured with nine lanes at once (load 32 on 16 cores), stock trained at 5.3
+    # s/epoch and TAP / T-Head at 15-16 s/epoch (BENCHMARKS 23c): hence three lanes per call.
+    work=runs/gpu_yolo26 limit="${LIMIT:-520}"
+    common=(--family yolo26 --scale n --imgsz "${IMGSZ:-320}" --batch 16 --device "${DEVICE:-0}")
+    common+=(--workers "${WORKERS:-3}" --no-plots)
     out=$(cd "$out" && pwd)
     end=$((SECONDS + limit))
     one() { # <out> <data> <epochs> <model> <seed> [args...]: one compare call, cut at the common deadline
@@ -70,33 +77,27 @@ run | yolo26)
         [ "$left" -gt 20 ] || return 1
         timeout "$left" python3 scripts/gpu_compare.py --data "$data" --epochs "$epochs" --models "$model" \
             --seeds "$seed" "${common[@]}" --out "$work/$dir" "$@" >>"$out/$dir.log" 2>&1 || return
-        cp "$work/$dir/compare.json" "$out/${dir}_${model}.compare.json" # at once: a later cut keeps it
+        cp "$work/$dir/compare.json" "$work/$dir/compare_$model.json" # the next call in this --out rewrites it
     }
     bccd=.gpu/bccd/bccd.yaml
-    src="$work/source/runs/stock_s0/weights/best.pt"
-    ft() { # the fine-tuning lane of one seed, once the source checkpoint exists
-        for model in stock tap; do one "ft_s$1" "$bccd" "${FT_EPOCHS:-15}" "$model" "$1" --pretrained "$src" || return; done
-    }
-    (one source .gpu/road_traffic/road_traffic.yaml "${SRC_EPOCHS:-30}" stock 0 --val-only && {
-        ft 0 &
-        ft 1 &
-        ft 2 &
-        wait
-    }) &
-    for model in stock tap tood; do
-        (one "scratch_${model}_s0" "$bccd" "${SCRATCH_EPOCHS:-60}" "$model" 0 &&
-            one "scratch_${model}_s2" "$bccd" "${SCRATCH_EPOCHS:-60}" "$model" 2) &
-        one "scratch_${model}_s1" "$bccd" "${SCRATCH_EPOCHS:-60}" "$model" 1 &
-    done
+    if [ "$mode" = yolo26-ft ]; then
+        src="$work/source/runs/stock_s0/weights/best.pt"
+        one source .gpu/road_traffic/road_traffic.yaml "${SRC_EPOCHS:-30}" stock 0 --val-only
+        for s in 0 1 2; do
+            (for model in stock tap; do
+                one "ft_s$s" "$bccd" "${FT_EPOCHS:-15}" "$model" "$s" --pretrained "$src" || exit
+            done) &
+        done
+    else
+        for model in stock tap tood; do one "scratch_${model}_s$seed" "$bccd" "${SCRATCH_EPOCHS:-60}" "$model" "$seed" & done
+    fi
     wait
-    # the run records too, flat (ft_s0__runs__stock_s0__compare_run.json): the device tool returns no deep folders
-    (cd "$work" && find . \( -name compare_run.json -o -name results.csv \) | while read -r f; do
-        f="${f#./}" && cp "$f" "$out/${f//\//__}"
-    done)
-    grep -h "mAP50-95\|NMS time limit\|Error" "$out"/*.log | tail -60
+    # one file: the device tool returns at most 8 files from OUT
+    (cd "$work" && find . \( -name 'compare*.json' -o -name results.csv \) -print0 | tar czf "$out/yolo26.tgz" --null -T -)
+    grep -h "mAP50-95 0\|NMS time limit\|Error" "$out"/*.log | tail -40
     ;;
 *)
-    echo "usage: scripts/gpu_check.sh prepare | run [OUT] | yolo26 [OUT]" >&2
+    echo "usage: scripts/gpu_check.sh prepare | run [OUT] | yolo26-ft [OUT] | yolo26-scratch SEED [OUT]" >&2
     exit 2
     ;;
 esac
