@@ -9,7 +9,7 @@ import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_tood.tools.analysis.tap_parts import M_OFF_LOGIT, branch_prefixes, predictors, switch_off, tap_head
+from yolo_tood.tools.analysis.tap_parts import M_OFF_LOGIT, predictors, switch_off, tap_head
 
 
 def model(cfg: str) -> DetectionModel:
@@ -110,10 +110,10 @@ def test_both_branches_of_an_end_to_end_head_are_switched(cfg):
     torch.manual_seed(0)
     net, img = DetectionModel(cfg, nc=3, verbose=False), torch.rand(1, 3, 64, 64)
     head = net.model[-1]
-    assert branch_prefixes(head) == ["", "one2one_"]
+    assert head.branch_prefixes() == ["", "one2one_"]
     switch_off(net, "m")
     outputs = []
-    lasts = [p[-1] for prefix in branch_prefixes(head) for p in predictors(head, f"{prefix}cls_prob")]
+    lasts = [p[-1] for prefix in head.branch_prefixes() for p in predictors(head, f"{prefix}cls_prob")]
     hooks = [last.register_forward_hook(lambda m, i, o: outputs.append(o)) for last in lasts]
     with torch.no_grad():
         net.train()(img)

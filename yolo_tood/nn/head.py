@@ -436,11 +436,15 @@ class TaskAlignedOutputs:
         """The one-to-one branch's modules (``Detect``'s ``one2one_`` prefix); all None on a head without one."""
         return self._branch("one2one_")
 
+    def branch_prefixes(self) -> list[str]:
+        """The prefixes of the branches this head still has: one-to-many (``""``), and ``one2one_`` on an end-to-end
+        head (YOLO26) until ``Detect.fuse`` drops one of them (its ``cv2`` is then None)."""
+        return [prefix for prefix in BRANCH_PREFIXES if self._branch(prefix)["box_head"] is not None]
+
     def score_convs(self) -> list[nn.Conv2d]:
         """The convs whose outputs are score logits: the class logits' and M's last convs (from the features and from
         the distribution, where present), of every branch the head still has (one-to-one too on an end-to-end head)."""
-        branches = [self._branch(prefix) for prefix in BRANCH_PREFIXES]
-        return [conv for b in branches if b["box_head"] is not None for conv in self._score_logit_convs(b)]
+        return [conv for prefix in self.branch_prefixes() for conv in self._score_logit_convs(self._branch(prefix))]
 
     def forward_head(self, x: list[torch.Tensor], **branch: nn.Module | None) -> dict[str, torch.Tensor | list]:
         """Return the training dict of ultralytics' Detect contract, plus TAP's offsets, from ``forward_level``.

@@ -53,7 +53,6 @@ from ultralytics.nn.modules import Detect
 
 from ..checks import check_int
 from .head import (
-    BRANCH_PREFIXES,
     DGQP,
     OFFSET_INIT_STD,
     TAP_MODES,
@@ -63,7 +62,7 @@ from .head import (
     task_aligned_outputs,
 )
 
-__all__ = ("BRANCH_PREFIXES", "INTERACT_MODES", "TAPDetect", "TAP_PRIOR_PROB")
+__all__ = ("INTERACT_MODES", "TAPDetect", "TAP_PRIOR_PROB")
 
 # Task interaction between the stock branches: none (the stock branches as they are) or box_to_cls (the cls branch's
 # last hidden feature plus a 1x1 projection of the box branch's; see the module docstring)
@@ -167,10 +166,6 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             "interact_head": getattr(self, f"{prefix}cls_from_box", None),  # absent from checkpoints before interact
         }
 
-    def _prefixes(self) -> tuple[str, ...]:
-        """The prefixes of the branches this head has (before fusion): one-to-one only on end-to-end heads."""
-        return BRANCH_PREFIXES if getattr(self, "one2one_cv2", None) is not None else BRANCH_PREFIXES[:1]
-
     def _interactive_channels(self) -> int:
         """Width of the task-interactive feature: the box branch's last hidden width plus the cls branch's."""
         return self.cv2[0][-1].in_channels + self.cv3[0][-1].in_channels
@@ -182,7 +177,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         c2, c3 = self.cv2[0][-1].in_channels, self.cv3[0][-1].in_channels
         quality = getattr(self, "quality", "features")  # absent from checkpoints saved before it
         self.predictor_width = c
-        for prefix in self._prefixes():
+        for prefix in self.branch_prefixes():
             setattr(
                 self,
                 f"{prefix}cls_from_box",
@@ -206,7 +201,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
                 if self.tap == "faithful"
                 else None,
             )
-        branches = [self._branch(prefix) for prefix in self._prefixes()]
+        branches = [self._branch(prefix) for prefix in self.branch_prefixes()]
         stds = [(p, 0.01) for b in branches for p in b["prob_head"] or ()]
         stds += [(p, OFFSET_INIT_STD) for b in branches for p in b["offset_head"] or ()]
         for predictor, std in stds:
@@ -229,7 +224,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
     def _last_convs(self) -> list[nn.Conv2d]:
         """The last conv of every predictor of M and O, in every branch (zero at the no-op start)."""
         convs = []
-        for b in map(self._branch, self._prefixes()):
+        for b in map(self._branch, self.branch_prefixes()):
             convs += [p[-1] for p in (*(b["prob_head"] or ()), *(b["offset_head"] or ()))]
             convs += [b["quality_head"].reg_conf[-1]] if b["quality_head"] is not None else []
         return convs
@@ -240,7 +235,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         With ``quality="both"`` the prior is on the features' logit and the distribution's starts at 0 (M is their sum).
         """
         prior = -math.log((1 - TAP_PRIOR_PROB) / TAP_PRIOR_PROB)
-        for b in map(self._branch, self._prefixes()):
+        for b in map(self._branch, self.branch_prefixes()):
             m_last = [p[-1] for p in b["prob_head"]] if b["prob_head"] is not None else [b["quality_head"].reg_conf[-1]]
             for conv in m_last:
                 nn.init.constant_(conv.bias, prior)

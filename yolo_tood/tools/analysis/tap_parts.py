@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from yolo_tood.nn.head import BRANCH_PREFIXES
-
-__all__ = ("M_OFF_LOGIT", "TAP_PARTS", "branch_prefixes", "predictors", "switch_off", "tap_head")
+__all__ = ("M_OFF_LOGIT", "TAP_PARTS", "predictors", "switch_off", "tap_head")
 
 TAP_PARTS = ("m", "offsets", "quality")
 # M's logit when switched off: sigmoid(30) = 1 - 9e-14, which rounds to 1.0 in float32 (and fp16)
@@ -40,12 +38,6 @@ def tap_head(model: nn.Module) -> nn.Module | None:
 
     head = model.model[-1] if hasattr(model, "model") else None
     return head if head is not None and is_tood_head(head) and hasattr(head, "cls_prob") else None
-
-
-def branch_prefixes(head: nn.Module) -> list[str]:
-    """The prefixes of the branches a head still has: one-to-many (``""``), and ``one2one_`` on an end-to-end head
-    (YOLO26) until ``Detect.fuse`` drops one of them (its ``cv2`` is then None)."""
-    return [prefix for prefix in BRANCH_PREFIXES if getattr(head, f"{prefix}cv2", None) is not None]
 
 
 def predictors(head: nn.Module, name: str) -> list[nn.Sequential]:
@@ -85,9 +77,9 @@ def switch_off(model: nn.Module, part: str) -> nn.Module:
     head = tap_head(model)
     if head is None:
         raise ValueError(f"{type(model).__name__} has no task-aligned head (TOODDetect or TAPDetect)")
-    if part == "quality" and all(getattr(head, f"{p}dgqp", None) is None for p in branch_prefixes(head)):
+    if part == "quality" and all(getattr(head, f"{p}dgqp", None) is None for p in head.branch_prefixes()):
         raise ValueError("quality: this head's M reads the features only (quality 'features'); nothing to switch off")
-    for prefix in branch_prefixes(head):  # both branches of an end-to-end head: NMS and NMS-free inference alike
+    for prefix in head.branch_prefixes():  # both branches of an end-to-end head: NMS and NMS-free inference alike
         _switch_off_branch(head, prefix, part)
     return model
 
