@@ -243,3 +243,71 @@ def test_the_trainer_transfers_as_many_tensors_as_into_stock(trained_stock, tmp_
         counts[cfg] = tuple(int(v) for v in re.findall(r"\d+", lines[0])[:2])
     (stock_n, stock_m), (tap_n, tap_m) = counts["yolov8n.yaml"], counts["yolov8n-tap.yaml"]
     assert tap_n == stock_n and tap_m == stock_m + 24  # 3 levels x 2 predictors x 2 convs x (weight, bias)
+
+
+def _randomise_predictors(model: DetectionModel) -> None:
+    """Non-zero last convs of M and O (they start at zero), so that a merge that mixed them up would show."""
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "cls_prob" in name or "reg_offset" in name:
+            torch.nn.init.normal_(p, std=0.05)
+
+
+@pytest.mark.parametrize("interact,quality", VARIANTS)
+def test_fuse_runs_m_and_o_as_one_with_the_same_outputs(interact, quality):
+    """``fuse`` replaces each level's cls_prob and reg_offset by one MergedPredictors: the same maps as before."""
+    from yolo_tood.nn.head import MergedPredictors
+
+    _, tap = stock_and_tap("yolov8", nc=5, interact=interact, quality=quality)
+    _randomise_predictors(tap)
+    tap.eval().model[-1].nms_pre = 0
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        before, before_preds = tap(x)
+        tap.fuse(verbose=False)
+        after, after_preds = tap(x)
+    head = tap.model[-1]
+    merged = quality != "distribution"  # a distribution-only M has no cls_prob: nothing to merge with O
+    assert (getattr(head, "merged_predictors", None) is not None) == merged
+    if merged:
+        assert all(isinstance(m, MergedPredictors) for m in head.merged_predictors) and len(head.merged_predictors) == 3
+        assert head.cls_prob is None and head.reg_offset is None
+    for key in ("boxes", "offsets", "scores"):
+        torch.testing.assert_close(after_preds[key], before_preds[key], atol=1e-5, rtol=1e-5, msg=key)
+    torch.testing.assert_close(after, before, atol=1e-3, rtol=1e-5)
+
+
+def test_merged_predictors_export_the_plain_convs_with_the_same_values():
+    """In an ONNX export MergedPredictors runs four plain convs (onnxruntime's grouped conv is slower): same values."""
+    from yolo_tood.nn.head import MergedPredictors
+    from yolo_tood.nn.tap_head import _predictor
+
+    torch.manual_seed(0)
+    prob, offset = _predictor(24, 1), _predictor(24, 8)
+    for p in (*prob.parameters(), *offset.parameters()):
+        torch.nn.init.normal_(p, std=0.1)
+    merged = MergedPredictors(prob, offset)
+    x = torch.randn(2, 24, 7, 9)
+    with torch.no_grad(), mock.patch("torch.onnx.is_in_onnx_export", return_value=True):
+        plain_m, plain_o = merged(x)
+    with torch.no_grad():
+        m, o = merged(x)
+        torch.testing.assert_close(m, prob(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(o, offset(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(plain_m, prob(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(plain_o, offset(x), atol=1e-5, rtol=1e-5)
+    assert m.shape == (2, 1, 7, 9) and o.shape == (2, 8, 7, 9)
+    with pytest.raises(ValueError, match="one feature at one hidden width"):
+        MergedPredictors(prob, _predictor(48, 8))
+
+
+def test_a_fused_head_refuses_hooks_and_part_switches_in_one_line():
+    """The merged predictors were built from the weights at fuse time: hooking or editing cls_prob then is refused."""
+    from yolo_tood.tools.analysis.tap_parts import switch_off
+
+    _, tap = stock_and_tap("yolov8", nc=5)
+    tap.eval().fuse(verbose=False)
+    with pytest.raises(ValueError, match="needs an unfused model"):
+        tap.model[-1].map_modules()
+    with pytest.raises(ValueError, match="needs an unfused model"):
+        switch_off(tap, "m")

@@ -117,17 +117,27 @@ def test_fuse_keeps_the_branch_inference_uses(kind, end2end):
     model = _stock_loaded_pair()[1] if kind == "tap" else DetectionModel("yolo26n-tood.yaml", nc=5, verbose=False)
     model.eval().end2end = end2end
     x = torch.rand(1, 3, 64, 64)
+    branch = "one2one" if end2end else "one2many"
     with torch.no_grad():
-        before = model(x)[0]
+        before, before_preds = model(x)
         model.fuse(verbose=False)
-        after = model(x)[0]
+        after, after_preds = model(x)
     head = model.model[-1]
     kept, dropped = ("one2one_", "") if end2end else ("", "one2one_")
-    names = ("cv2", "cv3", "cls_prob", "reg_offset") if kind == "tap" else ("cv2", *T_HEAD_MODULES[:-3], "reg_offset")
+    names = ("cv2", "cv3", "merged_predictors") if kind == "tap" else ("cv2", *T_HEAD_MODULES[:-3], "reg_offset")
     for name in names:
-        assert getattr(head, kept + name) is not None and getattr(head, dropped + name) is None, name
+        assert getattr(head, kept + name) is not None and getattr(head, dropped + name, None) is None, name
+    if kind == "tap":  # M's and O's predictors now run as one (MergedPredictors)
+        assert all(getattr(head, p + n) is None for p in ("", "one2one_") for n in ("cls_prob", "reg_offset"))
     assert head.end2end == end2end
-    torch.testing.assert_close(after, before, atol=1e-3, rtol=1e-4)
+    for key in ("boxes", "offsets", "scores"):  # the fused head's merged predictors give the same maps
+        torch.testing.assert_close(
+            after_preds.get(branch, after_preds)[key], before_preds[branch][key], atol=1e-4, rtol=1e-4
+        )
+    if end2end:  # top max_det of near-equal scores at init: the order of ties may differ, the scores may not
+        torch.testing.assert_close(after[..., 4].sort().values, before[..., 4].sort().values, atol=1e-6, rtol=1e-5)
+    else:
+        torch.testing.assert_close(after, before, atol=1e-3, rtol=1e-4)
 
 
 def test_the_t_heads_one_to_one_branch_is_a_copy_on_detached_features():
@@ -344,3 +354,21 @@ def test_score_convs_cover_both_branches(kind):
     assert len(branches) == 2
     for scores in branches:
         torch.testing.assert_close(scores, torch.full_like(scores, 0.5))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nms_free_path_keeps_max_det_not_nms_pre(kind):
+    """``nms_pre`` bounds NMS's candidates; the NMS-free path has no NMS and keeps stock's top ``max_det``."""
+    model = DetectionModel(f"yolo26n-{kind}.yaml", nc=5, verbose=False).eval()
+    head = model.model[-1]
+    x = torch.rand(1, 3, 64, 64)  # 84 anchors, under max_det
+    with torch.no_grad():
+        head.nms_pre = 0
+        every = model(x)[0][:, 4:]  # NMS path, (1, nc, A), no bound
+        head.nms_pre = 7
+        with_nms = model(x)[0][:, 4:]
+        model.end2end = True
+        nms_free = model(x)[0]  # (1, max_det, 6)
+    kth = every.flatten().topk(7).values[-1]
+    assert torch.equal(with_nms > 0, every >= kth)  # the 7 best (and ties with the 7th) on the NMS path
+    assert nms_free.shape == (1, 84, 6) and bool((nms_free[..., 4] > 0).all())  # every anchor's best, none zeroed

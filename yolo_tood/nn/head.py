@@ -23,6 +23,7 @@ __all__ = (
     "DFLExpectation",
     "DGQP",
     "HEAD_NORMS",
+    "MergedPredictors",
     "TAP_MODES",
     "Scale",
     "SepBNConv",
@@ -83,7 +84,7 @@ def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
     MMDetection bounds this with ``nms_pre=1000`` candidates per level before NMS. Deviation: the default bound is over
     all levels and classes of an image (same mAP as the per-level form, ``keep_topk_scores_per_level``, at a fraction
     of its NMS time: docs/export.md), inside the head's inference output so that exported graphs carry it too (TopK +
-    GatherElements + Where). The shape is kept (same output contract): the other scores become 0, below every
+    GatherElements + Mul). The shape is kept (same output contract): the other scores become 0, below every
     threshold.
 
     The k-th largest pair is found in two small TopKs instead of one over all nc * A pairs: a pair among the top k
@@ -112,7 +113,10 @@ def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
     anchors = torch.where(real, anchors, torch.zeros_like(anchors))
     pairs = scores.gather(2, anchors[:, None].expand(b, nc, k)) * real[:, None]  # (B, nc, k), padding scores 0
     kth = pairs.reshape(b, nc * k).topk(k, dim=1).values[:, -1:, None]  # (B, 1, 1) the k-th largest pair score
-    return torch.where(scores >= kth, scores, 0.0)  # a scalar 0: no zeros tensor to allocate
+    keep = scores >= kth
+    if torch.onnx.is_in_onnx_export():  # onnxruntime's CPU Where is about 4x slower than a Mul by the mask here
+        return scores * keep.to(scores.dtype)
+    return torch.where(keep, scores, 0.0)  # in PyTorch the faster one; a scalar 0: no zeros tensor to allocate
 
 
 def keep_topk_scores_per_level(scores: torch.Tensor, k: int, level_sizes: list[int]) -> torch.Tensor:
@@ -480,19 +484,29 @@ class TaskAlignedOutputs:
         delta = offset_distances(x["offsets"])  # (B, 4, A) feature-map pixels = stride units
         return boxes + self.decode_bboxes(delta, self.anchors.new_zeros(1, 2, 1)) * self.strides
 
+    def check_unfused(self, purpose: str) -> None:
+        """Raise a one-line error for ``purpose`` (hooks or edits on M's and O's predictors) once ``fuse`` replaced
+        them with ``MergedPredictors`` (``TAPDetect``)."""
+        if any(getattr(self, f"{prefix}merged_predictors", None) is not None for prefix in BRANCH_PREFIXES):
+            raise ValueError(f"{purpose} needs an unfused model: fuse() merged M's and O's predictors")
+
     def _inference(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """Decode boxes as ``Detect`` does (with TAP's offsets); the scores are already probabilities, so no sigmoid.
 
         Only the ``nms_pre`` best (anchor, class) scores of each image (``nms_pre_mode="image"``,
-        ``keep_topk_scores``) or of each level (``"level"``, ``keep_topk_scores_per_level``) stay non-zero.
+        ``keep_topk_scores``) or of each level (``"level"``, ``keep_topk_scores_per_level``) stay non-zero. Not on
+        the NMS-free path (``end2end``): ``nms_pre`` bounds NMS's candidates, and there ``Detect.postprocess`` keeps
+        the top ``max_det`` with no NMS, as stock.
         """
         scores = x["scores"]
         if self.nms_pre_mode not in NMS_PRE_MODES:
             raise ValueError(f"nms_pre_mode must be one of {', '.join(NMS_PRE_MODES)}, got {self.nms_pre_mode!r}")
-        if self.nms_pre and self.nms_pre_mode == "level":
-            scores = keep_topk_scores_per_level(scores, self.nms_pre, [f.shape[2] * f.shape[3] for f in x["feats"]])
-        elif self.nms_pre:
-            scores = keep_topk_scores(scores, self.nms_pre)
+        if self.nms_pre and not self.end2end:
+            if self.nms_pre_mode == "level":
+                sizes = [f.shape[2] * f.shape[3] for f in x["feats"]]
+                scores = keep_topk_scores_per_level(scores, self.nms_pre, sizes)
+            else:
+                scores = keep_topk_scores(scores, self.nms_pre)
         return torch.cat((self._get_decode_boxes(x), scores), 1)
 
 
@@ -572,6 +586,63 @@ class DGQP(nn.Module):
     def forward(self, boxes: torch.Tensor) -> torch.Tensor:
         """Return the quality logit (B, 1, H, W) of box distributions (B, 4 * reg_max, H, W)."""
         return self.reg_conf(self.statistics(boxes))
+
+
+class MergedPredictors(nn.Module):
+    """M's and O's predictors (1x1, ReLU, 3x3 each) run as one: a 1x1 conv to both hidden maps, one grouped 3x3.
+
+    The same function as running ``cls_prob`` and ``reg_offset`` one after the other on one feature, in two conv
+    calls instead of four: the first convs' weights stacked, and M's 3x3 and O's 3x3 as the two groups of one grouped
+    conv, M's group padded with zero output channels to O's width. Built by ``TAPDetect.fuse`` for inference, where
+    PyTorch's CPU convolutions of a few channels cost about the same whatever their width. onnxruntime runs the two
+    plain convs faster than the grouped one, so an ONNX export runs them from slices of the merged weights.
+
+    Args:
+        prob (nn.Sequential): M's predictor, (1x1 conv, ReLU, 3x3 conv to 1 channel).
+        offset (nn.Sequential): O's predictor, (1x1 conv, ReLU, 3x3 conv), on the same input and hidden widths.
+
+    Examples:
+        >>> prob = nn.Sequential(nn.Conv2d(32, 8, 1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
+        >>> offset = nn.Sequential(nn.Conv2d(32, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        >>> x = torch.randn(1, 32, 5, 6)
+        >>> m, o = MergedPredictors(prob, offset)(x)
+        >>> torch.allclose(m, prob(x), atol=1e-6) and torch.allclose(o, offset(x), atol=1e-6)
+        True
+    """
+
+    def __init__(self, prob: nn.Sequential, offset: nn.Sequential):
+        """Copy the two predictors' weights into one 1x1 conv and one grouped 3x3 conv."""
+        super().__init__()
+        (p1, _, p3), (o1, _, o3) = prob, offset
+        if p1.weight.shape != o1.weight.shape or p3.out_channels > o3.out_channels:
+            raise ValueError("MergedPredictors: M's and O's predictors must read one feature at one hidden width")
+        self.m_channels, self.width = p3.out_channels, o3.out_channels  # M's group: its channels, then zero ones
+        factory = {"device": p1.weight.device, "dtype": p1.weight.dtype}
+        self.hidden = nn.Conv2d(p1.in_channels, 2 * p1.out_channels, 1, **factory)
+        self.out = nn.Conv2d(2 * p3.in_channels, 2 * self.width, 3, padding=1, groups=2, **factory)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.cat((p1.weight, o1.weight)))
+            self.hidden.bias.copy_(torch.cat((p1.bias, o1.bias)))
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+            self.out.weight[: self.m_channels].copy_(p3.weight)
+            self.out.bias[: self.m_channels].copy_(p3.bias)
+            self.out.weight[self.width :].copy_(o3.weight)
+            self.out.bias[self.width :].copy_(o3.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return M's logit (B, 1, H, W) and the offsets (B, 8, H, W) of the feature ``x`` (B, C, H, W)."""
+        if torch.onnx.is_in_onnx_export():
+            return self._plain(x)
+        y = self.out(F.relu(self.hidden(x)))
+        return y[:, : self.m_channels], y[:, self.width :]
+
+    def _plain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two predictors as they were built (four plain convs), from slices of the merged weights."""
+        w1, b1, w3, b3 = self.hidden.weight, self.hidden.bias, self.out.weight, self.out.bias
+        hidden_m, hidden_o = (F.relu(F.conv2d(x, w, b)) for w, b in zip(w1.chunk(2), b1.chunk(2)))
+        m = F.conv2d(hidden_m, w3[: self.m_channels], b3[: self.m_channels], padding=1)
+        return m, F.conv2d(hidden_o, w3[self.width :], b3[self.width :], padding=1)
 
 
 class Scale(nn.Module):

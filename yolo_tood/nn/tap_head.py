@@ -57,6 +57,7 @@ from .head import (
     OFFSET_INIT_STD,
     TAP_MODES,
     DFLExpectation,
+    MergedPredictors,
     TaskAlignedOutputs,
     check_quality,
     task_aligned_outputs,
@@ -164,6 +165,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             "quality_head": getattr(self, f"{prefix}dgqp", None),  # absent from checkpoints saved before quality
             "offset_head": getattr(self, f"{prefix}reg_offset", None),
             "interact_head": getattr(self, f"{prefix}cls_from_box", None),  # absent from checkpoints before interact
+            "merged_head": getattr(self, f"{prefix}merged_predictors", None),  # built by fuse()
         }
 
     def _interactive_channels(self) -> int:
@@ -255,10 +257,24 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             else:
                 self._init_prob_bias()
 
+    def fuse(self) -> None:
+        """Drop the branch inference does not use (``Detect.fuse``), then run each remaining branch's M and O
+        predictors of a level as one (``MergedPredictors``, ``merged_predictors`` with the branch's prefix, in place
+        of ``cls_prob`` and ``reg_offset``): the same outputs in fewer conv calls."""
+        super().fuse()
+        for prefix in self.branch_prefixes():
+            prob, offset = getattr(self, f"{prefix}cls_prob", None), getattr(self, f"{prefix}reg_offset", None)
+            if prob is None or offset is None:  # quality="distribution" or tap="none": one predictor, nothing to merge
+                continue
+            setattr(self, f"{prefix}merged_predictors", nn.ModuleList(map(MergedPredictors, prob, offset)))
+            setattr(self, f"{prefix}cls_prob", None)
+            setattr(self, f"{prefix}reg_offset", None)
+
     def map_modules(self) -> dict[str, list[nn.Module]]:
         """The modules whose outputs are the head's maps, each run once per level in level order (``TOODDetect``'s
         contract): the stock cls branch's last conv, M's predictors, the offsets; no layer attention. On an end-to-end
         head, those of the branch inference runs (``end2end``: one-to-one)."""
+        self.check_unfused("hooks on the head's maps")  # fused, M and O come from merged_predictors
         b = self.one2one if self.end2end else self.one2many
         return {
             "cls": [branch[-1] for branch in b["cls_head"]],
@@ -293,6 +309,9 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             cls_feat = cls_feat + b["interact_head"][level](box_feat)  # (B, c3, H, W)
         feat = torch.cat((box_feat, cls_feat), 1)  # task-interactive feature (B, c2 + c3, H, W)
         reg, cls_logits = box_branch[-1](box_feat), cls_branch[-1](cls_feat)
-        prob_logits = b["prob_head"][level](feat) if b["prob_head"] is not None else None  # (B, 1, H, W)
-        offsets = b["offset_head"][level](feat) if b["offset_head"] is not None else None  # (B, 8, H, W)
+        if b.get("merged_head") is not None:  # fused for inference: cls_prob and reg_offset in one
+            prob_logits, offsets = b["merged_head"][level](feat)
+        else:
+            prob_logits = b["prob_head"][level](feat) if b["prob_head"] is not None else None  # (B, 1, H, W)
+            offsets = b["offset_head"][level](feat) if b["offset_head"] is not None else None  # (B, 8, H, W)
         return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training, b["quality_head"])

@@ -77,6 +77,7 @@ def switch_off(model: nn.Module, part: str) -> nn.Module:
     head = tap_head(model)
     if head is None:
         raise ValueError(f"{type(model).__name__} has no task-aligned head (TOODDetect or TAPDetect)")
+    head.check_unfused("switching a TAP part off")  # the merged predictors were built from the weights before
     if part == "quality" and all(getattr(head, f"{p}dgqp", None) is None for p in head.branch_prefixes()):
         raise ValueError("quality: this head's M reads the features only (quality 'features'); nothing to switch off")
     for prefix in head.branch_prefixes():  # both branches of an end-to-end head: NMS and NMS-free inference alike
