@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,18 @@ def use_reference_path(yolo) -> None:
         head.dfl = DFL(head.reg_max)
 
 
+def keep_predictors_unmerged(yolo) -> None:
+    """Make a TAP model fuse as it did before ``TAPDetect.fuse`` merged M's and O's predictors (``MergedPredictors``).
+
+    Only ``Detect.fuse`` runs (the unused branch is dropped), so the fused model runs ``cls_prob`` and ``reg_offset``
+    as four convs per level; the same outputs. An ONNX export runs those four convs either way.
+    """
+    from ultralytics.nn.modules import Detect
+
+    head = yolo.model.model[-1]
+    head.fuse = types.MethodType(Detect.fuse, head)
+
+
 def bench_scale(
     scale: str,
     imgsz: int,
@@ -115,8 +128,9 @@ def bench_scale(
 ) -> dict:
     """Measure stock and TOOD models of one scale (and the TOOD / TAP reference paths if ``reference``).
 
-    With ``tap_parts`` the TAP model is also timed without its pre-NMS bound (``nms_pre = 0``) and without its offset
-    branch (``tap="none"``: no re-sampling, no validity test), which splits TAP's cost over its parts. With
+    With ``tap_parts`` the TAP model is also timed without its pre-NMS bound (``nms_pre = 0``), without its offset
+    branch (``tap="none"``: no re-sampling, no validity test) and with M's and O's predictors unmerged
+    (``keep_predictors_unmerged``), which splits TAP's cost over its parts. With
     ``tap_quality`` it is also timed with M read from the box distribution (``quality: distribution`` and ``both``).
     With ``nms_free`` (an end-to-end family, YOLO26) the three models are also timed on their NMS-free branch
     (``end2end``, top-k postprocess included; ONNX exported with ``nms=False``), each against stock's NMS-free path.
@@ -136,8 +150,9 @@ def bench_scale(
             yolos[key] = build(cfg)
             use_reference_path(yolos[key])
     if tap_parts:
-        yolos["tap_nms_pre0"], yolos["tap_none"] = build(tap_cfg), build(tap_cfg)
+        yolos["tap_nms_pre0"], yolos["tap_none"], yolos["tap_unmerged"] = build(tap_cfg), build(tap_cfg), build(tap_cfg)
         yolos["tap_nms_pre0"].model.model[-1].nms_pre = 0
+        keep_predictors_unmerged(yolos["tap_unmerged"])
         yolos["tap_none"].model.model[-1].reg_offset = None  # the tap="none" path (no offsets, no re-sampling)
     if tap_quality:
         for quality in ("distribution", "both"):
@@ -245,6 +260,7 @@ def table(results: dict[str, dict], threads: int, load: tuple[float, float], fam
         "tap_ref": ("{}-tap, before (reference path)", "TAP before / stock"),
         "tap_nms_pre0": ("{}-tap, nms_pre 0", "TAP nms_pre 0 / stock"),
         "tap_none": ("{}-tap, tap none", "TAP tap none / stock"),
+        "tap_unmerged": ("{}-tap, predictors unmerged", "TAP unmerged / stock"),
         "tap_distribution": ("{}-tap, quality distribution", "TAP distribution / stock"),
         "tap_both": ("{}-tap, quality both", "TAP both / stock"),
         "stock_nms_free": ("{}, NMS-free", "stock NMS-free / stock"),
@@ -276,7 +292,8 @@ Notes:
   order), which is steadier than the ratio of the medians when other processes share the CPU.
 - The 'before' rows decode boxes with ultralytics' DFL module instead of the head's `DFLExpectation` (same
   function and weights, re-arranged; see head.py). The 'nms_pre 0' and 'tap none' rows (`--tap-parts`) are TAP
-  without its pre-NMS bound and without its offset branch (no re-sampling, no validity test).
+  without its pre-NMS bound and without its offset branch (no re-sampling, no validity test); 'predictors unmerged'
+  is TAP fused without merging M's and O's predictors (`MergedPredictors`; the same ONNX graph).
 - GFLOPs: ultralytics' `get_flops` (thop, as in the model summary), which counts the modules it knows (convolutions,
   norms) but not the TOOD head's TaskDecomposition matmuls; 'incl. matmuls' adds them (2 x 2 x C x S*C FLOPs per
   anchor). `grid_sample` (4 bilinear taps per box channel) is left out."""
@@ -296,7 +313,9 @@ def main() -> None:
     ap.add_argument("--opset", type=int, default=18, help="ONNX opset for both models (>= 16 for TOOD's GridSample)")
     ap.add_argument("--reference", action="store_true", help="also time the heads before their inference path")
     ap.add_argument(
-        "--tap-parts", action="store_true", help="also time TAP without its pre-NMS bound and without its offsets"
+        "--tap-parts",
+        action="store_true",
+        help="also time TAP without its pre-NMS bound, without its offsets and with its predictors unmerged",
     )
     ap.add_argument(
         "--tap-quality", action="store_true", help="also time TAP with M read from the box distribution (DGQP)"

@@ -64,3 +64,20 @@ def test_bench_scale_times_stock_tood_and_tap_side_by_side(tmp_path):
     assert res["gflops_all"]["tood"] > res["gflops"]["tood"]  # the matmuls added for the T-Head only
     assert res["gflops_all"]["tap"] == res["gflops"]["tap"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stock", "tap", "tood"]  # one ONNX folder per model
+
+
+def test_unmerged_tap_fuses_without_merging_its_predictors_to_the_same_outputs():
+    import torch
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    merged, unmerged = YOLO("yolov8n-tap.yaml"), YOLO("yolov8n-tap.yaml")
+    unmerged.model.load_state_dict(merged.model.state_dict())
+    bench_speed.keep_predictors_unmerged(unmerged)
+    a, b = (bench_speed.fused_eval(y) for y in (merged, unmerged))
+    head_a, head_b = a.model[-1], b.model[-1]
+    assert head_a.merged_predictors is not None and head_a.cls_prob is None
+    assert getattr(head_b, "merged_predictors", None) is None and head_b.cls_prob is not None
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x)[0], b(x)[0], atol=1e-4, rtol=1e-5)
