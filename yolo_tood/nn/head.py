@@ -114,7 +114,7 @@ def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
     pairs = scores.gather(2, anchors[:, None].expand(b, nc, k)) * real[:, None]  # (B, nc, k), padding scores 0
     kth = pairs.reshape(b, nc * k).topk(k, dim=1).values[:, -1:, None]  # (B, 1, 1) the k-th largest pair score
     keep = scores >= kth
-    if torch.onnx.is_in_onnx_export():  # onnxruntime's CPU Where is about 4x slower than a Mul by the mask here
+    if torch.onnx.is_in_onnx_export():  # onnxruntime's CPU Where is slower than a Mul by the mask (BENCHMARKS.md 26)
         return scores * keep.to(scores.dtype)
     return torch.where(keep, scores, 0.0)  # in PyTorch the faster one; a scalar 0: no zeros tensor to allocate
 

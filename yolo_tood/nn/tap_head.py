@@ -309,7 +309,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             cls_feat = cls_feat + b["interact_head"][level](box_feat)  # (B, c3, H, W)
         feat = torch.cat((box_feat, cls_feat), 1)  # task-interactive feature (B, c2 + c3, H, W)
         reg, cls_logits = box_branch[-1](box_feat), cls_branch[-1](cls_feat)
-        if b.get("merged_head") is not None:  # fused for inference: cls_prob and reg_offset in one
+        if b["merged_head"] is not None:  # fused for inference: cls_prob and reg_offset in one
             prob_logits, offsets = b["merged_head"][level](feat)
         else:
             prob_logits = b["prob_head"][level](feat) if b["prob_head"] is not None else None  # (B, 1, H, W)
