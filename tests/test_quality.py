@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from yolo_tood.nn.head import DGQP, QUALITY_MODES, TOODDetect, aligned_score
+from yolo_tood.nn.head import DGQP, QUALITY_MODES, TOODDetect, aligned_score, top4_values
 from yolo_tood.nn.tap_head import TAPDetect
 from yolo_tood.tools.analysis.tap_parts import M_OFF_LOGIT, switch_off
 
@@ -38,15 +38,17 @@ def off_the_noop_start(*modules: nn.Module) -> None:
                 p.add_(torch.randn_like(p) * 0.1)
 
 
-def test_statistics_are_the_top4_probabilities_and_their_mean_per_side():
-    """Hand-computed: a side whose 16 logits are log(p) has softmax p; its top-4 and their mean, side-major."""
+@pytest.mark.parametrize("training", [True, False], ids=["train-topk", "eval-network"])
+def test_statistics_are_the_top4_probabilities_and_their_mean_per_side(training):
+    """Hand-computed: a side whose 16 logits are log(p) has softmax p; its top-4 and their mean, side-major (training:
+    ``topk``; inference: the sorting network of ``top4_values``)."""
     probs = torch.zeros(4, 16)
     probs[0, :4] = torch.tensor([0.4, 0.3, 0.2, 0.1])  # sums to 1, so the other bins are 0 (log -> -inf)
     probs[1] = 1 / 16  # flat
     probs[2, 5], probs[2, 6] = 0.5, 0.5  # bimodal
     probs[3, 15] = 1.0  # a spike
     logits = probs.clamp_min(1e-12).log().view(1, 64, 1, 1)
-    stats = DGQP(reg_max=16).statistics(logits).view(4, 5)
+    stats = DGQP(reg_max=16).train(training).statistics(logits).view(4, 5)
     expected = torch.tensor(
         [
             [0.4, 0.3, 0.2, 0.1, 0.25],
@@ -56,6 +58,23 @@ def test_statistics_are_the_top4_probabilities_and_their_mean_per_side():
         ]
     )
     torch.testing.assert_close(stats, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("n", [4, 8, 16, 32])
+def test_top4_values_are_topks_values_ties_included(n):
+    """The sorting network gives ``topk(4)``'s values in its order: random values, many ties, half precision."""
+    g = torch.Generator().manual_seed(n)
+    for x in (
+        torch.randn(2, 4, n, 5, 7, generator=g),
+        torch.randint(0, 3, (2, 4, n, 5, 7), generator=g).float(),  # ties everywhere
+        torch.rand(1, 4, n, 6, 6, generator=g).half(),
+    ):
+        assert torch.equal(top4_values(x), x.topk(4, dim=2).values)
+
+
+def test_top4_values_refuses_a_length_it_cannot_sort():
+    with pytest.raises(ValueError, match="N / 4 a power of two along axis 2, got N=12"):
+        top4_values(torch.zeros(1, 4, 12, 2, 2))
 
 
 def test_dgqp_is_gflv2s_predictor():
