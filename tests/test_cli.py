@@ -193,6 +193,29 @@ def test_merge_tells_two_source_checkpoints_at_one_path_apart(compared):
     assert sorted(merged["tap"]) == [0, 2]
 
 
+def test_merge_tells_two_heads_behind_one_yaml_name_apart(compared):
+    """Runs of one YAML name whose parameter counts differ (a shipped YAML's head changed between versions) are
+    refused; a record without a cost merges as before."""
+    from yolo_tood.tools.commands.merge import merge_runs
+
+    out, _ = compared
+    report = json.loads((out / "compare.json").read_text())
+    reports = []
+    for seed, extra in ((0, 0), (1, 800), (2, None)):
+        other = copy.deepcopy(report)
+        other["runs"] = {k: {str(seed): copy.deepcopy(v["0"])} for k, v in report["runs"].items()}
+        record = other["runs"]["tap"][str(seed)]
+        if extra is None:
+            del record["cost"]
+        else:
+            record["cost"]["params"] += extra
+        reports.append({**other, "file": f"report{seed}"})
+    count = report["runs"]["tap"]["0"]["cost"]["params"]
+    with pytest.raises(ValueError, match=f"model 'tap' .* has {count + 800:,} parameters in report1 but {count:,}"):
+        merge_runs(reports[:2])
+    assert sorted(merge_runs([reports[0], reports[2]])["tap"]) == [0, 2]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

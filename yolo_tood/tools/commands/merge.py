@@ -78,12 +78,13 @@ def merge_runs(reports: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, A
         (dict[str, dict[int, dict[str, Any]]]): Runs by model label (in order of first appearance) and seed (sorted).
 
     Raises:
-        ValueError: A recipe or model family / scale differs, a label names different models in two reports, or a
-            (model, seed) run is in two reports.
+        ValueError: A recipe or model family / scale differs, a label names different models (YAML names, or
+            parameter counts where the records have them) in two reports, or a (model, seed) run is in two reports.
     """
     first = reports[0]
     where: dict[tuple[str, int], str] = {}
     models: dict[str, str] = {}
+    params: dict[str, int] = {}
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for report in reports:
         name = report["file"]
@@ -101,6 +102,13 @@ def merge_runs(reports: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, A
                 model = run_model(record)
                 if models.setdefault(label, model) != model:
                     raise ValueError(f"model {label!r} is {model} in {name} but {models[label]} in another report")
+                # one YAML name, two heads: a shipped YAML whose head changed between versions (e.g. its quality)
+                count = record.get("cost", {}).get("params")
+                if count is not None and params.setdefault(label, count) != count:
+                    raise ValueError(
+                        f"model {label!r} ({model}) has {count:,} parameters in {name} but {params[label]:,} in "
+                        "another report: not the same model"
+                    )
                 if (label, int(seed)) in where:
                     raise ValueError(f"run {label} seed {seed} is in both {where[label, int(seed)]} and {name}")
                 where[label, int(seed)] = name
