@@ -421,9 +421,12 @@ def test_compare_tood_variants(tmp_path):
 
     hyp = TOODHyp.from_yaml(cfg)
     assert (cfg["atss_epochs"], cfg["box_gain"], hyp.cls_gain) == (0, 7.5, 1.0)  # untouched keys keep defaults
-    assert cfg["head"][-1][3] == ["nc", 512, 3]  # args after the last override are left to their defaults
+    shipped = ["gn", "faithful", "linear", "distribution"]  # yolov8-tood.yaml's row after stacked_convs
+    assert cfg["head"][-1][3] == ["nc", 512, 3, *shipped]  # the other args keep the packaged YAML's
     sepbn = yaml.safe_load(Path(compare_models.model_cfg("tood:norm=sepbn", "n", tmp_path)).read_text())
-    assert sepbn["head"][-1][3] == ["nc", 256, 3, "sepbn"]
+    assert sepbn["head"][-1][3] == ["nc", 256, 3, "sepbn", *shipped[1:]]
+    reference = yaml.safe_load(Path(compare_models.model_cfg("tood:quality=features", "n", tmp_path)).read_text())
+    assert reference["head"][-1][3] == ["nc", 256, 3, *shipped[:-1], "features"]
 
     from ultralytics.nn.tasks import DetectionModel
 

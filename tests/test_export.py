@@ -93,7 +93,9 @@ def perturb_head(head: TOODDetect, seed: int = 0) -> None:
                 std = 0.3 if name.startswith(("reg_offset", "cls_decomp.layer_attention", "reg_decomp.layer")) else 0.1
                 p.copy_(torch.randn(p.shape, generator=g) * std)
         head.tood_cls.bias.zero_()  # off the 0.01 prior, so the scores spread over [0, 1]
-        head.cls_prob[-1].bias.zero_()
+        for m in (head.cls_prob, head.dgqp and head.dgqp.reg_conf):  # M from the features and/or the distribution
+            if m is not None:
+                m[-1].bias.zero_()
         for s in head.scales:
             s.scale.fill_(1.3)  # not the identity, so an inference path that dropped the Scale would show
 
@@ -315,6 +317,7 @@ def test_plain_distance_head_onnx_parity(tmp_path):
     torch.manual_seed(0)
     cfg = yaml.safe_load((ROOT / "cfg" / "yolov8-tood.yaml").read_text())
     cfg["reg_max"] = 1
+    cfg["head"][-1][3][-1] = "features"  # M from the features: reg_max 1 has no box distribution for DGQP
     path = tmp_path / "yolov8n-tood-plain.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     yolo = YOLO(path)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
+from yolo_tood.nn.head import TOODDetect
 from yolo_tood.tools.analysis.tap_parts import M_OFF_LOGIT, predictors, switch_off, tap_head
 
 
@@ -99,7 +100,9 @@ def test_predictors_lists_each_level_or_the_shared_one():
         DetectionModel(cfg, nc=3, verbose=False).model[-1] for cfg in ("yolov8n-tap.yaml", "yolov8n-tood.yaml")
     )
     assert [len(predictors(tap, n)) for n in ("cls_prob", "reg_offset")] == [tap.nl, tap.nl]
-    assert predictors(tood, "cls_prob") == [tood.cls_prob] and predictors(tood, "reg_offset") == [tood.reg_offset]
+    assert predictors(tood, "cls_prob") == [] and predictors(tood, "reg_offset") == [tood.reg_offset]  # M: DGQP
+    tood = TOODDetect(nc=3, feat_channels=16, stacked_convs=2, quality="features", ch=(16, 32, 64))
+    assert predictors(tood, "cls_prob") == [tood.cls_prob]
     tap.reg_offset = None  # tap="none"
     assert predictors(tap, "reg_offset") == []
 
