@@ -555,8 +555,8 @@ def top4_values(x: torch.Tensor) -> torch.Tensor:
 
     A sorting network on views of ``x``: each group of 4 bins is sorted (5 comparators), then sorted groups are merged
     pairwise keeping their top 4 (max(a_i, b_(3-i)) is a bitonic sequence holding the top 4 of a and b; 4 comparators
-    sort it). Exact, ties included, and about 4x faster than PyTorch's CPU ``topk`` over DGQP's short middle axis
-    (16 bins at 80x80 locations, 2 threads: 0.5 vs 3.1 ms), which runs one small sort per location.
+    sort it). Exact, ties included; it exists because PyTorch's CPU ``topk`` over a short middle axis (DGQP's 16 bins)
+    runs one small sort per location (timings: BENCHMARKS.md 27).
 
     Args:
         x (torch.Tensor): (B, S, N, H, W) with N / 4 a power of two (4, 8, 16, ...).
