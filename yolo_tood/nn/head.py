@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ultralytics.nn.modules import DFL, Conv, Detect
+from ultralytics.utils.tal import make_anchors
 
 from ..checks import check_int
 
@@ -272,19 +274,77 @@ def inference_score(cls_logits: torch.Tensor, prob_logits: torch.Tensor) -> torc
     return _cast((_fp32(cls_logits).sigmoid() * _fp32(prob_logits).sigmoid()).sqrt(), cls_logits.dtype)
 
 
-def resample_by_offsets(pred: torch.Tensor, offsets: torch.Tensor, groups: int = 4) -> torch.Tensor:
-    """Bilinearly re-sample each channel group of ``pred`` at (location + that group's offset).
+def sampling_grid(
+    sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``F.grid_sample``'s normalised (x, y) of every level's pixel centres, and of one pixel of offset.
+
+    With ``align_corners=False`` pixel j of a width-W map is at (2j + 1) / W - 1, so a sample at j + dx is at
+    base + scale * dx with scale 2 / W; the levels are laid out one after another, as the flattened anchors.
+
+    Args:
+        sizes (list[tuple[int, int]]): (H, W) of each level.
+        device (torch.device): Device of the result.
+        dtype (torch.dtype): Floating dtype of the result.
+
+    Returns:
+        base (torch.Tensor): (1, 1, 2, A) normalised (x, y) of each anchor's pixel centre.
+        scale (torch.Tensor): (1, 1, 2, A) normalised size of one pixel along x and y at each anchor.
+    """
+    bases, scales = [], []
+    for h, w in sizes:
+        xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1
+        ys = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
+        bases.append(torch.stack((xs.expand(h, w), ys[:, None].expand(h, w))).view(2, h * w))
+        ones = torch.ones(h, w, device=device, dtype=dtype)  # from the sizes, not a literal: a traced export stays dynamic
+        scales.append(torch.stack((ones * 2 / w, ones * 2 / h)).view(2, h * w))
+    return torch.cat(bases, 1)[None, None], torch.cat(scales, 1)[None, None]
+
+
+def resample_levels(
+    preds: list[torch.Tensor] | tuple[torch.Tensor, ...], offsets: torch.Tensor, grid: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Bilinearly re-sample each box side's channels of every level at (location + that side's offset).
 
     This is TAP's spatial re-sampling of the box prediction: MMDetection applies a 1x1 deformable convolution with a
     unit kernel per box side, which equals bilinear interpolation with zero padding. (The re-sampled side is then
-    measured from the sample point, see ``offset_distances``.) ``F.grid_sample`` computes the
-    same thing with standard ops, so the head exports to ONNX (GridSample, opset >= 16) and needs no mmcv.
+    measured from the sample point, see ``faithful_distances``.) ``F.grid_sample`` computes the same thing with
+    standard ops, so the head exports to ONNX (GridSample, opset >= 16) and needs no mmcv. The sampling grid of all
+    levels is made in one op from the flattened offsets; one ``grid_sample`` call per level re-samples its four sides
+    (folded into the batch dimension).
 
     Args:
-        pred (torch.Tensor): Predictions (B, groups * C, H, W); group g holds the channels of box side g.
-        offsets (torch.Tensor): Offsets in feature-map pixels (B, 2 * groups, H, W), laid out (dy, dx) per group
-            as mmcv's deformable convolution expects.
-        groups (int): Number of channel groups, 4 for the four box sides.
+        preds (list[torch.Tensor]): Each level's prediction (B, 4 * C, H_l, W_l); channel group k holds side k.
+        offsets (torch.Tensor): Offsets (B, 8, A) in feature-map pixels, the levels one after another, laid out
+            (dy, dx) per side as mmcv's deformable convolution expects.
+        grid (tuple[torch.Tensor, torch.Tensor]): ``sampling_grid`` of the levels, in the dtype the sampling runs in.
+
+    Returns:
+        (torch.Tensor): Re-sampled predictions (B, 4 * C, A) in the dtype of ``preds``.
+    """
+    base, scale = grid
+    b, a = offsets.shape[0], offsets.shape[2]
+    # (dy, dx) -> grid_sample's (x, y): one flip, then every sample point of every level in one op
+    points = torch.addcmul(base, _cast(offsets, base.dtype).view(b, 4, 2, a).flip(2), scale)  # (B, 4, 2, A)
+    out, start = [], 0
+    for pred in preds:
+        _, c, h, w = pred.shape
+        level = points[..., start : start + h * w].transpose(2, 3).reshape(b * 4, h, w, 2)  # a view
+        src = _cast(pred, base.dtype).reshape(b * 4, c // 4, h, w)
+        out.append(F.grid_sample(src, level, "bilinear", "zeros", align_corners=False).view(b, c, h * w))
+        start += h * w
+    # The grid and the sampling are float32 whatever the dtype of pred (fp16/bf16 under autocast or half=True): a
+    # normalised coordinate near 1 has a step of 2**-8 in bf16, i.e. 0.3-0.5 px on an 80-wide map (0.06 px in fp16).
+    # Only the result is cast back.
+    return _cast(_cat(out, 2), preds[0].dtype)
+
+
+def resample_by_offsets(pred: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``resample_levels`` of one level: re-sample each side's channels of ``pred`` at (location + its offset).
+
+    Args:
+        pred (torch.Tensor): Predictions (B, 4 * C, H, W); channel group k holds the channels of box side k.
+        offsets (torch.Tensor): Offsets in feature-map pixels (B, 8, H, W), laid out (dy, dx) per side.
 
     Returns:
         (torch.Tensor): Re-sampled predictions with the shape of ``pred``.
@@ -294,20 +354,13 @@ def resample_by_offsets(pred: torch.Tensor, offsets: torch.Tensor, groups: int =
         >>> torch.allclose(resample_by_offsets(x, torch.zeros(1, 8, 5, 6)), x, atol=1e-6)
         True
     """
-    b, c, h, w = pred.shape
-    # The grid and the sampling are float32 whatever the dtype of pred (fp16/bf16 under autocast or half=True): a
-    # normalised coordinate near 1 has a step of 2**-8 in bf16, i.e. 0.3-0.5 px on an 80-wide map (0.06 px in fp16).
-    # Only the result is cast back.
-    src = _fp32(pred).reshape(b * groups, c // groups, h, w)
-    ys = torch.arange(h, device=pred.device, dtype=src.dtype).view(1, 1, h, 1)
-    xs = torch.arange(w, device=pred.device, dtype=src.dtype).view(1, 1, 1, w)
-    offsets = _cast(offsets, src.dtype).view(b, groups, 2, h, w)
-    # Pixel centre j maps to (2j + 1) / W - 1 with align_corners=False, so a sample at j + dx maps to this
-    gx = (2 * (xs + offsets[:, :, 1]) + 1) / w - 1  # (B, groups, H, W)
-    gy = (2 * (ys + offsets[:, :, 0]) + 1) / h - 1
-    grid = torch.stack((gx, gy), -1).view(b * groups, h, w, 2)
-    out = F.grid_sample(src, grid, "bilinear", "zeros", align_corners=False)
-    return _cast(out.view(b, c, h, w), pred.dtype)
+    grid = sampling_grid([pred.shape[2:]], pred.device, torch.promote_types(pred.dtype, torch.float32))
+    return resample_levels([pred], offsets.flatten(2), grid).view(pred.shape)
+
+
+def _cat(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...], dim: int) -> torch.Tensor:
+    """``torch.cat``, without the copy when there is one tensor."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
 
 
 def side_shifts(offsets: torch.Tensor) -> torch.Tensor:
@@ -342,6 +395,35 @@ def offset_distances(offsets: torch.Tensor) -> torch.Tensor:
     return side_shifts(offsets) * offsets.new_tensor([-1.0, -1.0, 1.0, 1.0]).view(1, 4, *([1] * (offsets.dim() - 2)))
 
 
+def faithful_distances(distances: torch.Tensor, offsets: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """Return the distances of TAP's faithful box from the anchor: ``distances + offset_distances(offsets)``.
+
+    Args:
+        distances (torch.Tensor): (B, 4, A) re-sampled distances d(a + O_k), (left, top, right, bottom).
+        offsets (torch.Tensor): (B, 8, A) offsets, (dy, dx) per side.
+        signs (torch.Tensor): (2, 1, 1) the signs (-1, 1) of the (left, top) and (right, bottom) shifts.
+
+    Returns:
+        (torch.Tensor): (B, 2, 2, A) distances ((left, top), (right, bottom)) from the anchor.
+    """
+    b, _, a = offsets.shape
+    # channels 4p + 1, 4p + 2 (p = 0: dx_l, dy_t; p = 1: dx_r, dy_b) are the along-axis shifts, as side_shifts: a view
+    shifts = offsets.view(b, 2, 4, a)[:, :, 1:3]
+    return torch.addcmul(distances.view(b, 2, 2, a), shifts, signs)
+
+
+def valid_boxes(distances: torch.Tensor) -> torch.Tensor:
+    """Return where a box is valid (x1 <= x2 and y1 <= y2): left + right >= 0 and top + bottom >= 0.
+
+    Args:
+        distances (torch.Tensor): (B, 2, 2, A) distances ((left, top), (right, bottom)), ``faithful_distances``.
+
+    Returns:
+        (torch.Tensor): (B, 1, A) bool.
+    """
+    return distances.sum(1).amin(1, keepdim=True) >= 0  # NaN distances compare False: invalid
+
+
 def keep_valid_boxes(
     distances: torch.Tensor, resampled: torch.Tensor, offsets: torch.Tensor, original: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,66 +436,104 @@ def keep_valid_boxes(
     anchor, whose DFL targets are then measured from the anchor itself.
 
     Args:
-        distances (torch.Tensor): Faithful distances (B, 4, H, W) of the re-sampled prediction, offset term included.
-        resampled (torch.Tensor): Re-sampled box prediction (B, 4 * reg_max, H, W).
-        offsets (torch.Tensor): Its offsets (B, 8, H, W).
-        original (torch.Tensor): Un-resampled box prediction (B, 4 * reg_max, H, W).
+        distances (torch.Tensor): Faithful distances (B, 4, ...) of the re-sampled prediction, offset term included.
+        resampled (torch.Tensor): Re-sampled box prediction (B, 4 * reg_max, ...).
+        offsets (torch.Tensor): Its offsets (B, 8, ...).
+        original (torch.Tensor): Un-resampled box prediction (B, 4 * reg_max, ...).
 
     Returns:
-        boxes (torch.Tensor): (B, 4 * reg_max, H, W), all sides from ``resampled`` or from ``original`` per location.
-        offsets (torch.Tensor): (B, 8, H, W), zero where the original prediction was taken.
+        boxes (torch.Tensor): (B, 4 * reg_max, ...), all sides from ``resampled`` or from ``original`` per location.
+        offsets (torch.Tensor): (B, 8, ...), zero where the original prediction was taken.
     """
     valid = (distances[:, 0:1] + distances[:, 2:3] >= 0) & (distances[:, 1:2] + distances[:, 3:4] >= 0)
     return torch.where(valid, resampled, original), torch.where(valid, offsets, 0.0)
 
 
-def task_aligned_outputs(
-    reg: torch.Tensor,
-    cls_logits: torch.Tensor,
-    prob_logits: torch.Tensor,
-    offsets: torch.Tensor | None,
-    dfl: nn.Module,
-    training: bool,
-    dgqp: nn.Module | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return TAP's outputs of one level: the aligned score and the re-sampled box prediction (paper section 3.1).
+class AlignedOutputs(NamedTuple):
+    """TAP's outputs over the flattened levels (``task_aligned_outputs``).
 
-    The step every task-aligned head shares once it has its cls logits, probability map M, box prediction and
-    offsets (``TOODDetect`` from its T-Head tower, ``TAPDetect`` from the stock branches): score
-    sqrt(sigmoid(cls) * sigmoid(M)), each box side re-sampled at location + O_k, and the un-resampled prediction kept
-    where the faithful box is invalid (``keep_valid_boxes``, as MMDetection).
+    Attributes:
+        boxes (torch.Tensor): (B, 4 * reg_max, A) box prediction, side k re-sampled at location + O_k.
+        offsets (torch.Tensor): (B, 8, A), zero where the un-resampled prediction was kept (all zero without TAP).
+        scores (torch.Tensor): (B, nc, A) aligned scores in [0, 1].
+        distances (torch.Tensor | None): (B, 4, A) the faithful box's distances from the anchor (stride units), which
+            inference decodes; None in training.
+    """
 
-    Args:
+    boxes: torch.Tensor
+    offsets: torch.Tensor
+    scores: torch.Tensor
+    distances: torch.Tensor | None
+
+
+class LevelMaps(NamedTuple):
+    """A task-aligned head's raw maps of one level, before TAP (``level_maps``).
+
+    Attributes:
         reg (torch.Tensor): Box prediction (B, 4 * reg_max, H, W): DFL logits, or distances when reg_max is 1.
         cls_logits (torch.Tensor): Classification logits (B, nc, H, W).
-        prob_logits (torch.Tensor | None): Probability-map logits M from the features (B, 1, H, W); None when M
-            reads the box distribution only.
-        offsets (torch.Tensor | None): Offsets (B, 8, H, W), (dy, dx) per side; None for no re-sampling (tap="none").
-        dfl (nn.Module): The head's distance decoder (``DFLExpectation`` or ``nn.Identity``), for the validity test.
-        training (bool): True for the finite-gradient score (float32, for the loss); at inference the plain form is
-            the same value in fewer ops.
-        dgqp (nn.Module | None): ``DGQP`` reading the final (re-sampled) box distribution; its logit is added to
-            ``prob_logits`` (``quality="both"``) or is M (``"distribution"``). None for ``quality="features"``.
+        prob_logits (torch.Tensor | None): Probability-map logits M from the features (B, 1, H, W); None when M reads
+            the box distribution only.
+        offsets (torch.Tensor | None): Offsets (B, 8, H, W), (dy, dx) per side; None without re-sampling.
+    """
+
+    reg: torch.Tensor
+    cls_logits: torch.Tensor
+    prob_logits: torch.Tensor | None
+    offsets: torch.Tensor | None
+
+
+def task_aligned_outputs(
+    maps: list[LevelMaps],
+    dfl: nn.Module,
+    training: bool,
+    dgqp: nn.Module | None,
+    constants: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> AlignedOutputs:
+    """Return TAP's outputs over all levels at once: the aligned score and the re-sampled box prediction.
+
+    The step every task-aligned head shares once it has, per level, its cls logits, probability map M, box prediction
+    and offsets (``TOODDetect`` from its T-Head tower, ``TAPDetect`` from the stock branches; paper section 3.1):
+    score sqrt(sigmoid(cls) * sigmoid(M)), each box side re-sampled at location + O_k, and the un-resampled prediction
+    kept where the faithful box is invalid (as MMDetection, PR #7567). Every step but the re-sampling runs once on the
+    levels flattened into (B, C, A), as they differ only in size.
+
+    Args:
+        maps (list[LevelMaps]): Each level's raw maps.
+        dfl (nn.Module): The head's distance decoder (``DFLExpectation`` or ``nn.Identity``).
+        training (bool): True for the finite-gradient score (float32, for the loss) and the training dict; at
+            inference the plain score form (the same value in fewer ops) and the faithful distances.
+        dgqp (nn.Module | None): ``DGQP`` reading the final (re-sampled) box distribution; its logit is added to the
+            features' M (``quality="both"``) or is M (``"distribution"``). None for ``quality="features"``.
+        constants (tuple[torch.Tensor, torch.Tensor, torch.Tensor]): The levels' ``sampling_grid`` (base, scale) and
+            the (2, 1, 1) signs (-1, 1) of ``faithful_distances``, in the sampling dtype.
 
     Returns:
-        boxes (torch.Tensor): (B, 4 * reg_max, H, W), side k re-sampled at location + O_k.
-        offsets (torch.Tensor): (B, 8, H, W), zero where the un-resampled prediction was kept (all zero without TAP).
-        scores (torch.Tensor): Aligned scores in [0, 1], (B, nc, H, W).
+        (AlignedOutputs): boxes, offsets, scores (B, C, A) and, at inference, the faithful distances.
     """
-    if offsets is None:  # no re-sampling, every side measured from the anchor
-        boxes, offsets = reg, reg.new_zeros(reg.shape[0], 8, *reg.shape[2:])
+    reg_maps, cls_maps, prob_maps, offset_maps = zip(*maps)
+    b = reg_maps[0].shape[0]
+    reg = _cat([m.view(b, m.shape[1], -1) for m in reg_maps], 2)  # (B, 4 * reg_max, A)
+    cls_logits = _cat([m.view(b, m.shape[1], -1) for m in cls_maps], 2)
+    prob_logits = None if prob_maps[0] is None else _cat([m.view(b, 1, -1) for m in prob_maps], 2)
+    distances = None
+    if offset_maps[0] is None:  # no re-sampling, every side measured from the anchor
+        boxes, offsets = reg, reg.new_zeros(b, 8, reg.shape[2])
+        distances = None if training else dfl(reg)
     else:
-        boxes = resample_by_offsets(reg, offsets)
-        b, c, h, w = boxes.shape
+        offsets = _cat([m.view(b, 8, -1) for m in offset_maps], 2)  # (B, 8, A)
+        resampled = resample_levels(reg_maps, offsets, constants[:2])
         # the validity test needs the distances only as values: detached, so it adds nothing to the backward pass
-        dist = dfl(boxes.detach().view(b, c, h * w)).view(b, 4, h, w)
-        boxes, offsets = keep_valid_boxes(dist + offset_distances(offsets.detach()), boxes, offsets, reg)
+        faithful = faithful_distances(dfl(resampled.detach()), offsets.detach(), constants[2])  # (B, 2, 2, A)
+        valid = valid_boxes(faithful)  # (B, 1, A)
+        boxes, offsets = torch.where(valid, resampled, reg), torch.where(valid, offsets, 0.0)
+        if not training:  # DFL is per anchor: the fallback's distances are those of the un-resampled prediction
+            distances = _cast(torch.where(valid, faithful.view(b, 4, -1), dfl(reg)), reg.dtype)
     if dgqp is not None:  # M from the distribution of the box that is decoded (after re-sampling and the fallback)
         quality = dgqp(boxes)
         prob_logits = quality if prob_logits is None else prob_logits + quality
     scores = aligned_score(cls_logits, prob_logits) if training else inference_score(cls_logits, prob_logits)
-    return boxes, offsets, scores
-
+    return AlignedOutputs(boxes, offsets, scores, distances)
 
 class TaskAlignedOutputs:
     """Inference of a task-aligned head: boxes decoded with TAP's offsets, scores already probabilities, nms_pre.
@@ -451,38 +571,69 @@ class TaskAlignedOutputs:
         return [conv for prefix in self.branch_prefixes() for conv in self._score_logit_convs(self._branch(prefix))]
 
     def forward_head(self, x: list[torch.Tensor], **branch: nn.Module | None) -> dict[str, torch.Tensor | list]:
-        """Return the training dict of ultralytics' Detect contract, plus TAP's offsets, from ``forward_level``.
+        """Return the training dict of ultralytics' Detect contract, plus TAP's offsets, from ``level_maps``.
 
         ``Detect.forward`` passes one branch's modules as keywords (``self.one2many``, then ``self.one2one`` for an
-        end-to-end head); they go to ``forward_level``. A branch whose ``box_head`` ``Detect.fuse`` removed gives
-        ``{}``, as ``Detect.forward_head``.
+        end-to-end head); they go to ``level_maps``, and TAP runs once over the flattened levels
+        (``task_aligned_outputs``). A branch whose ``box_head`` ``Detect.fuse`` removed gives ``{}``, as
+        ``Detect.forward_head``.
 
         Returns:
             (dict): ``boxes`` (B, 4 * reg_max, A) re-sampled box prediction, ``offsets`` (B, 8, A) the offsets it was
                 re-sampled with ((dy, dx) per side, feature-map pixels), ``scores`` (B, nc, A) aligned scores
-                (probabilities, not logits), ``feats`` the input levels.
+                (probabilities, not logits), ``feats`` the input levels; at inference also ``distances`` (B, 4, A),
+                the faithful box's distances from each anchor, which ``_get_decode_boxes`` decodes.
         """
         if "box_head" in branch and branch["box_head"] is None:
             return {}
-        bs = x[0].shape[0]
-        boxes, offsets, scores = zip(*(self.forward_level(xi, i, **branch) for i, xi in enumerate(x)))
-        return {
-            "boxes": torch.cat([b.view(bs, 4 * self.reg_max, -1) for b in boxes], -1),
-            "offsets": torch.cat([o.view(bs, 8, -1) for o in offsets], -1),
-            "scores": torch.cat([s.view(bs, self.nc, -1) for s in scores], -1),
-            "feats": x,
-        }
+        b = branch or self.one2many
+        out = self._aligned_outputs([self.level_maps(xi, i, **b) for i, xi in enumerate(x)], b)
+        preds = {"boxes": out.boxes, "offsets": out.offsets, "scores": out.scores, "feats": x}
+        return preds if out.distances is None else {**preds, "distances": out.distances}
+
+    def forward_level(
+        self, x: torch.Tensor, level: int, **branch: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the head and TAP on one level alone: (boxes (B, 4 * reg_max, H, W), offsets (B, 8, H, W), scores
+        (B, nc, H, W)), as ``forward_head``'s outputs of that level (for tests and tools; ``branch`` as there)."""
+        b = branch or self.one2many
+        out = self._aligned_outputs([self.level_maps(x, level, **b)], b)
+        return tuple(t.view(*t.shape[:2], *x.shape[2:]) for t in (out.boxes, out.offsets, out.scores))
+
+    def _aligned_outputs(self, maps: list[LevelMaps], branch: dict[str, nn.Module | None]) -> AlignedOutputs:
+        """``task_aligned_outputs`` of one branch's level maps, with this head's decoder, DGQP and constants."""
+        reg = maps[0].reg
+        constants = self._tap_constants([m.reg.shape[2:] for m in maps], reg.device, _fp32(reg).dtype)
+        return task_aligned_outputs(maps, self.dfl, self.training, branch.get(self.dgqp_key), constants)
+
+    def _tap_constants(
+        self, sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The levels' sampling grid and the signs of ``faithful_distances``, cached per (sizes, device, dtype) as
+        ``Detect`` caches its anchors; made in the graph when exporting or tracing (``dynamic`` input sizes)."""
+        key = (tuple(tuple(int(v) for v in s) for s in sizes), device, dtype)
+        tracing = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or self.dynamic
+        cached = self.__dict__.get("_tap_cache")
+        if tracing or cached is None or cached[0] != key:
+            signs = torch.tensor([-1.0, 1.0], device=device, dtype=dtype).view(2, 1, 1)
+            cached = (key, *sampling_grid(sizes, device, dtype), signs)
+            if not tracing:
+                self.__dict__["_tap_cache"] = cached
+        return cached[1:]
+
+    def __getstate__(self) -> dict:
+        """Pickle without the cached constants (``_tap_constants``), as tensors that a checkpoint does not need."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        return {k: v for k, v in state.items() if k != "_tap_cache"}
 
     def _get_decode_boxes(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Decode as ``Detect`` does, with side k measured from (anchor + O_k) as TAP's re-sampled box.
-
-        ``Detect`` decodes ``dist2bbox(DFL(boxes), anchors) * strides``; the faithful distances add the offset term
-        (``offset_distances``), and ``dist2bbox`` is linear in its distances, so the decode of that term around a zero
-        anchor is added to Detect's boxes (xywh or xyxy alike).
-        """
-        boxes = super()._get_decode_boxes(x)  # (B, 4, A) pixels; also sets self.anchors and self.strides
-        delta = offset_distances(x["offsets"])  # (B, 4, A) feature-map pixels = stride units
-        return boxes + self.decode_bboxes(delta, self.anchors.new_zeros(1, 2, 1)) * self.strides
+        """Decode TAP's faithful distances (``x["distances"]``, side k measured from anchor + O_k) as ``Detect``
+        decodes its DFL distances: ``decode_bboxes(distances, anchors) * strides``, anchors cached as there."""
+        shape = x["feats"][0].shape
+        if self.dynamic or self.shape != shape:  # Detect._get_decode_boxes's cache of ultralytics' make_anchors
+            self.anchors, self.strides = (a.transpose(0, 1) for a in make_anchors(x["feats"], self.stride, 0.5))
+            self.shape = shape
+        return self.decode_bboxes(x["distances"], self.anchors.unsqueeze(0)) * self.strides
 
     def check_unfused(self, purpose: str) -> None:
         """Raise a one-line error for ``purpose`` (hooks or edits on M's and O's predictors) once ``fuse`` replaced
@@ -559,20 +710,20 @@ def top4_values(x: torch.Tensor) -> torch.Tensor:
     runs one small sort per location (timings: BENCHMARKS.md 27).
 
     Args:
-        x (torch.Tensor): (B, S, N, H, W) with N / 4 a power of two (4, 8, 16, ...).
+        x (torch.Tensor): (B, S, N, ...) with N / 4 a power of two (4, 8, 16, ...).
 
     Returns:
-        (torch.Tensor): (B, S, 4, H, W), the 4 largest values along axis 2 in descending order.
+        (torch.Tensor): (B, S, 4, ...), the 4 largest values along axis 2 in descending order.
 
     Examples:
         >>> x = torch.randn(2, 4, 16, 3, 5)
         >>> torch.equal(top4_values(x), x.topk(4, dim=2).values)
         True
     """
-    b, s, n, h, w = x.shape
+    n = x.shape[2]
     if not top4_network_fits(n):
         raise ValueError(f"top4_values needs N / 4 a power of two along axis 2, got N={n}")
-    top = list(x.view(b, s, n // 4, 4, h, w).unbind(3))  # 4 tensors (B, S, groups, H, W): one sorted group each
+    top = list(x.unflatten(2, (n // 4, 4)).unbind(3))  # 4 tensors (B, S, groups, ...): one sorted group each
     for i, j in SORT4:
         _compare_exchange(top, i, j)
     while top[0].shape[2] > 1:  # merge groups 2g and 2g+1
@@ -617,12 +768,12 @@ class DGQP(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def statistics(self, boxes: torch.Tensor) -> torch.Tensor:
-        """Return the top-k probabilities and their mean per side (B, 4 * (topk + 1), H, W) of (B, 4 * reg_max, H, W).
+        """Return the top-k probabilities and their mean per side (B, 4 * (topk + 1), ...) of (B, 4 * reg_max, ...).
 
         Computed in float32 (a softmax of 16 bins), returned in the dtype of ``boxes``.
         """
-        b, _, h, w = boxes.shape
-        logits = _fp32(boxes).view(b, 4, self.reg_max, h, w)
+        b, spatial = boxes.shape[0], boxes.shape[2:]
+        logits = _fp32(boxes).view(b, 4, self.reg_max, *spatial)
         if torch.onnx.is_in_onnx_export():  # onnxruntime's Softmax over a middle axis transposes (see DFLExpectation)
             e = (logits - logits.amax(2, keepdim=True)).exp()
             prob = e / e.sum(2, keepdim=True)
@@ -632,11 +783,15 @@ class DGQP(nn.Module):
             top = prob.topk(self.topk, dim=2).values  # (B, 4, topk, H, W); its backward as GFLv2's
         else:  # inference: the same values, faster on the CPU (see top4_values)
             top = top4_values(prob)
-        return _cast(torch.cat((top, top.mean(2, keepdim=True)), 2).view(b, -1, h, w), boxes.dtype)
+        return _cast(torch.cat((top, top.mean(2, keepdim=True)), 2).view(b, -1, *spatial), boxes.dtype)
 
     def forward(self, boxes: torch.Tensor) -> torch.Tensor:
-        """Return the quality logit (B, 1, H, W) of box distributions (B, 4 * reg_max, H, W)."""
-        return self.reg_conf(self.statistics(boxes))
+        """Return the quality logit (B, 1, H, W) or (B, 1, A) of box distributions (B, 4 * reg_max, H, W) or
+        (B, 4 * reg_max, A) (the levels flattened: one call for all of them)."""
+        stats = self.statistics(boxes)
+        if stats.dim() == 3:  # the 1x1 convs take (B, C, A, 1)
+            return self.reg_conf(stats.unsqueeze(-1)).squeeze(-1)
+        return self.reg_conf(stats)
 
 
 class MergedPredictors(nn.Module):
@@ -905,6 +1060,8 @@ class TOODDetect(TaskAlignedOutputs, Detect):
             for name in T_HEAD_MODULES:
                 setattr(self, f"one2one_{name}", copy.deepcopy(getattr(self, name)))
 
+    dgqp_key = "dgqp"  # the branch dict's key of DGQP (TaskAlignedOutputs)
+
     def _branch(self, prefix: str) -> dict[str, nn.Module | None]:
         """The T-Head modules of one branch (``""`` or ``"one2one_"``) by their one-to-many names, plus ``box_head``
         (the branch's ``cv2``: None once ``Detect.fuse`` dropped the branch, which ``forward_head`` reads)."""
@@ -970,24 +1127,19 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         m_last = self.cls_prob[-1] if self.cls_prob is not None else self.dgqp.reg_conf[-1]
         nn.init.constant_(m_last.bias, prior_bias)
 
-    def forward_level(
-        self, x: torch.Tensor, level: int, **branch: nn.Module | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the T-Head on one level.
+    def level_maps(self, x: torch.Tensor, level: int, **branch: nn.Module | None) -> LevelMaps:
+        """Run the T-Head on one level, up to TAP (``task_aligned_outputs`` runs it over all levels).
 
         Args:
             x (torch.Tensor): Neck feature (B, ch[level], H, W).
             level (int): Pyramid level index, selecting the adapter and the scale.
-            **branch: The branch's modules (``one2many`` or ``one2one``, as ``Detect.forward`` passes them);
-                none given: the one-to-many branch.
+            **branch: The branch's modules (``one2many`` or ``one2one``, as ``Detect.forward`` passes them).
 
         Returns:
-            boxes (torch.Tensor): Box prediction (B, 4 * reg_max, H, W), side k re-sampled at location + O_k.
-            offsets (torch.Tensor): The offsets O (B, 8, H, W) in feature-map pixels, (dy, dx) per side; zero where
-                the faithful box was invalid and ``boxes`` is the un-resampled prediction.
-            scores (torch.Tensor): Aligned scores in [0, 1], (B, nc, H, W).
+            (LevelMaps): The box prediction (scaled), cls logits, M's logits from the features (None for
+                ``quality="distribution"``) and the offsets (None for ``tap="none"``) of the level.
         """
-        b = branch or self.one2many
+        b = branch
         x = b["adapters"][level](x)
         inter_feats = []
         for conv in b["inter_convs"]:
@@ -1001,11 +1153,11 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         reg = b["tood_reg"](b["reg_decomp"](feat, avg_feat, level))  # (B, 4*reg_max, H, W)
         if self.reg_max == 1:
             # Plain distances as the reference, Scale_l(exp(x)) in stride units: positive for any conv output, so the
-            # un-resampled fallback of keep_valid_boxes is always a valid box (a raw output could invert a box, which
-            # GIoU does not push back: MMDetection PR #7567). exp in float32 (in fp16 it overflows above x = 11.1) of x
-            # clamped at log(1e4): a distance of 10^4 strides is past any image, and an inf distance would make the
-            # decoded box NaN (inf - inf); MMDetection has no clamp, its exp simply overflows there
+            # un-resampled fallback of the validity test is always a valid box (a raw output could invert a box,
+            # which GIoU does not push back: MMDetection PR #7567). exp in float32 (in fp16 it overflows above
+            # x = 11.1) of x clamped at log(1e4): a distance of 10^4 strides is past any image, and an inf distance
+            # would make the decoded box NaN (inf - inf); MMDetection has no clamp, its exp simply overflows there
             reg = _fp32(reg).clamp(max=MAX_LOG_DISTANCE).exp()
         reg = b["scales"][level](reg)  # DFL: a per-level temperature of the bin logits, initialised at 1
         offsets = b["reg_offset"](feat) if b["reg_offset"] is not None else None  # (B, 8, H, W)
-        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training, b["dgqp"])
+        return LevelMaps(reg, cls_logits, prob_logits, offsets)

@@ -58,9 +58,9 @@ from .head import (
     TAP_MODES,
     DFLExpectation,
     MergedPredictors,
+    LevelMaps,
     TaskAlignedOutputs,
     check_quality,
-    task_aligned_outputs,
 )
 
 __all__ = ("INTERACT_MODES", "TAPDetect", "TAP_PRIOR_PROB")
@@ -152,6 +152,8 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         self.interact = interact
         self.quality = quality
         self._build_predictor()
+
+    dgqp_key = "quality_head"  # the branch dict's key of DGQP (TaskAlignedOutputs)
 
     def _branch(self, prefix: str) -> dict[str, nn.Module | None]:
         """The modules of one branch (``prefix`` in ``BRANCH_PREFIXES``), under ``forward_level``'s keyword names.
@@ -285,23 +287,19 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             "reg_attention": [],
         }
 
-    def forward_level(
-        self, x: torch.Tensor, level: int, **branch: nn.Module | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run one branch's stock layers and task-aligned predictor on one level.
+    def level_maps(self, x: torch.Tensor, level: int, **branch: nn.Module | None) -> LevelMaps:
+        """Run one branch's stock layers and task-aligned predictor on one level, up to TAP.
 
         Args:
             x (torch.Tensor): Neck feature (B, ch[level], H, W).
             level (int): Pyramid level index.
-            **branch: The branch's modules (``one2many`` or ``one2one``, as ``Detect.forward`` passes them);
-                none given: the one-to-many branch.
+            **branch: The branch's modules (``one2many`` or ``one2one``, as ``Detect.forward`` passes them).
 
         Returns:
-            boxes (torch.Tensor): Box prediction (B, 4 * reg_max, H, W), side k re-sampled at location + O_k.
-            offsets (torch.Tensor): The offsets O (B, 8, H, W), zero where the un-resampled prediction was kept.
-            scores (torch.Tensor): Aligned scores in [0, 1], (B, nc, H, W).
+            (LevelMaps): The stock box prediction and cls logits, M's logits from the features (None for
+                ``quality="distribution"``) and the offsets (None for ``tap="none"``) of the level.
         """
-        b = branch or self.one2many
+        b = branch
         box_branch, cls_branch = b["box_head"][level], b["cls_head"][level]
         box_feat = box_branch[:-1](x)  # (B, c2, H, W)
         cls_feat = cls_branch[:-1](x)  # (B, c3, H, W)
@@ -314,4 +312,4 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         else:
             prob_logits = b["prob_head"][level](feat) if b["prob_head"] is not None else None  # (B, 1, H, W)
             offsets = b["offset_head"][level](feat) if b["offset_head"] is not None else None  # (B, 8, H, W)
-        return task_aligned_outputs(reg, cls_logits, prob_logits, offsets, self.dfl, self.training, b["quality_head"])
+        return LevelMaps(reg, cls_logits, prob_logits, offsets)

@@ -174,6 +174,10 @@ def head_maps(model: torch.nn.Module, img: torch.Tensor) -> dict[str, list[torch
     finally:
         for h in handles:
             h.remove()
+    if len(outs["quality"]) == 1 < len(outs["cls"]):  # DGQP runs once over the flattened levels: (1, A) -> levels
+        sizes = [c.shape[-2:] for c in outs["cls"]]
+        flat = outs["quality"][0].split([h * w for h, w in sizes], -1)
+        outs["quality"] = [q.view(1, *hw) for q, hw in zip(flat, sizes)]
     # M's logit per level: the features' (cls_prob) plus the distribution's (dgqp), whichever the head has
     prob = [sum(parts) for parts in zip(*(outs[k] for k in ("prob", "quality") if outs[k]))]
     return {
