@@ -296,7 +296,9 @@ def sampling_grid(
         xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1
         ys = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
         bases.append(torch.stack((xs.expand(h, w), ys[:, None].expand(h, w))).view(2, h * w))
-        ones = torch.ones(h, w, device=device, dtype=dtype)  # from the sizes, not a literal: a traced export stays dynamic
+        ones = torch.ones(
+            h, w, device=device, dtype=dtype
+        )  # from the sizes, not a literal: traced exports stay dynamic
         scales.append(torch.stack((ones * 2 / w, ones * 2 / h)).view(2, h * w))
     return torch.cat(bases, 1)[None, None], torch.cat(scales, 1)[None, None]
 
@@ -534,6 +536,7 @@ def task_aligned_outputs(
         prob_logits = quality if prob_logits is None else prob_logits + quality
     scores = aligned_score(cls_logits, prob_logits) if training else inference_score(cls_logits, prob_logits)
     return AlignedOutputs(boxes, offsets, scores, distances)
+
 
 class TaskAlignedOutputs:
     """Inference of a task-aligned head: boxes decoded with TAP's offsets, scores already probabilities, nms_pre.

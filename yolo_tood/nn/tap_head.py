@@ -57,8 +57,8 @@ from .head import (
     OFFSET_INIT_STD,
     TAP_MODES,
     DFLExpectation,
-    MergedPredictors,
     LevelMaps,
+    MergedPredictors,
     TaskAlignedOutputs,
     check_quality,
 )
