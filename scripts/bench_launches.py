@@ -22,6 +22,9 @@ Measured per model, for each family at one scale (YOLO26 on both paths: the NMS-
   one warm-up step;
 - ``syncs``: host syncs of that training step.
 
+The heads pick a few forms by device, of equal values (``yolo_tood.nn.head.one_kernel_forms``: one TopK on a GPU, a
+sorting network or two small TopKs on the CPU); ``--forms cuda``, the default, counts the forms a GPU runs.
+
 Usage:
     python scripts/bench_launches.py                         # yolov8n, yolo11n, yolo26n: stock, tap, tood
     python scripts/bench_launches.py --families yolov8 --ops tood   # also the op histogram of the tood rows
@@ -132,6 +135,21 @@ def count():
             setattr(torch.Tensor, name, method)
 
 
+@contextlib.contextmanager
+def device_forms(device: str):
+    """Run the heads' device-dependent forms of ``device`` ("cuda" or "cpu") whatever device the tensors are on:
+    ``yolo_tood.nn.head.one_kernel_forms`` picks between forms of equal values (one TopK vs a sorting network)."""
+    from yolo_tood.nn import head
+
+    original = head.one_kernel_forms
+    if device == "cuda":
+        head.one_kernel_forms = lambda x: not torch.onnx.is_in_onnx_export()
+    try:
+        yield
+    finally:
+        head.one_kernel_forms = original
+
+
 def model_yaml(family: str, scale: str, head: str) -> str:
     """The YAML of a model: ultralytics' own for ``stock``, the project's ``cfg/`` file for a TOOD head."""
     stem = f"{family}{scale}"
@@ -212,9 +230,10 @@ class Row:
 def measure(family: str, head: str, scale: str, args: argparse.Namespace, end2end: bool | None = None) -> Row:
     """Count one model: its fused forward and its training step."""
     torch.set_num_threads(args.threads)
-    fwd = forward_counts(build(family, scale, head, end2end), args.imgsz)
-    batch = synthetic_batch(args.batch, args.train_imgsz, args.gts)
-    stp = step_counts(build(family, scale, head, end2end), batch)
+    with device_forms(args.forms):
+        fwd = forward_counts(build(family, scale, head, end2end), args.imgsz)
+        batch = synthetic_batch(args.batch, args.train_imgsz, args.gts)
+        stp = step_counts(build(family, scale, head, end2end), batch)
     path = "nms-free" if family == "yolo26" and end2end is not False else "nms"
     return Row(family, head, path, fwd, stp)
 
@@ -273,6 +292,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gts", type=int, default=6, help="boxes per image of the training step")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ops", choices=HEADS, help="also print the op histograms of this head's rows")
+    p.add_argument(
+        "--forms",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="which of the heads' device-dependent forms to count: a GPU's (default) or the CPU's",
+    )
     return p.parse_args(argv)
 
 

@@ -244,3 +244,17 @@ def test_score_convs_are_every_path_the_score_reads(cls, quality):
     x = levels(2)
     (scores,) = flat_scores_without_score_convs(head, lambda: head.train()(x))
     torch.testing.assert_close(scores, torch.full_like(scores, 0.5))
+
+
+def test_the_gpu_form_of_the_statistics_is_the_same_function(monkeypatch):
+    """At inference a GPU takes DGQP's top-4 with one ``topk`` (``one_kernel_forms``), the CPU with the sorting
+    network: the same statistics, over per-level maps and over the flattened levels alike."""
+    from yolo_tood.nn import head
+
+    dgqp = DGQP(reg_max=16).eval()
+    for x in (torch.randn(2, 64, 5, 7), torch.randint(0, 3, (2, 64, 40)).float()):  # the second full of ties
+        cpu = dgqp.statistics(x)
+        monkeypatch.setattr(head, "one_kernel_forms", lambda t: True)
+        gpu = dgqp.statistics(x)
+        monkeypatch.undo()
+        assert torch.equal(gpu, cpu)

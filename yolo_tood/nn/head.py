@@ -78,6 +78,14 @@ OFFSET_INIT_STD = 0.001  # both reg_offset convs, as MMDetection's TOOD head (no
 # at the anchor
 
 
+def one_kernel_forms(x: torch.Tensor) -> bool:
+    """Whether to compute on ``x`` with the forms that launch fewest kernels (one ``topk`` over all pairs or bins)
+    rather than the forms that run faster on a CPU and in onnxruntime (two small TopKs; a sorting network of
+    elementwise ops, ``top4_values``): True on every device but the CPU, and never when exporting. Both forms give the
+    same values (tests/test_quality.py, tests/test_nms_pre.py)."""
+    return x.device.type != "cpu" and not torch.onnx.is_in_onnx_export()
+
+
 def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Zero every score of an image except its ``k`` largest (anchor, class) scores: a pre-NMS candidate bound.
 
@@ -89,11 +97,12 @@ def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
     GatherElements + Mul). The shape is kept (same output contract): the other scores become 0, below every
     threshold.
 
-    The k-th largest pair is found in two small TopKs instead of one over all nc * A pairs: a pair among the top k
-    has fewer than k pairs above it, so fewer than k anchors have a higher best-class score, and its anchor is among
-    the k anchors with the highest best-class score. The anchor scores are padded with k zeros before the first TopK
-    (padding anchors then contribute pairs of score 0), so a graph traced at a small input size (fewer than k
-    anchors) stays valid at any size.
+    On a GPU the k-th largest pair is found by one TopK over all nc * A pairs (``one_kernel_forms``). On the CPU and
+    in exports it is found in two small TopKs, which run faster there: a pair among the top k has fewer than k pairs
+    above it, so fewer than k anchors have a higher best-class score, and its anchor is among the k anchors with the
+    highest best-class score. In an export the anchor scores are padded with k zeros before the first TopK (padding
+    anchors then contribute pairs of score 0), so a graph traced at a small input size (fewer than k anchors) stays
+    valid at any size.
 
     Args:
         scores (torch.Tensor): (B, nc, A) scores in [0, 1].
@@ -109,12 +118,19 @@ def keep_topk_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
                  [0.0000, 0.7000, 0.0000]]])
     """
     b, nc, a = scores.shape
-    best = scores.amax(1)  # (B, A) best-class score of each anchor
-    anchors = torch.cat((best, best.new_zeros(b, k)), 1).topk(k, dim=1).indices  # (B, k), >= A for padding
-    real = anchors < a
-    anchors = torch.where(real, anchors, torch.zeros_like(anchors))
-    pairs = scores.gather(2, anchors[:, None].expand(b, nc, k)) * real[:, None]  # (B, nc, k), padding scores 0
-    kth = pairs.reshape(b, nc * k).topk(k, dim=1).values[:, -1:, None]  # (B, 1, 1) the k-th largest pair score
+    exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    if one_kernel_forms(scores) and nc * a >= k:  # one TopK over all pairs: the same k-th value in fewer launches
+        kth = scores.reshape(b, nc * a).topk(k, dim=1).values[:, -1:, None]
+    elif not exporting and a >= k:  # eager, enough anchors: no padding needed (the values are the same)
+        anchors = scores.amax(1).topk(k, dim=1).indices  # (B, k) anchors of the k best best-class scores
+        kth = scores.gather(2, anchors[:, None].expand(b, nc, k)).reshape(b, nc * k).topk(k, dim=1).values[:, -1:, None]
+    else:
+        best = scores.amax(1)  # (B, A) best-class score of each anchor
+        anchors = torch.cat((best, best.new_zeros(b, k)), 1).topk(k, dim=1).indices  # (B, k), >= A for padding
+        real = anchors < a
+        anchors = torch.where(real, anchors, torch.zeros_like(anchors))
+        pairs = scores.gather(2, anchors[:, None].expand(b, nc, k)) * real[:, None]  # (B, nc, k), padding scores 0
+        kth = pairs.reshape(b, nc * k).topk(k, dim=1).values[:, -1:, None]  # (B, 1, 1) the k-th largest pair score
     keep = scores >= kth
     if torch.onnx.is_in_onnx_export():  # onnxruntime's CPU Where is slower than a Mul by the mask (BENCHMARKS.md 26)
         return scores * keep.to(scores.dtype)
@@ -782,9 +798,9 @@ class DGQP(nn.Module):
             prob = e / e.sum(2, keepdim=True)
         else:
             prob = logits.softmax(2)
-        if self.training or self.topk != 4 or not top4_network_fits(self.reg_max):
-            top = prob.topk(self.topk, dim=2).values  # (B, 4, topk, H, W); its backward as GFLv2's
-        else:  # inference: the same values, faster on the CPU (see top4_values)
+        if self.training or self.topk != 4 or not top4_network_fits(self.reg_max) or one_kernel_forms(prob):
+            top = prob.topk(self.topk, dim=2).values  # (B, 4, topk, ...); its backward as GFLv2's
+        else:  # CPU and ONNX inference: the same values, faster there (see top4_values)
             top = top4_values(prob)
         return _cast(torch.cat((top, top.mean(2, keepdim=True)), 2).view(b, -1, *spatial), boxes.dtype)
 
