@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from ultralytics.utils.metrics import bbox_iou
 from ultralytics.utils.tal import TaskAlignedAssigner, make_anchors
 
-from yolo_tood.train.assigner import ATSSAssigner, TOODTaskAlignedAssigner, centers_inside, resolve_claims
+from yolo_tood.train.assigner import (
+    ATSSAssigner,
+    TOODTaskAlignedAssigner,
+    centers_inside,
+    flat_anchor_ids,
+    resolve_claims,
+)
 
 STRIDES = (8.0, 16.0, 32.0)
 PROPERTY = settings(max_examples=25, deadline=None)
@@ -238,9 +244,16 @@ def test_atss_default_anchor_box_is_eight_strides():
 
 
 def test_resolve_claims_ties_go_to_the_lowest_gt():
-    """Exact IoU ties between claimants go to the lowest GT index, whatever the pair order."""
-    keep = resolve_claims(torch.tensor([2, 1, 0, 3]), torch.tensor([5, 5, 5, 6]), torch.tensor([0.5, 0.5, 0.4, 0.1]), 8)
-    assert keep.tolist() == [False, True, False, True]
+    """Exact IoU ties between claimants go to the lowest GT index; only claims compete; images never compete."""
+    anchors = torch.tensor([[[5], [5], [5], [6]]])  # (1, 4, 1): GTs 0-2 claim anchor 5, GT3 anchor 6
+    ious = torch.tensor([[[0.4], [0.5], [0.5], [0.1]]])
+    claims = torch.ones(1, 4, 1, dtype=torch.bool)
+    assert resolve_claims(anchors, ious, claims, 8).flatten().tolist() == [False, True, False, True]
+    claims[0, 1] = False  # GT1 does not claim: GT2 wins alone
+    assert resolve_claims(anchors, ious, claims, 8).flatten().tolist() == [False, False, True, True]
+    two = flat_anchor_ids(anchors.expand(2, -1, -1), 8)  # the same anchors in two images: ids 5 and 13
+    keep = resolve_claims(two, ious.expand(2, -1, -1), torch.ones(2, 4, 1, dtype=torch.bool), 16)
+    assert keep.flatten(1).tolist() == [[False, True, False, True]] * 2
 
 
 def test_centers_inside_margin():

@@ -170,10 +170,14 @@ def test_the_t_heads_one_to_one_branch_is_a_copy_on_detached_features():
 
 
 def test_keep_best_per_gt_by_hand():
-    gt_ids = torch.tensor([0, 1, 0, 2, 1, 0])
-    metrics = torch.tensor([0.2, 0.5, 0.9, 0.1, 0.5, 0.4])
-    assert keep_best_per_gt(gt_ids, metrics, 1).tolist() == [False, True, True, True, False, False]  # tie: first
-    assert keep_best_per_gt(gt_ids, metrics, 2).tolist() == [False, True, True, True, True, True]
+    metrics = torch.tensor([[0.2, 0.9, 0.4], [0.5, 0.5, -1.0], [0.1, -1.0, -1.0]])  # (GT, candidate); -1: no positive
+    positive = metrics >= 0
+    assert keep_best_per_gt(metrics, 1).tolist() == [[False, True, False], [True, False, False], [True, False, False]]
+    assert (keep_best_per_gt(metrics, 2) & positive).tolist() == [  # tie: the earlier candidate first
+        [False, True, True],
+        [True, True, False],
+        [True, False, False],
+    ]
 
 
 def test_the_one_to_one_assignment_is_each_gts_best_positive():

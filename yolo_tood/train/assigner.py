@@ -1,14 +1,17 @@
 """Label assignment for TOOD: the Task-aligned assigner (TAL) and the ATSS assigner of the warm-up epochs.
 
 Both follow MMDetection's TOOD (``TaskAlignedAssigner`` / ``ATSSAssigner`` in mmdet 3.x) but work on ultralytics'
-padded batch layout (anchor points in pixels, GTs padded to ``(B, n_max, ...)`` with ``mask_gt``), and both are built
-to stay small in memory: they loop over images and over chunks of GTs, so no ``(B, n_max, A)`` tensor is ever made.
-Only up to ``topk`` candidate pairs per GT survive a chunk; everything after that (centre-in-GT test, the
-one-GT-per-anchor rule, per-GT normalisation) works on those pairs.
+padded batch layout (anchor points in pixels, GTs padded to ``(B, n_max, ...)`` with ``mask_gt``). Both are vectorised
+over the batch and make no host sync (no ``.item()``, ``nonzero``, ``unique`` or boolean-mask indexing), so a GPU never
+waits on them: every GT keeps a fixed number k of candidate anchors in ``(B, n_max, k)`` tensors with a mask, and
+everything after the candidate search (centre-in-GT test, the one-GT-per-anchor rule, per-GT normalisation) works
+along that k axis or by scatters over the anchors. The dense ``(B, n_max, A)`` part (IoU and metric, or centre
+distances) is built in chunks of GTs so that it stays under ``chunk_elems`` elements.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -23,8 +26,11 @@ __all__ = (
     "AssignResult",
     "TOODTaskAlignedAssigner",
     "dynamic_topk",
+    "flat_anchor_ids",
     "gt_sizes",
     "keep_best_per_gt",
+    "pairwise_iou",
+    "resolve_claims",
     "widen_small_boxes",
 )
 
@@ -136,91 +142,156 @@ def widen_small_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     return torch.cat((centre - wh / 2, centre + wh / 2), -1)
 
 
-def keep_best_per_gt(gt_ids: torch.Tensor, metrics: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep, for every GT, only its ``k`` pairs of largest metric (ties to the earlier pair).
+def pairwise_iou(boxes: torch.Tensor, pboxes_t: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Return the plain IoU (B, c, A) of xyxy GT boxes (B, c, 4) with every predicted box, given by coordinate.
+
+    ultralytics' ``bbox_iou(boxes[:, :, None], pboxes[:, None], xywh=False)`` with the same operations in the same
+    order, so bit-identical, but in place: three (B, c, A) buffers instead of about a dozen, and every coordinate
+    read as a contiguous row (``bbox_iou`` reads the coordinates of (..., 4) boxes with a stride of 4).
+
+    Args:
+        boxes (torch.Tensor): (B, c, 4) xyxy GT boxes.
+        pboxes_t (torch.Tensor): (B, 4, A) predicted boxes, one row per coordinate x1, y1, x2, y2.
+        eps (float): bbox_iou's epsilon, added to the heights and to the union.
+
+    Returns:
+        (torch.Tensor): (B, c, A) IoU.
+    """
+    x1, y1, x2, y2 = (v[..., None] for v in boxes.unbind(-1))  # (B, c, 1)
+    px1, py1, px2, py2 = (v[:, None] for v in pboxes_t.unbind(1))  # (B, 1, A)
+    inter = torch.minimum(x2, px2)
+    buf = torch.maximum(x1, px1)
+    inter.sub_(buf).clamp_(0)  # intersection width
+    buf2 = torch.maximum(y1, py1)
+    inter.mul_(torch.minimum(y2, py2, out=buf).sub_(buf2).clamp_(0))  # times the intersection height
+    union = torch.add((x2 - x1) * (y2 - y1 + eps), (px2 - px1) * (py2 - py1 + eps), out=buf2)
+    return inter.div_(union.sub_(inter).add_(eps))
+
+
+def keep_best_per_gt(metrics: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep, for every GT, only its ``k`` candidates of largest metric (ties to the earlier candidate).
 
     The second top-k of ultralytics' ``TaskAlignedAssigner(topk2=...)`` (``select_highest_overlaps``), which YOLO26's
     one-to-one branch trains with (``E2ELoss``: ``tal_topk=7, tal_topk2=1``): applied to the positives left after the
-    multi-GT resolution, as there.
+    multi-GT resolution, as there. A stable sort rather than ``topk``, whose order among equal values is unspecified.
 
     Args:
-        gt_ids (torch.Tensor): (P,) int64 GT index of each positive pair.
-        metrics (torch.Tensor): (P,) alignment metric t of each pair.
-        k (int): Pairs kept per GT.
+        metrics (torch.Tensor): (..., K) alignment metric t of each GT's K candidates; candidates that are not
+            positives must hold a value below every positive's (e.g. -1), and then they are never kept before one.
+        k (int): Candidates kept per GT.
 
     Returns:
-        (torch.Tensor): (P,) bool, True for the pairs kept.
+        (torch.Tensor): (..., K) bool, True for the candidates ranked below ``k`` in their GT.
+
+    Examples:
+        >>> keep_best_per_gt(torch.tensor([[0.2, 0.9, 0.4], [0.5, 0.5, -1.0]]), 1)
+        tensor([[False,  True, False],
+                [ True, False, False]])
     """
-    order = torch.argsort(metrics, descending=True, stable=True)
-    order = order[torch.argsort(gt_ids[order], stable=True)]  # grouped by GT, each group by decreasing metric
-    sorted_ids = gt_ids[order]
-    group_start = torch.searchsorted(sorted_ids, sorted_ids)  # (P,) index of the first pair of the same GT
-    rank = torch.arange(len(order), device=gt_ids.device) - group_start
-    keep = torch.zeros_like(gt_ids, dtype=torch.bool)
-    keep[order] = rank < k
-    return keep
+    order = metrics.argsort(dim=-1, descending=True, stable=True)  # (..., K) candidates by decreasing metric
+    ranks = torch.arange(metrics.shape[-1], device=metrics.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, ranks) < k  # (..., K) rank of every candidate in its GT
 
 
-def resolve_claims(gt_ids: torch.Tensor, anchor_ids: torch.Tensor, ious: torch.Tensor, na: int) -> torch.Tensor:
+def flat_anchor_ids(anchor_ids: torch.Tensor, na: int) -> torch.Tensor:
+    """Return anchor indices (B, ...) of B images numbered across the batch, b * ``na`` + a."""
+    offset = torch.arange(anchor_ids.shape[0], device=anchor_ids.device) * na  # (B,)
+    return anchor_ids + offset.view(-1, *([1] * (anchor_ids.dim() - 1)))
+
+
+def resolve_claims(anchor_ids: torch.Tensor, ious: torch.Tensor, pos: torch.Tensor, size: int) -> torch.Tensor:
     """Keep, for every anchor claimed by several GTs, only the pair with the GT of highest IoU.
 
     As MMDetection's assigners ("if an anchor box is assigned to multiple gts, the one with the highest iou will be
-    selected"); only the GTs that claim the anchor compete. Exact IoU ties go to the lowest GT index, deterministically.
+    selected"); only the GTs that claim the anchor (``pos``) compete. Exact IoU ties go to the lowest GT index,
+    deterministically. Two ``scatter_reduce`` over the anchors, no loop and no sync.
 
     Args:
-        gt_ids (torch.Tensor): (P,) int64 GT index of each candidate pair.
-        anchor_ids (torch.Tensor): (P,) int64 anchor index of each pair.
-        ious (torch.Tensor): (P,) IoU of each pair.
-        na (int): Number of anchors.
+        anchor_ids (torch.Tensor): (B, n, k) int64 anchor of each GT's k candidates, numbered across the batch
+            (``flat_anchor_ids``: b * A + a), so that GTs of different images never compete. The GT index is dim 1.
+        ious (torch.Tensor): (B, n, k) IoU (>= 0) of each candidate with its GT.
+        pos (torch.Tensor): (B, n, k) bool, True for the candidates that claim their anchor.
+        size (int): Number of anchor indices, B * A.
 
     Returns:
-        (torch.Tensor): (P,) bool, True for the pairs kept; every anchor appears at most once among them.
+        (torch.Tensor): (B, n, k) bool, True for the claims kept; every anchor appears at most once among them.
     """
-    best = ious.new_full((na,), -1.0).scatter_reduce_(0, anchor_ids, ious, "amax")  # (A,) best claiming IoU
-    keep = ious == best[anchor_ids]
-    first = gt_ids.new_full((na,), torch.iinfo(torch.long).max)
-    first.scatter_reduce_(0, anchor_ids[keep], gt_ids[keep], "amin")  # (A,) lowest GT index among IoU ties
-    return keep & (gt_ids == first[anchor_ids])
+    flat = anchor_ids.reshape(-1)
+    u = torch.where(pos, ious, -1.0)  # (B, n, k) non-claims below every IoU
+    best = u.new_full((size,), -1.0).scatter_reduce_(0, flat, u.reshape(-1), "amax")  # (B*A,) best claiming IoU
+    keep = pos & (u == best.gather(0, flat).view_as(u))
+    n = anchor_ids.shape[1]
+    gt = torch.arange(n, device=anchor_ids.device).view(1, n, 1)  # the GT index of every candidate
+    first = anchor_ids.new_full((size,), n).scatter_reduce_(0, flat, torch.where(keep, gt, n).reshape(-1), "amin")
+    return keep & (gt == first.gather(0, flat).view_as(anchor_ids))  # lowest GT index among IoU ties
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate the per-chunk tensors (B, c, ...) along the GT axis (no copy for a single chunk)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+def _scatter_result(
+    keep: torch.Tensor,
+    flat_ids: torch.Tensor,
+    metrics: torch.Tensor,
+    ious: torch.Tensor,
+    labels: torch.Tensor,
+    gt_bboxes: torch.Tensor,
+    na: int,
+    nc: int,
+) -> AssignResult:
+    """Write the kept candidates (B, n, k) into a per-anchor AssignResult (B, A).
+
+    After ``resolve_claims`` every anchor has at most one kept candidate, so a plain ``scatter_`` is exact; the other
+    candidates all go to one dummy element past the B * A anchors, which is dropped (no boolean indexing, no sync).
+
+    Args:
+        keep (torch.Tensor): (B, n, k) bool, the final positives.
+        flat_ids (torch.Tensor): (B, n, k) int64 anchor of each candidate numbered across the batch (b * A + a).
+        metrics (torch.Tensor): (B, n, k) float32 soft target of each candidate (read where ``keep`` only).
+        ious (torch.Tensor): (B, n, k) float32 IoU of each candidate (read where ``keep`` only).
+        labels (torch.Tensor): (B, n) int64 GT classes.
+        gt_bboxes (torch.Tensor): (B, n, 4) xyxy GT boxes.
+        na (int): Anchors per image, A.
+        nc (int): Number of classes (the background label).
+    """
+    bs, n, k = keep.shape
+    dest = torch.where(keep, flat_ids, bs * na).view(-1)  # (B*n*k,) dropped candidates -> the dummy element
+    gt = torch.arange(n, device=keep.device).view(1, n, 1).expand(bs, n, k).reshape(-1)
+
+    def scatter(fill: float, src: torch.Tensor) -> torch.Tensor:
+        return src.new_full((bs * na + 1,), fill).scatter_(0, dest, src.reshape(-1))[:-1].view(bs, na)
+
+    gt_idx = scatter(-1, gt)  # (B, A)
+    fg = gt_idx >= 0
+    idx = gt_idx.clamp(min=0)
+    return AssignResult(
+        fg_mask=fg,
+        gt_idx=gt_idx,
+        labels=torch.where(fg, labels.gather(1, idx), nc),
+        bboxes=torch.where(fg[..., None], gt_bboxes.gather(1, idx[..., None].expand(-1, -1, 4)), 0.0),
+        metrics=scatter(0.0, metrics.float()),
+        ious=scatter(0.0, ious.float()),
+    )
 
 
 class _ChunkedAssigner(nn.Module):
-    """Common parts of the two assigners: chunk sizing and writing the kept pairs of one image into the result."""
+    """Common part of the two assigners: the GT chunks of the dense (B, n_max, A) stage."""
 
-    # Largest number of (GT, anchor) float32 elements handled at once per chunk; the IoU of a chunk needs about six
-    # such buffers, so 2**20 elements keep the peak of the dense part near 25 MB whatever the number of GTs.
+    # Largest number of (image, GT, anchor) elements handled at once per chunk; a chunk needs at most about six float32
+    # buffers of that size, so 2**20 elements keep the peak of the dense part near 25 MB whatever the number of GTs.
     chunk_elems: int = 1 << 20
 
-    def _gt_chunks(self, n: int, na: int) -> range:
-        """Return the start indices of the GT chunks of an image with ``n`` GTs and ``na`` anchors."""
-        return range(0, n, self._chunk_size(na))
-
-    def _chunk_size(self, na: int) -> int:
-        """Return the number of GTs per chunk for ``na`` anchors."""
-        return max(1, self.chunk_elems // max(na, 1))
-
-    @staticmethod
-    def _write(
-        out: AssignResult,
-        b: int,
-        valid: torch.Tensor,
-        gt_ids: torch.Tensor,
-        anchor_ids: torch.Tensor,
-        labels: torch.Tensor,
-        boxes: torch.Tensor,
-        metrics: torch.Tensor,
-        ious: torch.Tensor,
-    ) -> None:
-        """Write the final pairs (one per anchor) of image ``b`` into ``out``; ``gt_ids`` index the valid GTs."""
-        out.fg_mask[b, anchor_ids] = True
-        out.gt_idx[b, anchor_ids] = valid[gt_ids]
-        out.labels[b, anchor_ids] = labels[gt_ids]
-        out.bboxes[b, anchor_ids] = boxes[gt_ids].to(out.bboxes.dtype)
-        out.metrics[b, anchor_ids] = metrics
-        out.ious[b, anchor_ids] = ious
+    def _gt_chunks(self, bs: int, n: int, na: int) -> list[slice]:
+        """Return the GT slices of ``n`` GTs such that a chunk of ``bs`` images has about ``chunk_elems`` pairs or fewer
+        (at least one GT per chunk); a loop over shapes only, never over values."""
+        step = max(1, self.chunk_elems // max(bs * na, 1))
+        return [slice(s, s + step) for s in range(0, n, step)]
 
 
 class TOODTaskAlignedAssigner(_ChunkedAssigner):
-    """Task-aligned assigner of TOOD (Task Alignment Learning), with MMDetection's semantics and low memory.
+    """Task-aligned assigner of TOOD (Task Alignment Learning), with MMDetection's semantics, batched and sync-free.
 
     As MMDetection's TOOD ``TaskAlignedAssigner``:
 
@@ -239,12 +310,14 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
     a GT can have fewer than k positives), uses CIoU, enlarges GTs smaller than a stride before the centre test, and
     resolves multi-GT anchors by the highest IoU among all GTs containing the anchor rather than among the claimants.
 
-    Memory: images are processed one at a time and GTs in chunks of about ``chunk_elems / A``; a chunk needs a few
-    (chunk, A) float32 buffers (IoU, metric and the temporaries of ``bbox_iou``), and only its top-k pairs are kept.
+    Memory: the IoU and metric are built for all images at once in chunks of c GTs, B * c * A <= ``chunk_elems``
+    (at least one GT), three (B, c, A) float32 buffers at a time (IoU, metric and u^beta, or the IoU and its two
+    temporaries); only each GT's top-k survive a chunk, so the rest needs (B, n_max, k) tensors and the (B, A) result.
+    Padding GTs go through the same arithmetic and are masked out (no positive), so the cost follows n_max.
 
     Dynamic top-k (opt-in, ``topk_mode="dynamic"``, not in the paper): each GT keeps its own k = ``dynamic_topk``
     (size) candidates. A chunk still takes one top-``topk_max`` over the anchors, then drops each GT's candidates
-    ranked beyond its k, so memory stays (chunk, A) and no (B, n_max, A) tensor is made.
+    ranked beyond its k, so memory stays that of the fixed mode.
 
     Args:
         topk (int): Candidates per GT (m in the paper) in the fixed mode.
@@ -320,60 +393,65 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
             (AssignResult): Per-anchor assignment; ``metrics`` holds t_hat.
         """
         bs, na, nc = pd_scores.shape
-        out = _empty_result(bs, na, nc, gt_bboxes.dtype, pd_scores.device)
-        if gt_bboxes.shape[1] == 0 or na == 0:
-            return out
+        n_max = gt_bboxes.shape[1]
+        if n_max == 0 or na == 0:
+            return _empty_result(bs, na, nc, gt_bboxes.dtype, pd_scores.device)
         k = min(self.topk_max if self.topk_mode == "dynamic" else self.topk, na)  # top-k width of every chunk
-        anc = anc_points.float()
-        for b in range(bs):
-            valid = mask_gt[b, :, 0].nonzero().squeeze(1)  # (n,) real GTs of this image
-            n = valid.numel()
-            if n == 0:
-                continue
-            boxes = gt_bboxes[b, valid].float()  # (n, 4)
-            labels = gt_labels[b, valid, 0].long()  # (n,)
-            scores_t = pd_scores[b].t().float()  # (nc, A): one row per class, gathered per GT below
-            pboxes = pd_bboxes[b].float()  # (A, 4)
-            pairs = [self._topk_pairs(s, boxes, labels, scores_t, pboxes, anc, k) for s in self._gt_chunks(n, na)]
-            gt_ids, anchor_ids, ious, metrics = (torch.cat(x) for x in zip(*pairs))
-            keep = resolve_claims(gt_ids, anchor_ids, ious, na)
-            if getattr(self, "topk2", None) is not None:  # absent from assigners pickled before it
-                keep &= keep_best_per_gt(gt_ids, torch.where(keep, metrics, -1.0), self.topk2)
-            gt_ids, anchor_ids, ious, metrics = gt_ids[keep], anchor_ids[keep], ious[keep], metrics[keep]
-            # per-GT normalisation over its final positives: t_hat = t / max(t) * max(u); max(t) >= t > 0
-            max_t = metrics.new_zeros(n).scatter_reduce_(0, gt_ids, metrics, "amax")
-            max_u = ious.new_zeros(n).scatter_reduce_(0, gt_ids, ious, "amax")
-            t_hat = metrics / max_t[gt_ids] * max_u[gt_ids]
-            self._write(out, b, valid, gt_ids, anchor_ids, labels, gt_bboxes[b, valid], t_hat, ious)
-        return out
+        valid = mask_gt[..., 0] != 0  # (B, n_max) real GTs
+        labels = torch.where(valid, gt_labels[..., 0].long(), 0)  # (B, n_max) padding reads class 0, then is masked
+        scores_t = pd_scores.float().transpose(1, 2)  # (B, nc, A) view: one row per class, gathered per GT
+        pboxes_t = pd_bboxes.float().transpose(1, 2).contiguous()  # (B, 4, A): coordinate rows for pairwise_iou
+        boxes, anc = gt_bboxes.float(), anc_points.float()
+        chunks = self._gt_chunks(bs, n_max, na)
+        parts = [self._candidates(scores_t, pboxes_t, anc, labels[:, s], boxes[:, s], k) for s in chunks]
+        cand, cand_t, cand_u, pos = (_cat(list(x)) for x in zip(*parts))  # (B, n_max, k) each
+        pos &= valid[..., None]
+        flat = flat_anchor_ids(cand, na)
+        keep = resolve_claims(flat, cand_u, pos, bs * na)
+        if getattr(self, "topk2", None) is not None:  # absent from assigners pickled before it
+            keep &= keep_best_per_gt(torch.where(keep, cand_t, -1.0), self.topk2)
+        # per-GT normalisation over its final positives: t_hat = t / max(t) * max(u); max(t) >= t > 0 where kept
+        max_t = torch.where(keep, cand_t, 0.0).amax(-1, keepdim=True)  # (B, n_max, 1)
+        max_u = torch.where(keep, cand_u, 0.0).amax(-1, keepdim=True)
+        t_hat = cand_t / max_t * max_u  # 0 / 0 for a GT without positives: never written (not kept)
+        return _scatter_result(keep, flat, t_hat, cand_u, labels, gt_bboxes, na, nc)
 
-    def _topk_pairs(
+    def _candidates(
         self,
-        start: int,
-        boxes: torch.Tensor,
-        labels: torch.Tensor,
         scores_t: torch.Tensor,
-        pboxes: torch.Tensor,
+        pboxes_t: torch.Tensor,
         anc: torch.Tensor,
+        labels: torch.Tensor,
+        boxes: torch.Tensor,
         k: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return the positive (GT, anchor) pairs of the GT chunk starting at ``start``: gt ids, anchor ids, u, t."""
-        g = boxes[start : start + self._chunk_size(pboxes.shape[0])]  # (c, 4)
-        c = g.shape[0]
-        iou = bbox_iou(g[:, None], pboxes[None], xywh=False).squeeze_(-1)  # (c, A) plain IoU
-        metric = iou.pow(self.beta) if self.beta != 1 else iou.clone()  # (c, A)
-        s = scores_t[labels[start : start + c]]  # (c, A) score of each GT's class at every anchor
-        metric.mul_(s if self.alpha == 1 else s.pow_(self.alpha))
-        del s
-        cand_t, cand = metric.topk(k, dim=1)  # (c, k) over all anchors of all levels
-        cand_u = iou.gather(1, cand)  # (c, k)
+        """Return the top-k candidates of a GT chunk of every image, before the padding mask and the resolution.
+
+        Args:
+            scores_t (torch.Tensor): (B, nc, A) class probabilities.
+            pboxes_t (torch.Tensor): (B, 4, A) predicted boxes, one row per coordinate x1, y1, x2, y2.
+            anc (torch.Tensor): (A, 2) anchor centres.
+            labels (torch.Tensor): (B, c) int64 GT classes, in range.
+            boxes (torch.Tensor): (B, c, 4) xyxy GT boxes.
+            k (int): Candidates per GT.
+
+        Returns:
+            (tuple): anchor ids (B, c, k) int64, metric t (B, c, k), IoU u (B, c, k), positive mask (B, c, k) bool.
+        """
+        iou = pairwise_iou(boxes, pboxes_t)  # (B, c, A) plain IoU
+        images = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)  # (B, c)
+        metric = scores_t[images, labels]  # (B, c, A) score of each GT's class (an index: faster than gather on CPU)
+        if self.alpha != 1:
+            metric.pow_(self.alpha)
+        metric.mul_(iou.pow(self.beta) if self.beta != 1 else iou)  # s^alpha * u^beta
+        cand_t, cand = metric.topk(k, dim=-1)  # (B, c, k) over all anchors of all levels
+        cand_u = iou.gather(-1, cand)  # (B, c, k)
         del iou, metric
-        pos = (cand_t > 0) & centers_inside(anc[cand], widen_small_boxes(g, self.min_size)[:, None])  # (c, k)
+        pos = (cand_t > 0) & centers_inside(anc[cand], widen_small_boxes(boxes, self.min_size)[:, :, None])
         if self.topk_mode == "dynamic":  # topk is sorted: a GT keeps its first k_g columns
-            k_g = dynamic_topk(gt_sizes(g), self.topk_min, self.topk_max)
-            pos &= torch.arange(k, device=g.device)[None] < k_g[:, None]  # (c, k)
-        gt_ids = torch.arange(start, start + c, device=g.device)[:, None].expand(c, k)
-        return gt_ids[pos], cand[pos], cand_u[pos], cand_t[pos]
+            k_g = dynamic_topk(gt_sizes(boxes), self.topk_min, self.topk_max)  # (B, c)
+            pos &= torch.arange(k, device=boxes.device) < k_g[..., None]  # (B, c, k)
+        return cand, cand_t, cand_u, pos
 
 
 class ATSSAssigner(_ChunkedAssigner):
@@ -388,6 +466,10 @@ class ATSSAssigner(_ChunkedAssigner):
     MMDetection's TOOD, even in its ``anchor_free`` mode, keeps ``AnchorGenerator(octave_base_scale=8,
     scales_per_octave=1, ratios=[1.0])`` and runs ATSS on those boxes. (mmdet's anchors are centred on the
     cell corner, ``i * stride``; here they are centred on ultralytics' anchor points, ``(i + 0.5) * stride``.)
+
+    Memory: the centre distances of one level are built for all images at once in chunks of c GTs,
+    B * c * A <= ``chunk_elems`` (at least one GT); the rest needs (B, n_max, K) tensors, K = sum over levels of
+    min(topk, level size), and the (B, A) result.
 
     Args:
         topk (int): Candidates per level per GT.
@@ -427,6 +509,7 @@ class ATSSAssigner(_ChunkedAssigner):
         gt_bboxes: torch.Tensor,
         mask_gt: torch.Tensor,
         num_classes: int,
+        level_sizes: list[int] | None = None,
     ) -> AssignResult:
         """Assign GTs to anchors with ATSS.
 
@@ -437,80 +520,74 @@ class ATSSAssigner(_ChunkedAssigner):
             gt_bboxes (torch.Tensor): (B, n_max, 4) xyxy GT boxes in pixels.
             mask_gt (torch.Tensor): (B, n_max, 1) 1 for real GTs, 0 for padding.
             num_classes (int): Number of classes (the background label).
+            level_sizes (list[int] | None): Anchors of each level (H_l * W_l), python ints; None reads them from
+                ``stride_tensor``, which costs a host sync (``anchor_layout``).
 
         Returns:
             (AssignResult): Per-anchor assignment; ``metrics`` is 1.0 for positives, ``ious`` the anchor-box IoU.
         """
-        bs, na = gt_bboxes.shape[0], anc_points.shape[0]
-        out = _empty_result(bs, na, num_classes, gt_bboxes.dtype, gt_bboxes.device)
-        if gt_bboxes.shape[1] == 0 or na == 0:
-            return out
-        anc, anchor_boxes, levels = self.anchor_layout(anc_points, stride_tensor)
-        for b in range(bs):
-            valid = mask_gt[b, :, 0].nonzero().squeeze(1)  # (n,)
-            n = valid.numel()
-            if n == 0:
-                continue
-            boxes = gt_bboxes[b, valid].float()  # (n, 4)
-            pairs = [self._candidate_pairs(s, boxes, anc, anchor_boxes, levels) for s in self._gt_chunks(n, na)]
-            gt_ids, anchor_ids, ious = (torch.cat(x) for x in zip(*pairs))
-            keep = resolve_claims(gt_ids, anchor_ids, ious, na)
-            gt_ids, anchor_ids, ious = gt_ids[keep], anchor_ids[keep], ious[keep]
-            labels = gt_labels[b, valid, 0].long()
-            self._write(out, b, valid, gt_ids, anchor_ids, labels, gt_bboxes[b, valid], torch.ones_like(ious), ious)
-        return out
+        bs, n_max, na = gt_bboxes.shape[0], gt_bboxes.shape[1], anc_points.shape[0]
+        if n_max == 0 or na == 0:
+            return _empty_result(bs, na, num_classes, gt_bboxes.dtype, gt_bboxes.device)
+        anc, anchor_boxes, levels = self.anchor_layout(anc_points, stride_tensor, level_sizes)
+        boxes = gt_bboxes.float()
+        parts = [self._positives(boxes[:, s], anc, anchor_boxes, levels) for s in self._gt_chunks(bs, n_max, na)]
+        cand, iou, pos = (_cat(list(x)) for x in zip(*parts))  # (B, n_max, K) each
+        pos &= (mask_gt[..., 0] != 0)[..., None]  # padding GTs never claim an anchor
+        flat = flat_anchor_ids(cand, na)
+        keep = resolve_claims(flat, iou, pos, bs * na)
+        labels = gt_labels[..., 0].long()
+        return _scatter_result(keep, flat, keep.float(), iou, labels, gt_bboxes, na, num_classes)
 
     def anchor_layout(
-        self, anc_points: torch.Tensor, stride_tensor: torch.Tensor
+        self, anc_points: torch.Tensor, stride_tensor: torch.Tensor, level_sizes: list[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
         """Return the anchor points (A, 2) as float, their square anchor boxes (A, 4) and each level's (start, size).
 
         Args:
             anc_points (torch.Tensor): (A, 2) anchor centres in pixels, level by level.
             stride_tensor (torch.Tensor): (A, 1) or (A,) stride of each anchor; consecutive equal strides form a level.
+            level_sizes (list[int] | None): Anchors of each level; None reads them from ``stride_tensor`` (a host
+                sync: ``unique_consecutive`` and ``tolist``).
         """
         anc = anc_points.float()
         strides = stride_tensor.view(-1).float()
         half = strides[:, None] * (self.anchor_scale / 2)  # (A, 1)
         anchor_boxes = torch.cat((anc - half, anc + half), 1)  # (A, 4) square anchors
-        _, counts = torch.unique_consecutive(strides, return_counts=True)
-        levels = list(zip(torch.cumsum(counts, 0).sub(counts).tolist(), counts.tolist()))  # (start, size) per level
-        return anc, anchor_boxes, levels
+        if level_sizes is None:
+            level_sizes = torch.unique_consecutive(strides, return_counts=True)[1].tolist()
+        elif sum(level_sizes) != anc.shape[0]:
+            raise ValueError(f"level_sizes {level_sizes} sum to {sum(level_sizes)}, not the {anc.shape[0]} anchors")
+        starts = itertools.accumulate(level_sizes[:-1], initial=0)
+        return anc, anchor_boxes, list(zip(starts, level_sizes))
 
     def candidates(
         self, g: torch.Tensor, anc: torch.Tensor, anchor_boxes: torch.Tensor, levels: list[tuple[int, int]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return ATSS's candidates of GTs ``g`` (c, 4): anchor ids (c, K), their anchor-box IoUs (c, K) and the
-        reference's threshold mean + std (c,), before the centre test and ``min_pos`` (``anchor_layout`` gives the
+        """Return ATSS's candidates of GTs ``g`` (..., 4): anchor ids (..., K), their anchor-box IoUs (..., K) and the
+        reference's threshold mean + std (...), before the centre test and ``min_pos`` (``anchor_layout`` gives the
         other arguments)."""
-        centre = (g[:, :2] + g[:, 2:]) / 2  # (c, 2)
+        centre = (g[..., :2] + g[..., 2:]) / 2  # (..., 2)
         cands = []
-        for first, size in levels:
+        for first, size in levels:  # a loop over the 3 levels (shapes), whatever the data
             pts = anc[first : first + size]  # (a_l, 2)
             # squared centre distance ranks like the distance (mmdet's bbox_center_distance)
-            dist = (centre[:, None, 0] - pts[None, :, 0]).square_() + (centre[:, None, 1] - pts[None, :, 1]).square_()
-            cands.append(dist.topk(min(self.topk, size), dim=1, largest=False).indices + first)  # (c, k_l)
-        cand = torch.cat(cands, 1)  # (c, K), K = sum_l min(topk, a_l)
-        iou = bbox_iou(g[:, None], anchor_boxes[cand], xywh=False).squeeze_(-1)  # (c, K)
-        std = iou.std(1) if iou.shape[1] > 1 else torch.zeros_like(iou[:, 0])  # unbiased, as mmdet
-        return cand, iou, iou.mean(1) + std
+            dist = (centre[..., None, 0] - pts[:, 0]).square_().add_((centre[..., None, 1] - pts[:, 1]).square_())
+            idx = dist.topk(min(self.topk, size), dim=-1, largest=False).indices  # (..., k_l)
+            cands.append(idx + first if first else idx)
+        cand = torch.cat(cands, -1)  # (..., K), K = sum_l min(topk, a_l)
+        iou = bbox_iou(g[..., None, :], anchor_boxes[cand], xywh=False).squeeze_(-1)  # (..., K)
+        std = iou.std(-1) if iou.shape[-1] > 1 else torch.zeros_like(iou[..., 0])  # unbiased, as mmdet
+        return cand, iou, iou.mean(-1) + std
 
-    def _candidate_pairs(
-        self,
-        start: int,
-        boxes: torch.Tensor,
-        anc: torch.Tensor,
-        anchor_boxes: torch.Tensor,
-        levels: list[tuple[int, int]],
+    def _positives(
+        self, g: torch.Tensor, anc: torch.Tensor, anchor_boxes: torch.Tensor, levels: list[tuple[int, int]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return the positive (GT, anchor) pairs of the GT chunk starting at ``start``: gt ids, anchor ids, IoU."""
-        g = boxes[start : start + self._chunk_size(anc.shape[0])]  # (c, 4)
-        c = g.shape[0]
+        """Return the candidates of the GT chunk ``g`` (B, c, 4): anchor ids, IoUs and positive mask, (B, c, K) each,
+        before the padding mask and the multi-GT resolution."""
         cand, iou, thr = self.candidates(g, anc, anchor_boxes, levels)
-        inside = centers_inside(anc[cand], widen_small_boxes(g, self.min_size)[:, None])  # (c, K)
+        inside = centers_inside(anc[cand], widen_small_boxes(g, self.min_size)[..., None, :])  # (B, c, K)
         if self.min_pos:  # lower a GT's threshold to its min_pos-th best inside IoU (-1: fewer inside, all of them)
-            kth = iou.masked_fill(~inside, -1.0).topk(min(self.min_pos, iou.shape[1]), dim=1).values[:, -1]  # (c,)
+            kth = iou.masked_fill(~inside, -1.0).topk(min(self.min_pos, iou.shape[-1]), dim=-1).values[..., -1]
             thr = torch.minimum(thr, kth)
-        pos = (iou >= thr[:, None]) & inside  # (c, K)
-        gt_ids = torch.arange(start, start + c, device=g.device)[:, None].expand_as(cand)
-        return gt_ids[pos], cand[pos], iou[pos]
+        return cand, iou, (iou >= thr[..., None]) & inside
