@@ -92,6 +92,7 @@ def test_head_maps_match_the_head_output(tood_model, tmp_path):
     assert [m.numel() for m in maps["prob"]] == sizes
     assert [tuple(o.shape[:2]) for o in maps["offsets"]] == [(4, 2)] * head.nl
     if hasattr(head, "stacked_convs"):  # the T-Head's layer attention; TAPDetect has none
+        assert len(maps["cls_attention"]) == len(maps["reg_attention"]) == head.nl
         assert all(a.shape == (head.stacked_convs,) and bool(((a > 0) & (a < 1)).all()) for a in maps["cls_attention"])
     else:
         assert maps["cls_attention"] == [] and all(o.abs().sum() > 0 for o in maps["offsets"])

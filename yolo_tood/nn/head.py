@@ -606,9 +606,13 @@ class TaskAlignedOutputs:
         if "box_head" in branch and branch["box_head"] is None:
             return {}
         b = branch or self.one2many
-        out = self._aligned_outputs([self.level_maps(xi, i, **b) for i, xi in enumerate(x)], b)
+        out = self._aligned_outputs(self.all_level_maps(x, b), b)
         preds = {"boxes": out.boxes, "offsets": out.offsets, "scores": out.scores, "feats": x}
         return preds if out.distances is None else {**preds, "distances": out.distances}
+
+    def all_level_maps(self, x: list[torch.Tensor], branch: dict[str, nn.Module | None]) -> list[LevelMaps]:
+        """The raw maps of every level: ``level_maps`` level by level (a head may batch what the levels share)."""
+        return [self.level_maps(xi, i, **branch) for i, xi in enumerate(x)]
 
     def forward_level(
         self, x: torch.Tensor, level: int, **branch: nn.Module | None
@@ -935,8 +939,12 @@ class TaskDecomposition(nn.Module):
 
         ``level`` selects the BatchNorm when the norms are per level (SepBN); the shared GroupNorm ignores it.
         """
+        return self.reduce(feat, self.attention(avg_feat), level)
+
+    def reduce(self, feat: torch.Tensor, weight: torch.Tensor, level: int = 0) -> torch.Tensor:
+        """Return the task-specific feature (B, C, H, W) of ``feat`` (B, S*C, H, W) under the layer attention
+        ``weight`` (B, S, 1, 1): the attention-scaled reduction conv, the norm (``level``'s for SepBN), ReLU."""
         b, _, h, w = feat.shape
-        weight = self.attention(avg_feat)  # (B, S, 1, 1)
         # (B, 1, S, 1) * (1, C, S, C) -> (B, C, S*C): the reduction weight scaled per stacked layer and sample
         conv_weight = weight.view(b, 1, self.stacked_convs, 1) * self.reduction_conv.weight.view(
             1, self.feat_channels, self.stacked_convs, self.feat_channels
@@ -946,6 +954,50 @@ class TaskDecomposition(nn.Module):
         )
         norm = self.norm[level] if isinstance(self.norm, nn.ModuleList) else self.norm
         return self.act(norm(out.view(b, self.feat_channels, h, w)))
+
+
+def stack_decompositions(decomps: tuple[TaskDecomposition, ...]) -> tuple[torch.Tensor, ...] | None:
+    """Return the reduction weights and GroupNorm affines of ``decomps`` stacked along the output channels, for
+    ``decompose_tasks``; None when a norm is per level (SepBN), which runs each decomposition on its own."""
+    if any(isinstance(d.norm, nn.ModuleList) for d in decomps):
+        return None
+    return tuple(torch.cat(ts) for ts in zip(*((d.reduction_conv.weight, d.norm.weight, d.norm.bias) for d in decomps)))
+
+
+def decompose_tasks(
+    decomps: tuple[TaskDecomposition, ...],
+    stacked: tuple[torch.Tensor, ...] | None,
+    feat: torch.Tensor,
+    attention: list[torch.Tensor],
+    level: int,
+) -> list[torch.Tensor]:
+    """Run several task decompositions of one stacked feature as one: one batched matmul, one norm, one ReLU.
+
+    The same function as ``d.reduce(feat, w, level)`` for each decomposition ``d`` and its attention ``w``: the
+    reductions' output channels are stacked, and a GroupNorm of n * G groups over the n stacked outputs is each
+    output's GroupNorm of G groups (the groups are contiguous channels and the statistics per sample and group).
+
+    Args:
+        decomps (tuple[TaskDecomposition, ...]): The decompositions (cls, reg), of one width and depth.
+        stacked (tuple[torch.Tensor, ...] | None): ``stack_decompositions(decomps)``; None: one at a time (SepBN).
+        feat (torch.Tensor): Stacked features (B, S*C, H, W).
+        attention (list[torch.Tensor]): Each decomposition's layer attention (B, S, 1, 1).
+        level (int): Pyramid level, selecting SepBN's BatchNorm.
+
+    Returns:
+        (list[torch.Tensor]): The task-specific features (B, C, H, W), one per decomposition.
+    """
+    if stacked is None:
+        return [d.reduce(feat, w, level) for d, w in zip(decomps, attention)]
+    weight, norm_weight, norm_bias = stacked
+    d, n = decomps[0], len(decomps)
+    b, _, h, w = feat.shape
+    c, s = d.feat_channels, d.stacked_convs
+    # (B, n, 1, S, 1) * (1, n, C, S, C) -> (B, n*C, S*C): each task's reduction weight scaled per layer and sample
+    conv_weight = torch.cat(attention, 1).view(b, n, 1, s, 1) * weight.view(1, n, c, s, c)
+    out = torch.bmm(conv_weight.view(b, n * c, s * c), feat.view(b, s * c, h * w)).view(b, n * c, h, w)
+    out = F.group_norm(out, n * d.norm.num_groups, norm_weight, norm_bias, d.norm.eps)
+    return list(d.act(out).chunk(n, 1))
 
 
 class TOODDetect(TaskAlignedOutputs, Detect):
@@ -1121,10 +1173,12 @@ class TOODDetect(TaskAlignedOutputs, Detect):
             self.cv3 = None
 
     def map_modules(self) -> dict[str, list[nn.Module]]:
-        """The modules whose outputs are the head's maps, each run once per level (for forward hooks: the tools'
-        head-map pictures): ``cls`` logits, M's logit from the features (``prob``) and from the distribution
-        (``quality``), the ``offsets``, the layer attention of both decompositions; empty lists where a part is off.
-        On an end-to-end head, those of the branch inference runs (``end2end``: one-to-one)."""
+        """The modules whose outputs are the head's maps (for forward hooks: the tools' head-map pictures): ``cls``
+        logits, M's logit from the features (``prob``) and from the distribution (``quality``), the ``offsets``, the
+        layer attention of both decompositions; empty lists where a part is off. Each runs once per level in level
+        order, but DGQP, once on the flattened levels ((B, 1, A)), and the layer attention, once on all levels'
+        pooled features ((L * B, S, 1, 1), level-major). On an end-to-end head, those of the branch inference runs
+        (``end2end``: one-to-one)."""
         b = self.one2one if self.end2end else self.one2many
         return {
             "cls": [b["tood_cls"]],
@@ -1147,29 +1201,62 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         nn.init.constant_(m_last.bias, prior_bias)
 
     def level_maps(self, x: torch.Tensor, level: int, **branch: nn.Module | None) -> LevelMaps:
-        """Run the T-Head on one level, up to TAP (``task_aligned_outputs`` runs it over all levels).
+        """Run the T-Head on one level alone, up to TAP (``tower_maps`` of that level)."""
+        return self.tower_maps([x], [level], branch)[0]
+
+    def all_level_maps(self, x: list[torch.Tensor], branch: dict[str, nn.Module | None]) -> list[LevelMaps]:
+        """Run the T-Head on every level, up to TAP (``tower_maps``)."""
+        return self.tower_maps(x, list(range(len(x))), branch)
+
+    def tower_maps(self, xs: list[torch.Tensor], levels: list[int], b: dict[str, nn.Module | None]) -> list[LevelMaps]:
+        """Run the T-Head's tower and predictions on levels ``levels``, with the work the levels share batched.
+
+        The stacked features of each level come first; the layer attention of each task then runs once on the
+        pooled features of all levels (its weights are shared and its input is (B, S*C, 1, 1) at every level), and
+        both tasks' decompositions of a level run as one batched matmul and one norm (``decompose_tasks``).
 
         Args:
-            x (torch.Tensor): Neck feature (B, ch[level], H, W).
-            level (int): Pyramid level index, selecting the adapter and the scale.
-            **branch: The branch's modules (``one2many`` or ``one2one``, as ``Detect.forward`` passes them).
+            xs (list[torch.Tensor]): Neck features (B, ch[level], H, W), one per entry of ``levels``.
+            levels (list[int]): Their pyramid level indices, selecting the adapters, scales and SepBN norms.
+            b (dict): The branch's modules (``one2many`` or ``one2one``, as ``Detect.forward`` passes them).
 
         Returns:
-            (LevelMaps): The box prediction (scaled), cls logits, M's logits from the features (None for
-                ``quality="distribution"``) and the offsets (None for ``tap="none"``) of the level.
+            (list[LevelMaps]): Per level, the box prediction (scaled), cls logits, M's logits from the features (None
+                for ``quality="distribution"``) and the offsets (None for ``tap="none"``).
         """
-        b = branch
+        feats = [self._stacked_features(x, level, b) for x, level in zip(xs, levels)]  # (B, S*C, H, W) each
+        pooled = _cat([F.adaptive_avg_pool2d(f, 1) for f in feats], 0)  # (L*B, S*C, 1, 1), shared by both tasks
+        decomps = (b["cls_decomp"], b["reg_decomp"])
+        # per task (L, B, S, 1, 1); unflatten, not split(B): an export traced at one batch size runs at others
+        attention = [d.attention(pooled).unflatten(0, (len(feats), -1)) for d in decomps]
+        stacked = stack_decompositions(decomps)
+        maps = []
+        for i, (feat, level) in enumerate(zip(feats, levels)):
+            cls_feat, reg_feat = decompose_tasks(decomps, stacked, feat, [a[i] for a in attention], level)
+            maps.append(self._predict(feat, cls_feat, reg_feat, level, b))
+        return maps
+
+    def _stacked_features(self, x: torch.Tensor, level: int, b: dict[str, nn.Module | None]) -> torch.Tensor:
+        """The adapter and the stacked convs of one level, concatenated: (B, S*C, H, W)."""
         x = b["adapters"][level](x)
         inter_feats = []
         for conv in b["inter_convs"]:
             x = conv(x, level) if isinstance(conv, SepBNConv) else conv(x)
             inter_feats.append(x)
-        feat = torch.cat(inter_feats, 1)  # (B, S*C, H, W)
-        avg_feat = F.adaptive_avg_pool2d(feat, 1)  # shared by both decompositions, as the reference
+        return torch.cat(inter_feats, 1)
 
-        cls_logits = b["tood_cls"](b["cls_decomp"](feat, avg_feat, level))
+    def _predict(
+        self,
+        feat: torch.Tensor,
+        cls_feat: torch.Tensor,
+        reg_feat: torch.Tensor,
+        level: int,
+        b: dict[str, nn.Module | None],
+    ) -> LevelMaps:
+        """The level's predictions from its stacked features and its two task-specific features."""
+        cls_logits = b["tood_cls"](cls_feat)
         prob_logits = b["cls_prob"](feat) if b["cls_prob"] is not None else None
-        reg = b["tood_reg"](b["reg_decomp"](feat, avg_feat, level))  # (B, 4*reg_max, H, W)
+        reg = b["tood_reg"](reg_feat)  # (B, 4*reg_max, H, W)
         if self.reg_max == 1:
             # Plain distances as the reference, Scale_l(exp(x)) in stride units: positive for any conv output, so the
             # un-resampled fallback of the validity test is always a valid box (a raw output could invert a box,

@@ -273,9 +273,9 @@ class TAPDetect(TaskAlignedOutputs, Detect):
             setattr(self, f"{prefix}reg_offset", None)
 
     def map_modules(self) -> dict[str, list[nn.Module]]:
-        """The modules whose outputs are the head's maps, each run once per level in level order (``TOODDetect``'s
-        contract): the stock cls branch's last conv, M's predictors, the offsets; no layer attention. On an end-to-end
-        head, those of the branch inference runs (``end2end``: one-to-one)."""
+        """The modules whose outputs are the head's maps, as ``TOODDetect.map_modules``: the stock cls branch's last
+        conv, M's predictors, the offsets; no layer attention. On an end-to-end head, those of the branch inference
+        runs (``end2end``: one-to-one)."""
         self.check_unfused("hooks on the head's maps")  # fused, M and O come from merged_predictors
         b = self.one2one if self.end2end else self.one2many
         return {

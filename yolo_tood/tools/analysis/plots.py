@@ -162,10 +162,11 @@ def head_maps(model: torch.nn.Module, img: torch.Tensor) -> dict[str, list[torch
     head = model.model[-1]
     if not hasattr(head, "map_modules"):
         raise ValueError(f"head maps need a TOODDetect or TAPDetect head, got {type(head).__name__}")
-    hooked = head.map_modules()  # each module runs once per level, in level order
+    hooked = head.map_modules()  # once per level in level order, or once for all levels (map_modules)
     outs: dict[str, list[torch.Tensor]] = {k: [] for k in hooked}
     handles = [
-        m.register_forward_hook(lambda _m, _i, o, k=k: outs[k].append(o[0].float()))
+        # image 0's output; a module run once for all levels (the T-Head's layer attention: (L, S, 1, 1)) gives L
+        m.register_forward_hook(lambda _m, _i, o, k=k: outs[k].extend(o.float().unbind(0)))
         for k, modules in hooked.items()
         for m in modules
     ]
