@@ -433,6 +433,106 @@ def test_with_the_real_head():
         assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+def plain_reference(criterion: TOODLoss, preds: dict, batch: dict, warmup: bool) -> torch.Tensor:
+    """The loss (3,) * B written plainly from the assignment, indexing the positives (the dense loss must equal it):
+    mmdet's normalisers, the DFL / L1 targets measured from TAP's shifted points, ultralytics' L1 for reg_max 1."""
+    from ultralytics.utils.metrics import bbox_iou
+    from ultralytics.utils.tal import make_anchors
+
+    head, bs = criterion.head, preds["scores"].shape[0]
+    imgsz = torch.tensor([preds["feats"][0].shape[2] * STRIDES[0]] * 2)
+    anc, stride = make_anchors(preds["feats"], head.stride, 0.5)  # (A, 2) grid units, (A, 1)
+    gt_labels, gt_bboxes, mask_gt = criterion._targets(batch, bs, imgsz)
+    r = head.reg_max
+    dist = preds["boxes"].permute(0, 2, 1).reshape(bs, -1, 4, r)
+    ltrb = dist.softmax(-1) @ torch.arange(float(r)) if r > 1 else dist[..., 0]  # (B, A, 4) distances
+    o = preds["offsets"].permute(0, 2, 1)  # (B, A, 8): (dy, dx) per side
+    start = torch.stack(
+        (anc[:, 0] + o[..., 1], anc[:, 1] + o[..., 2], anc[:, 0] + o[..., 5], anc[:, 1] + o[..., 6]), -1
+    )
+    pred_boxes = start + ltrb * torch.tensor([-1.0, -1.0, 1.0, 1.0])  # (B, A, 4) xyxy grid units
+    scores = preds["scores"].permute(0, 2, 1)
+    if warmup:
+        res = criterion.atss_assigner(anc * stride, stride, gt_labels, gt_bboxes, mask_gt, head.nc)
+    else:
+        res = criterion.tal_assigner(scores, pred_boxes * stride, anc * stride, gt_labels, gt_bboxes, mask_gt)
+    fg = res.fg_mask
+    target = torch.zeros_like(scores)
+    target[fg, res.labels[fg]] = res.metrics[fg]
+    loss_fn = focal_loss_prob if warmup else quality_focal_loss_prob
+    cls = loss_fn(scores, target).sum() / res.metrics.sum().clamp(min=1)
+    tbox = res.bboxes[fg] / stride.expand(bs, -1, -1)[fg]  # (P, 4) grid units
+    w = centerness(anc.expand(bs, -1, -1)[fg], tbox) if warmup else res.metrics[fg]
+    giou = bbox_iou(pred_boxes[fg], tbox, xywh=False, GIoU=True).squeeze(-1)
+    box = ((1 - giou) * w).sum() / w.sum().clamp(min=1)
+    dist_target = (start[fg] - tbox) * torch.tensor([1.0, 1.0, -1.0, -1.0])  # (P, 4) l, t, r, b
+    if r > 1:
+        per_box = loss_module.DFLoss(r)(dist[fg].reshape(-1, r), dist_target.clamp(0, r - 1.01)).squeeze(-1)
+    else:  # ultralytics' L1 on the distances / image size (w, h, w, h), mean over the sides
+        scale = stride.expand(bs, -1, -1)[fg] / imgsz.flip(0).repeat(2)
+        per_box = ((ltrb[fg] - dist_target) * scale).abs().mean(-1)
+    dfl = (per_box * w).sum() / w.sum().clamp(min=1)
+    hyp = criterion.tood_hyp
+    return torch.stack((box * hyp.box_gain, cls * hyp.cls_gain, dfl * hyp.dfl_gain)) * bs
+
+
+@pytest.mark.parametrize("reg_max", [16, 1])
+@pytest.mark.parametrize("epoch", [0, None])
+def test_dense_loss_equals_the_plain_reference_with_an_image_without_gt(epoch, reg_max):
+    """The loss, computed over all anchors with weights that vanish at the background, equals the loss written from
+    the positives alone, in both phases, with DFL and with L1, with TAP's offsets and an image that has no GT; its
+    gradients are finite (the background's targets are harmless boxes, so no 0 * NaN reaches them)."""
+    head = FakeHead(nc=3, reg_max=reg_max)
+    head.epoch, head.atss_epochs = epoch, 1
+    criterion = TOODLoss(FakeModel(head))
+    boxes, logits, build = random_preds(3, 3, reg_max, 128, seed=7, offset_std=0.5)
+    batch = random_batch([4, 0, 6], 3, seed=8)
+    preds = build()
+    loss, items = criterion(preds, batch)
+    torch.testing.assert_close(loss, plain_reference(criterion, preds, batch, epoch == 0), atol=1e-5, rtol=1e-5)
+    assert_finite_loss_and_grads(loss, items, boxes, logits)
+
+
+def test_side_shift_pairs_is_a_view_of_side_shifts():
+    """The loss's view of TAP's side shifts holds side_shifts' channels, (x1, y1) then (x2, y2), without a copy."""
+    offsets = torch.randn(2, 8, 5)
+    pairs = loss_module.side_shift_pairs(offsets)
+    assert pairs.shape == (2, 5, 2, 2) and pairs.data_ptr() == offsets[:, 1].data_ptr()
+    torch.testing.assert_close(pairs.flatten(2), side_shifts(offsets).permute(0, 2, 1))
+
+
+def bench_launches():
+    """Import ``scripts/bench_launches.py`` (its counting rule), registered in sys.modules for its dataclass."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "bench_launches" not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "scripts" / "bench_launches.py"
+        spec = importlib.util.spec_from_file_location("bench_launches", path)
+        sys.modules["bench_launches"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["bench_launches"]
+
+
+@pytest.mark.parametrize("epoch", [0, None])
+def test_training_step_of_the_loss_makes_three_host_syncs(epoch):
+    """A training loss call and its backward wait for the device three times (``scripts/bench_launches.py``'s rule):
+    the read of the label checks and ultralytics' ``preprocess``'s two (the GT counts and their max); the assignment
+    statistics, the normalisers and the positives (never indexed) add none. A second call reuses the anchors."""
+    head = FakeHead(nc=3)
+    head.epoch, head.atss_epochs = epoch, 1
+    criterion = TOODLoss(FakeModel(head))
+    boxes, logits, build = random_preds(2, 3, 16, 64, seed=9, offset_std=0.3)
+    batch = random_batch([3, 5], 3, seed=10)
+    criterion(build(), batch)  # the first call makes the cached anchors (make_anchors reads the strides)
+    with bench_launches().count() as c:
+        loss, _ = criterion(build(), batch)
+        loss.sum().backward()
+    assert c.syncs == 3 and set(c.sync_ops) == {"Tensor.tolist", "_unique2", "_local_scalar_dense"}, c.sync_ops
+    assert criterion.tal_stats.summary()["gts"] == 16  # the statistics were fed (both calls)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # TOODHyp
 # ----------------------------------------------------------------------------------------------------------------------

@@ -23,11 +23,19 @@ for its VFL. In fp16 the centerness guard 1e-9 is 0 (NaN for sub-pixel GTs) and 
 Bad labels fail with one ValueError naming the label (class ids outside [0, nc) or not integers, non-finite boxes,
 image indices outside the batch), before anything is indexed with them; boxes of zero or negative width or height
 are dropped and counted in ``TOODLoss.dropped_boxes``, which a callback logs and resets once per epoch.
+
+Host syncs: a training step of the loss waits for the device three times, as ultralytics' ``v8DetectionLoss`` does
+at least: once to read the label checks (``_check_labels``) and twice in ultralytics' ``preprocess`` (the GT counts
+and their max, the padded size). The positives are never indexed (``x[mask]`` and ``nonzero`` wait for the device):
+the cls target and the box weights are dense over the (B, A) anchors and 0 at the background; normalisers stay
+tensors; the constants that would be built from host values at every step (anchors, the gains), each a
+host-to-device copy that waits for the device on CUDA, are made once per shape and device.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,14 +43,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from ultralytics.utils.loss import DFLoss, v8DetectionLoss
 from ultralytics.utils.metrics import bbox_iou
-from ultralytics.utils.tal import bbox2dist, make_anchors
+from ultralytics.utils.tal import make_anchors
 
-from ..nn.head import side_shifts
 from .assigner import AssignResult, ATSSAssigner, TOODTaskAlignedAssigner
 from .hyp import TOODHyp
 from .tal_stats import TALStats
 
-__all__ = ("TOODLoss", "centerness", "focal_loss_prob", "quality_focal_loss_prob", "reduce_mean")
+__all__ = ("TOODLoss", "centerness", "focal_loss_prob", "quality_focal_loss_prob", "reduce_mean", "side_shift_pairs")
 
 # Probabilities are clamped to [PROB_EPS, 1 - PROB_EPS] before logs: the aligned score sqrt(sig(a) * sig(b)) can
 # saturate to exactly 0 or 1 in float32, where the log (and mmdet issue #7747's NaN) would blow up.
@@ -99,18 +106,36 @@ def centerness(points: torch.Tensor, boxes: torch.Tensor, eps: float = 1e-9) -> 
     As MMDetection's ``ATSSHead.centerness_target``, the box-loss weight of TOOD's warm-up.
 
     Args:
-        points (torch.Tensor): (N, 2) points, inside their boxes.
-        boxes (torch.Tensor): (N, 4) xyxy boxes.
+        points (torch.Tensor): (..., 2) points, inside their boxes.
+        boxes (torch.Tensor): (..., 4) xyxy boxes, broadcastable against ``points``.
         eps (float): Guards the division for degenerate boxes.
 
     Returns:
-        (torch.Tensor): (N,) float32 centerness in [0, 1].
+        (torch.Tensor): (...) float32 centerness in [0, 1].
     """
     points, boxes = points.float(), boxes.float()  # eps would be 0 in fp16
-    lt = points - boxes[:, :2]  # (N, 2) l, t
-    rb = boxes[:, 2:] - points  # (N, 2) r, b
-    ratio = torch.minimum(lt, rb).clamp(min=0) / torch.maximum(lt, rb).clamp(min=eps)  # (N, 2)
+    lt = points - boxes[..., :2]  # (..., 2) l, t
+    rb = boxes[..., 2:] - points  # (..., 2) r, b
+    ratio = torch.minimum(lt, rb).clamp(min=0) / torch.maximum(lt, rb).clamp(min=eps)  # (..., 2)
     return ratio.prod(-1).sqrt()
+
+
+def side_shift_pairs(offsets: torch.Tensor) -> torch.Tensor:
+    """Return TAP's ``side_shifts`` of the anchors as a view (B, A, 2, 2): (dx_l, dy_t), (dx_r, dy_b), the shifts of
+    (x1, y1) and (x2, y2).
+
+    ``side_shifts`` picks the channels 1, 2, 5, 6 (``SIDE_SHIFT_CHANNELS``) of the (dy, dx) per side (left, top,
+    right, bottom) with a list index, whose index tensor is copied to the device at every call (a host sync on CUDA);
+    they are two runs of two, which a view reaches.
+
+    Args:
+        offsets (torch.Tensor): (B, 8, A) TAP's offsets, (dy, dx) per side, grid units.
+
+    Returns:
+        (torch.Tensor): (B, A, 2, 2) view of ``offsets``.
+    """
+    b, _, a = offsets.shape
+    return offsets.reshape(b, 2, 4, a)[:, :, 1:3].permute(0, 3, 1, 2)
 
 
 def reduce_mean(x: torch.Tensor) -> torch.Tensor:
@@ -204,6 +229,7 @@ class TOODLoss(v8DetectionLoss):
         self.proj = torch.arange(self.reg_max, dtype=torch.float, device=self.device)  # used by bbox_decode
         self.tal_stats = TALStats()  # positives per GT of the training batches; integration.callbacks writes them
         self.dropped_boxes = 0  # GTs of zero or negative size dropped since the last reset (logged per epoch)
+        self._cache: dict[tuple, Any] = {}  # constants of the step on its device (see _cached)
 
     def take_tal_stats(self) -> dict[str, Any]:
         """Return the assignment statistics of the training batches since the last call (``TALStats.summary``), and
@@ -259,18 +285,25 @@ class TOODLoss(v8DetectionLoss):
         pred_distri = preds["boxes"].permute(0, 2, 1).float().contiguous()  # (B, A, 4*reg_max)
         pred_scores = preds["scores"].permute(0, 2, 1).float()  # (B, A, nc) probabilities
         feats = preds["feats"]
-        anchor_points, stride_tensor = make_anchors(feats, self.stride, 0.5)  # (A, 2) grid units, (A, 1)
+        # (A, 2) grid units, (A, 1), input size (2,) h, w and its (4,) w, h, w, h scale, in pixels
+        anchor_points, stride_tensor, imgsz, scale = self._anchors(feats)
         batch_size = pred_scores.shape[0]
-        imgsz = torch.tensor(feats[0].shape[2:], device=self.device, dtype=torch.float32) * self.stride[0]
 
-        gt_labels, gt_bboxes, mask_gt = self._targets(batch, batch_size, imgsz)
+        gt_labels, gt_bboxes, mask_gt = self._targets(batch, batch_size, imgsz, scale)
         # TAP measures side k from (anchor + O_k): decode around the anchor, then move each edge with its point
-        shifts = side_shifts(preds["offsets"]).float().permute(0, 2, 1)  # (B, A, 4) dx_l, dy_t, dx_r, dy_b, grid
-        pred_bboxes = self.bbox_decode(anchor_points, pred_distri) + shifts  # (B, A, 4) xyxy grid units
+        shifts = side_shift_pairs(preds["offsets"]).float()  # (B, A, 2, 2) (dx_l, dy_t), (dx_r, dy_b), grid units
+        decoded = self.bbox_decode(anchor_points, pred_distri)  # (B, A, 4) xyxy grid units, around the anchors
+        pred_bboxes = (decoded.unflatten(-1, (2, 2)) + shifts).flatten(2)  # (B, A, 4) xyxy grid units
 
         if warmup:
             res = self.atss_assigner(
-                anchor_points * stride_tensor, stride_tensor, gt_labels, gt_bboxes, mask_gt, self.nc
+                anchor_points * stride_tensor,
+                stride_tensor,
+                gt_labels,
+                gt_bboxes,
+                mask_gt,
+                self.nc,
+                level_sizes=[f.shape[2] * f.shape[3] for f in feats],  # python ints: no host sync for the levels
             )
         else:
             res = self.tal_assigner(
@@ -285,80 +318,135 @@ class TOODLoss(v8DetectionLoss):
         if self.head.training:  # validation losses (EMA head in eval mode) stay out of the training statistics
             self.tal_stats.update(res, gt_bboxes, mask_gt, "ATSS" if warmup else "TAL", gt_labels, self.nc)
 
-        loss = torch.zeros(3, device=self.device)  # box, cls, dfl
-        loss[1] = self._cls_loss(pred_scores, res, warmup, pred_bboxes, stride_tensor)
-        loss[0], loss[2] = self._box_loss(
+        cls_norm = self._normaliser(res.metrics.sum())  # mmdet's cls_avg_factor: #positives or sum(t_hat)
+        loss_cls = self._cls_loss(pred_scores, res, warmup, pred_bboxes, stride_tensor) / cls_norm
+        loss_box, loss_dfl = self._box_loss(
             pred_distri, pred_bboxes, shifts, anchor_points, stride_tensor, imgsz, res, warmup
         )
-        loss[0] *= self.tood_hyp.box_gain
-        loss[1] *= self.tood_hyp.cls_gain
-        loss[2] *= self.tood_hyp.dfl_gain
+        gains = (self.tood_hyp.box_gain, self.tood_hyp.cls_gain, self.tood_hyp.dfl_gain)
+        gains_t = self._cached(("gains", *gains, loss_cls.device), lambda: torch.tensor(gains, device=loss_cls.device))
+        loss = torch.stack((loss_box, loss_cls, loss_dfl)) * gains_t  # (3,) box, cls, dfl
+        # the items stay tensors (no .item()): the trainer averages them on the device and reads them for its logs
         return loss * batch_size, dict(zip(self.loss_names, loss.detach()))
 
+    def _cached(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """Return ``make()``, made once per ``key``: constants of the step on its device.
+
+        Built from host values at every step, each would be a host-to-device copy, which on CUDA waits for the
+        device (a host sync). The cache is bounded: validation with ``rect`` batches brings many input shapes.
+        """
+        if key not in self._cache:
+            if len(self._cache) >= 64:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def _anchors(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the anchor points (A, 2) in grid units, their strides (A, 1), the input size (2,) h, w and its scale
+        (4,) w, h, w, h in pixels, for the feature maps ``feats`` (B, C, H_l, W_l).
+
+        Cached per feature-map shapes, dtype and device, on which alone they depend: ``make_anchors`` reads every
+        level's stride on the host (a sync per level, which stock ultralytics pays at every step).
+        """
+        key = ("anchors", tuple(tuple(f.shape[2:]) for f in feats), feats[0].dtype, feats[0].device)
+
+        def make() -> tuple[torch.Tensor, ...]:
+            anchor_points, stride_tensor = make_anchors(feats, self.stride, 0.5)
+            imgsz = torch.tensor(feats[0].shape[2:], device=self.device, dtype=torch.float32) * self.stride[0]
+            return anchor_points, stride_tensor, imgsz, imgsz[[1, 0, 1, 0]]
+
+        return self._cached(key, make)
+
     def _targets(
-        self, batch: dict[str, torch.Tensor], batch_size: int, imgsz: torch.Tensor
+        self, batch: dict[str, torch.Tensor], batch_size: int, imgsz: torch.Tensor, scale: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return padded GT labels (B, n, 1), pixel xyxy boxes (B, n, 4) and the real-GT mask (B, n, 1).
 
-        The mask comes from the per-image GT counts, not from ultralytics' ``box.sum() > 0``, which would drop a real
-        box whose coordinates sum to <= 0 (a box partly outside the top-left of the image).
+        Every label carries a last column of ones through ultralytics' ``preprocess``, which pads with zeros and
+        scales only the box columns: that column is the mask. So the mask follows the per-image GT counts, not
+        ultralytics' ``box.sum() > 0``, which would drop a real box whose coordinates sum to <= 0 (a box partly outside
+        the top-left of the image), at no cost of its own: ``preprocess``'s two host syncs (the GT counts, and their
+        max as the padded size) are the ones stock pays.
+
+        Args:
+            batch (dict): Ultralytics batch with "batch_idx" (N,), "cls" (N, 1), "bboxes" (N, 4) normalised xywh.
+            batch_size (int): Number of images.
+            imgsz (torch.Tensor): (2,) input h, w in pixels.
+            scale (torch.Tensor, optional): (4,) w, h, w, h in pixels (``_anchors`` caches it); from ``imgsz`` if None.
         """
         batch_idx = batch["batch_idx"].view(-1, 1).to(self.device, torch.float32)
         cls = batch["cls"].view(-1, 1).to(self.device, torch.float32)
         bboxes = batch["bboxes"].view(-1, 4).to(self.device, torch.float32)
-        targets = self._check_labels(torch.cat((batch_idx, cls, bboxes), 1), batch_size)
-        batch_idx = targets[:, :1]
-        targets = self.preprocess(targets, batch_size, scale_tensor=imgsz[[1, 0, 1, 0]].float())
-        gt_labels, gt_bboxes = targets.split((1, 4), 2)  # (B, n, 1) cls, (B, n, 4) xyxy pixels
-        counts = torch.bincount(batch_idx.view(-1).long(), minlength=batch_size)[:batch_size]  # (B,)
-        mask_gt = torch.arange(gt_bboxes.shape[1], device=self.device)[None] < counts[:, None]  # (B, n)
-        return gt_labels, gt_bboxes, mask_gt[..., None].float()
+        targets = torch.cat((batch_idx, cls, bboxes, torch.ones_like(batch_idx)), 1)  # (N, 7), last: real GT
+        targets = self._check_labels(targets, batch_size)
+        scale = imgsz[[1, 0, 1, 0]].float() if scale is None else scale
+        gt_labels, gt_bboxes, mask_gt = self.preprocess(targets, batch_size, scale_tensor=scale).split((1, 4, 1), 2)
+        return gt_labels, gt_bboxes, mask_gt
 
     def _check_labels(self, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Raise a one-line ValueError for a bad label; return ``targets`` without its zero-size boxes (counted).
 
         Checked before any indexing, so a bad label never becomes an IndexError or a CUDA device-side assert, nor
         trains silently as another class (a class id of -1 or 2.5). Boxes of zero or negative width or height are
-        dropped and added to ``self.dropped_boxes``.
+        dropped and added to ``self.dropped_boxes``. A good batch costs one host sync: the counts of every check
+        are read together; finding the bad label, and dropping boxes, take more (rare paths).
 
         Args:
-            targets (torch.Tensor): (N, 6) float32 labels: image index, class, normalised x, y, w, h.
+            targets (torch.Tensor): (N, 6 + k) float32 labels: image index, class, normalised x, y, w, h (then k
+                columns of any kind, kept).
             batch_size (int): Number of images in the batch.
 
         Returns:
-            (torch.Tensor): (M, 6) the labels with a positive width and height, M <= N.
+            (torch.Tensor): (M, 6 + k) the labels with a positive width and height, M <= N.
         """
-        img, cls, box = targets[:, 0], targets[:, 1], targets[:, 2:]
-        bad_img = ~((img >= 0) & (img < batch_size) & (img == img.round()))  # NaN compares False: bad
-        bad_cls = ~((cls >= 0) & (cls < self.nc) & (cls == cls.round()))
-        bad_box = ~box.isfinite().all(1)
-        empty = (box[:, 2] <= 0) | (box[:, 3] <= 0)
-        flags = torch.stack((bad_img.any(), bad_cls.any(), bad_box.any(), empty.any())).tolist()  # one device sync
-        if flags[0]:
-            i = int(bad_img.nonzero()[0])
+        if not len(targets):
+            return targets
+        idx, box = targets[:, :2], targets[:, 2:6]
+        top = self._cached(  # largest image index and class
+            ("label_max", batch_size, self.nc, targets.device),
+            lambda: torch.tensor((batch_size - 1, self.nc - 1), dtype=targets.dtype, device=targets.device),
+        )
+        bad = torch.cat(
+            (
+                idx != idx.clamp(min=0).minimum(top).round(),  # (N, 2) not an integer in range (NaN != NaN)
+                box * 0 != 0,  # (N, 4) inf or NaN
+                box[:, 2:].amin(1, keepdim=True) <= 0,  # (N, 1) zero size
+            ),
+            1,
+        )
+        counts = bad.sum(0).tolist()  # (7,): the one host sync of a good batch
+        if any(counts[:6]):
+            self._raise_bad_label(targets, batch_size, bad)
+        if counts[6]:
+            self.dropped_boxes += counts[6]
+            targets = targets[~bad[:, 6]]
+        return targets
+
+    def _raise_bad_label(self, targets: torch.Tensor, batch_size: int, bad: torch.Tensor) -> None:
+        """Raise the ValueError of the first bad label, the image indices checked first, then the classes, then the
+        boxes; ``bad`` (N, 7) flags them (see ``_check_labels``)."""
+        img, cls, box = targets[:, 0], targets[:, 1], targets[:, 2:6]
+        if bad[:, 0].any():
+            i = int(bad[:, 0].nonzero()[0])
             raise ValueError(
                 f"TOOD: batch label {i} has image index {img[i].item()}, expected an integer in [0, {batch_size})"
             )
-        if flags[1]:
-            i = int(bad_cls.nonzero()[0])
+        if bad[:, 1].any():
+            i = int(bad[:, 1].nonzero()[0])
             raise ValueError(
                 f"TOOD: batch label {i} (image {int(img[i])}) has class {cls[i].item()}, "
                 f"expected an integer in [0, {self.nc})"
             )
-        if flags[2]:
-            i = int(bad_box.nonzero()[0])
-            raise ValueError(
-                f"TOOD: batch label {i} (image {int(img[i])}) has a non-finite box (x, y, w, h) = "
-                f"({', '.join(f'{v:g}' for v in box[i].tolist())})"
-            )
-        if flags[3]:
-            self.dropped_boxes += int(empty.sum())
-            targets = targets[~empty]
-        return targets
+        i = int(bad[:, 2:6].any(1).nonzero()[0])
+        raise ValueError(
+            f"TOOD: batch label {i} (image {int(img[i])}) has a non-finite box (x, y, w, h) = "
+            f"({', '.join(f'{v:g}' for v in box[i].tolist())})"
+        )
 
     def _normaliser(self, total: torch.Tensor) -> torch.Tensor:
         """Return a loss normaliser: ``total`` averaged over the ranks while training (``reduce_mean``), clamped at 1.
 
+        It stays a tensor (no ``.item()``, unlike the reference): the division waits for nothing on the host.
         Validation losses run on rank 0 alone (the EMA head in eval mode): a collective there would wait for ranks
         that never call it, so they keep the rank's own total.
         """
@@ -372,28 +460,34 @@ class TOODLoss(v8DetectionLoss):
         pred_bboxes: torch.Tensor,
         stride_tensor: torch.Tensor,
     ) -> torch.Tensor:
-        """Return the classification loss: Focal (warm-up) or QFL, summed over all anchors and classes, normalised.
+        """Return the classification loss, Focal (warm-up) or QFL, summed over all anchors and classes.
 
-        The normaliser is sum(res.metrics) clamped at 1: the number of positives in the warm-up (metrics are ones)
-        and sum(t_hat) with TAL, as mmdet's ``cls_avg_factor``. With ``atss_cls_target: iou`` the warm-up uses QFL
-        towards the IoU of each positive's predicted box (``pred_bboxes`` (B, A, 4) xyxy in grid units, scaled by
-        ``stride_tensor`` (A, 1) to the GT's pixels) with its GT, still normalised by the number of positives (GFL).
+        The caller divides it by sum(res.metrics) clamped at 1: the number of positives in the warm-up (metrics are
+        ones) and sum(t_hat) with TAL, as mmdet's ``cls_avg_factor``. With ``atss_cls_target: iou`` the warm-up uses
+        QFL towards the IoU of each positive's predicted box (``pred_bboxes`` (B, A, 4) xyxy in grid units, scaled by
+        ``stride_tensor`` (A, 1) to the GT's pixels) with its GT (GFL).
+
+        The target (B, A, nc) is built densely: the positive's quality at its GT's class (a comparison of
+        ``res.labels`` (B, A) with the classes: the background label nc matches none), 0 elsewhere; indexing the
+        positives would be a host sync.
         """
-        target = torch.zeros_like(pred_scores)  # (B, A, nc)
-        fg = res.fg_mask.nonzero(as_tuple=True)  # (b, a) indices of the positives
-        quality = res.metrics[fg].to(target.dtype)  # 1 (warm-up) or t_hat
+        quality = res.metrics  # (B, A): 1 (warm-up) or t_hat at the positives, 0 at the background
         iou_targets = warmup and self.tood_hyp.atss_cls_target == "iou"
         if iou_targets:  # GFL's target: the IoU of the (detached) predicted box with its GT
-            boxes = pred_bboxes[fg].detach() * stride_tensor[fg[1]]  # (P, 4) pixels
-            quality = bbox_iou(boxes, res.bboxes[fg].to(boxes.dtype), xywh=False).squeeze(-1).clamp(min=0)
-        target[fg[0], fg[1], res.labels[fg]] = quality
+            boxes = pred_bboxes.detach() * stride_tensor  # (B, A, 4) pixels
+            iou = bbox_iou(boxes, res.bboxes.to(boxes.dtype), xywh=False).squeeze(-1).clamp(min=0)  # (B, A)
+            quality = torch.where(res.fg_mask, iou, 0.0)  # the background's zero boxes may give NaN
+        classes = self._cached(
+            ("classes", self.nc, quality.device), lambda: torch.arange(self.nc, device=quality.device)
+        )
+        target = (res.labels.unsqueeze(-1) == classes) * quality.unsqueeze(-1)  # (B, A, nc) float32
         if warmup and not iou_targets:
             cls = focal_loss_prob(pred_scores, target, self.tood_hyp.focal_gamma, self.tood_hyp.focal_alpha)
         else:
             cls = quality_focal_loss_prob(pred_scores, target, self.tood_hyp.qfl_beta)
         if self.head.training:  # as the assignment statistics: training batches only
             self.tal_stats.update_cls(pred_scores.detach(), target, cls.detach(), res.fg_mask, res.labels)
-        return cls.sum() / self._normaliser(res.metrics.sum())
+        return cls.sum()
 
     def _box_loss(
         self,
@@ -409,34 +503,39 @@ class TOODLoss(v8DetectionLoss):
         """Return the (GIoU, DFL or L1) losses of the positives, weighted and normalised by the sum of box weights.
 
         Box weights are the centerness of the anchor point in its GT (warm-up) or t_hat (TAL), as mmdet's
-        ``pos_bbox_weight``; both terms are divided by sum(weights) clamped at 1 (mmdet's ``bbox_avg_factor``).
-        Boxes are in grid (stride) units, where GIoU is unchanged and the DFL bins live. The distance of side k is
-        predicted from the point (anchor + O_k) (TAP), so its DFL / L1 target is the distance from that point to the
-        GT edge: ``shifts`` (B, A, 4) move the points. They are detached there: a target is a constant, and the
-        offsets learn from the GIoU of the decoded boxes, as in the reference, and through the re-sampling.
+        ``pos_bbox_weight``; both terms are divided by sum(weights) clamped at 1 (mmdet's ``bbox_avg_factor``). With TAL
+        that is the cls loss's normaliser again, computed again: sharing it would save a sum and, under DDP, an
+        all-reduce, but tests/test_ddp_normaliser.py holds the two reductions of the reference. Boxes are in grid
+        (stride) units, where GIoU is unchanged and the DFL bins live. The distance of side k is predicted from the
+        point (anchor + O_k) (TAP), so its DFL / L1 target is the distance from that point to the GT edge: ``shifts``
+        (B, A, 4) or (B, A, 2, 2) move the points. They are detached there: a target is a constant, and the offsets
+        learn from the GIoU of the decoded boxes, as in the reference, and through the re-sampling.
+
+        Every anchor is computed, its weight 0 at the background (indexing the positives would be a host sync); there
+        the target is a box of side 2 about the anchor point, so that no NaN or inf reaches the sums (0 * NaN = NaN).
         """
-        fg = res.fg_mask.nonzero(as_tuple=True)  # index once
-        points = anchor_points[fg[1]]  # (P, 2) grid units
-        stride = stride_tensor[fg[1]]  # (P, 1)
-        target = res.bboxes[fg].float() / stride  # (P, 4) grid units
-        weight = centerness(points, target) if warmup else res.metrics[fg]  # (P,) float32
+        bs, na = res.fg_mask.shape
+        harmless = torch.cat((anchor_points - 1, anchor_points + 1), -1)  # (A, 4) grid units
+        target = torch.where(res.fg_mask[..., None], res.bboxes.float() / stride_tensor, harmless)  # (B, A, 4) grid
+        if warmup:
+            weight = torch.where(res.fg_mask, centerness(anchor_points, target), 0.0)  # (B, A) float32
+        else:
+            weight = res.metrics  # (B, A) t_hat, 0 at the background
         norm = self._normaliser(weight.sum())
 
-        giou = bbox_iou(pred_bboxes[fg], target, xywh=False, GIoU=True).squeeze(-1)  # (P,)
+        giou = bbox_iou(pred_bboxes, target, xywh=False, GIoU=True).squeeze(-1)  # (B, A)
         loss_box = ((1.0 - giou) * weight).sum() / norm
 
-        shift = shifts[fg].detach().to(points.dtype)  # (P, 4)
-        points_lt, points_rb = points + shift[:, :2], points + shift[:, 2:]  # (P, 2): where l, t and r, b start
-        if self.dfl_loss is not None:
-            reg_max = self.reg_max - 1  # clamped into the bins as bbox2dist does for v8DetectionLoss
-            lt, rb = bbox2dist(points_lt, target, reg_max)[:, :2], bbox2dist(points_rb, target, reg_max)[:, 2:]
-            target_ltrb = torch.cat((lt, rb), 1)  # (P, 4)
-            dfl = self.dfl_loss(pred_distri[fg].view(-1, self.reg_max), target_ltrb).squeeze(-1)  # (P,)
+        # where (l, t) and (r, b) are measured from: (B, A, 2, 2), rows (x, y) of the top-left / bottom-right points
+        points = anchor_points.unsqueeze(-2) + shifts.reshape(bs, na, 2, 2).detach().to(anchor_points.dtype)
+        sign = self._cached(("ltrb_sign", points.device), lambda: torch.tensor([[-1.0], [1.0]], device=points.device))
+        target_ltrb = (target.view(bs, na, 2, 2) - points) * sign  # (B, A, 2, 2): (l, t), (r, b), contiguous
+        if self.dfl_loss is not None:  # DFLoss clamps the distances into the bins, as bbox2dist for v8DetectionLoss
+            dfl = self.dfl_loss(pred_distri.reshape(-1, self.reg_max), target_ltrb.reshape(-1, 4)).view(bs, na)
             loss_dfl = (dfl * weight).sum() / norm
         else:  # reg_max == 1: ultralytics' L1 on the (l, t, r, b) distances normalised by the image size
-            scale = stride / imgsz[[1, 0, 1, 0]]  # (P, 4)
-            target_ltrb = torch.cat((bbox2dist(points_lt, target)[:, :2], bbox2dist(points_rb, target)[:, 2:]), 1)
-            target_ltrb = target_ltrb * scale
-            l1 = F.l1_loss(pred_distri[fg] * scale, target_ltrb, reduction="none").mean(-1)  # (P,)
+            scale = stride_tensor.unsqueeze(-1) / imgsz.flip(0)  # (A, 1, 2): stride / (w, h)
+            pred_ltrb = pred_distri.view(bs, na, 2, 2)
+            l1 = F.l1_loss(pred_ltrb * scale, target_ltrb * scale, reduction="none").mean((-2, -1))  # (B, A)
             loss_dfl = (l1 * weight).sum() / norm
         return loss_box, loss_dfl

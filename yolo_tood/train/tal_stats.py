@@ -2,7 +2,9 @@
 
 TAL's top-k over the alignment metric t = s^alpha * u^beta, then the centre-in-GT test, can leave a small object with
 few or no positives (its top-k anchors may all have their centre outside it). ``TOODLoss`` feeds every training-mode
-``AssignResult`` to a ``TALStats`` accumulator (a bincount per batch, on the loss's device, no host sync); the trainer
+``AssignResult`` to a ``TALStats`` accumulator (a few dense ops per batch on the loss's device, no host sync: no
+``bincount``, which reads its input's min and max on the host on CUDA, and no tensor built from host values, a
+host-to-device copy that waits for the device); the trainer
 callbacks (``yolo_tood.integration.callbacks``) read it at the end of each epoch, append one JSON line to
 ``<save_dir>/tal_stats.jsonl`` (``STATS_FILE``) and reset it. Its picture is the tools' (``yolo-tood tal-stats RUN``,
 ``yolo_tood.tools.analysis.tal_stats``).
@@ -35,10 +37,11 @@ from .assigner import AssignResult, gt_sizes
 
 
 def weighted_count(index: torch.Tensor, weights: torch.Tensor, bins: int) -> torch.Tensor:
-    """``torch.bincount(index, weights, minlength=bins)`` as a one-hot product, deterministic on CUDA.
+    """``torch.bincount(index, weights, minlength=bins)`` as a one-hot product, deterministic and sync-free on CUDA.
 
-    CUDA's weighted bincount adds floats atomically, so ``deterministic=True`` makes torch warn at every step; here
-    ``index`` holds one entry per GT slot (B * n_max), so the one-hot matrix is small.
+    CUDA's weighted bincount adds floats atomically, so ``deterministic=True`` makes torch warn at every step, and it
+    reads the index's min and max on the host; the one-hot is a comparison with an arange (``F.one_hot`` checks the
+    index range on the host on the CPU). It is small when ``index`` holds one entry per GT slot (B * n_max).
 
     Args:
         index (torch.Tensor): (N,) bin of each entry, in [0, bins).
@@ -48,7 +51,7 @@ def weighted_count(index: torch.Tensor, weights: torch.Tensor, bins: int) -> tor
     Returns:
         (torch.Tensor): (bins,) the summed weights per bin.
     """
-    return weights @ torch.nn.functional.one_hot(index, bins).to(weights.dtype)
+    return weights @ (index[:, None] == torch.arange(bins, device=index.device)).to(weights.dtype)
 
 
 __all__ = ("SIZE_EDGES", "SIZE_LABELS", "STATS_FILE", "TALStats", "gt_sizes")
@@ -63,14 +66,12 @@ class TALStats:
     """Accumulate positives per GT, overall and by GT size bucket, over the assignments of one epoch.
 
     Attributes:
-        num_gt (torch.Tensor): (5,) GTs seen per size bucket.
-        num_pos (torch.Tensor): (5,) positive anchors assigned to them.
-        num_zero (torch.Tensor): (5,) GTs that got no positive.
-        class_counts (torch.Tensor | None): (3, nc) GTs, positives and zero-positive GTs per class (when the loss passes
-            the GT labels).
+        size_counts (torch.Tensor | None): (3, 5) GTs seen, positive anchors assigned to them and GTs that got no
+            positive, per size bucket.
+        class_counts (torch.Tensor | None): (3, nc) the same per class (when the loss passes the GT labels).
         phases (set[str]): Assignment phases seen ("ATSS", "TAL").
-        cls_sums (torch.Tensor | None): (7,) sums of the classification signal: positives, their targets, their scores,
-            negatives, their best-class scores, the positives' loss, the whole loss (see ``update_cls``).
+        cls_sums (torch.Tensor | None): (2, 7) sums of the classification signal over the positive (row 0) and the
+            negative (row 1) anchors (see ``update_cls``).
 
     Examples:
         >>> stats = TALStats()
@@ -80,14 +81,23 @@ class TALStats:
 
     def __init__(self):
         """Start empty."""
+        self._consts = None  # device constants, kept across resets (see _constants)
         self.reset()
 
     def reset(self) -> None:
         """Forget everything accumulated."""
-        self.num_gt = self.num_pos = self.num_zero = None
+        self.size_counts = None
         self.class_counts = None
         self.cls_sums = None
         self.phases: set[str] = set()
+
+    def _constants(self, device: torch.device, nc: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the size-bucket edges (4,) and a float arange (>= max(5, nc),) on ``device``, made once: built from
+        host values at every step they would be a host-to-device copy, which waits for the device on CUDA."""
+        n = max(len(SIZE_LABELS), nc)
+        if self._consts is None or self._consts[0].device != device or len(self._consts[1]) < n:
+            self._consts = torch.tensor(SIZE_EDGES, device=device), torch.arange(n, device=device, dtype=torch.float)
+        return self._consts
 
     @torch.no_grad()
     def update(
@@ -110,31 +120,27 @@ class TALStats:
             nc (int): Number of classes (the per-class counts' width); needed with ``gt_labels``.
         """
         bs, n_max = gt_bboxes.shape[:2]
-        device = gt_bboxes.device
-        if self.num_gt is None:
-            self.num_gt, self.num_pos, self.num_zero = (torch.zeros(len(SIZE_LABELS), device=device) for _ in "abc")
+        device, nb = gt_bboxes.device, len(SIZE_LABELS)
+        with_classes = gt_labels is not None and nc > 0
+        edges, bins = self._constants(device, nc if with_classes else 0)
+        if self.size_counts is None:
+            self.size_counts = torch.zeros(3, nb, device=device)
         self.phases.add(phase)
         if n_max == 0:
             return
-        # flat GT id b * n_max + j of every anchor, background (-1) sent to an extra bin that is dropped
-        offset = torch.arange(bs, device=device)[:, None] * n_max
-        flat = torch.where(res.gt_idx >= 0, res.gt_idx + offset, bs * n_max).view(-1)
-        pos = torch.bincount(flat, minlength=bs * n_max + 1)[:-1].float()  # (B * n_max,) positives per GT
-        valid = mask_gt.reshape(-1) > 0  # (B * n_max,)
-        bucket = torch.bucketize(
-            gt_sizes(gt_bboxes.float()).reshape(-1), torch.tensor(SIZE_EDGES, device=device), right=True
-        )
-        bucket = torch.where(valid, bucket, len(SIZE_LABELS))  # padding goes to a dropped bin
-        nb = len(SIZE_LABELS) + 1
-        self.num_gt += torch.bincount(bucket, minlength=nb)[:-1]
-        self.num_pos += weighted_count(bucket, pos, nb)[:-1]
-        self.num_zero += weighted_count(bucket, (pos == 0).float(), nb)[:-1]
-        if gt_labels is not None and nc > 0:
-            cls = torch.where(valid, gt_labels.reshape(-1).long(), nc)  # padding to a dropped bin
-            counts = torch.stack(
-                [weighted_count(cls, w, nc + 1)[:-1] for w in (valid.float(), pos, (pos == 0).float())]
-            )  # (3, nc)
-            self.class_counts = counts if self.class_counts is None else self.class_counts + counts
+        # positives per GT slot (B, n_max): background (-1) adds to an extra column, -1 % (n_max + 1) = n_max
+        ones = torch.ones(res.gt_idx.shape, device=device)
+        pos = torch.zeros(bs, n_max + 1, device=device).scatter_add_(1, res.gt_idx % (n_max + 1), ones)[:, :n_max]
+        valid = mask_gt.reshape(bs, n_max) > 0
+        weights = (torch.stack((valid, pos, pos == 0)) * valid).view(3, -1)  # (3, B * n_max) GT, positives, none
+        bucket = torch.bucketize(gt_sizes(gt_bboxes.float()).reshape(-1, 1), edges, right=True)  # (B * n_max, 1)
+        onehot = bucket == bins[:nb]  # (B * n_max, 5)
+        if with_classes:  # padding slots may carry any class: their weights are 0
+            onehot = torch.cat((onehot, gt_labels.reshape(-1, 1) == bins[:nc]), 1)  # (B * n_max, 5 + nc)
+        counts = weights @ onehot.float()  # (3, 5 [+ nc]), one product for every count
+        self.size_counts += counts[:, :nb]
+        if with_classes:
+            self.class_counts = counts[:, nb:] if self.class_counts is None else self.class_counts + counts[:, nb:]
 
     @torch.no_grad()
     def update_cls(
@@ -147,6 +153,11 @@ class TALStats:
     ) -> None:
         """Add one batch's classification signal.
 
+        Per anchor, the columns (anchor is positive, is negative, target, score and loss at its GT's class, best
+        score, loss over the classes) are summed over the positives (row 0 of ``cls_sums``) and over the negatives
+        (row 1) in one product with the (2, B * A) foreground / background weights: no index of the positives (a
+        host sync).
+
         Args:
             scores (torch.Tensor): (B, A, nc) predicted scores (probabilities).
             target (torch.Tensor): (B, A, nc) classification targets: the positive's target at its class, 0 elsewhere.
@@ -154,30 +165,22 @@ class TALStats:
             fg_mask (torch.Tensor): (B, A) True for positive anchors.
             labels (torch.Tensor): (B, A) class of each anchor's GT (read at the positives only).
         """
-        fg = fg_mask.bool()
-        cls = labels[fg].long()[:, None]  # (P, 1) class of each positive's GT
-        pos_scores = scores[fg].gather(1, cls)  # (P, 1) score of the assigned class
-        pos_target = target[fg].gather(1, cls)  # (P, 1)
-        pos_loss = loss[fg].gather(1, cls)  # (P, 1)
-        neg_best = scores[~fg].amax(-1) if scores.shape[-1] else scores.new_zeros(0)  # (N,) best class of negatives
-        sums = torch.stack(
-            [
-                fg.sum().float(),
-                pos_target.sum().float(),
-                pos_scores.sum().float(),
-                (~fg).sum().float(),
-                neg_best.sum().float(),
-                pos_loss.sum().float(),
-                loss.sum().float(),
-            ]
-        )
+        fg = fg_mask.to(scores.dtype)
+        weights = torch.stack((fg, 1 - fg))  # (2, B, A)
+        cls = labels.long().clamp(0, scores.shape[-1] - 1)[..., None]  # (B, A, 1); negatives read a class, weight 0
+        columns = (target.gather(-1, cls), scores.gather(-1, cls), loss.gather(-1, cls))  # 3 x (B, A, 1)
+        best, total = scores.amax(-1, keepdim=True), loss.sum(-1, keepdim=True)  # (B, A, 1)
+        per_anchor = torch.cat((weights.permute(1, 2, 0), *columns, best, total), -1).to(scores.dtype)  # (B, A, 7)
+        sums = weights.view(2, -1) @ per_anchor.view(-1, 7)  # (2, 7)
         self.cls_sums = sums if self.cls_sums is None else self.cls_sums + sums
 
     def cls_summary(self) -> dict[str, float | None] | None:
         """Return the classification signal so far (means over the epoch's batches), or None if nothing was added."""
         if self.cls_sums is None:
             return None
-        n_pos, t_sum, s_pos, n_neg, s_neg, l_pos, l_all = self.cls_sums.tolist()
+        pos, neg = self.cls_sums.tolist()  # the columns of update_cls, summed over the positives / the negatives
+        n_pos, t_sum, s_pos, l_pos, l_all = pos[0], pos[2], pos[3], pos[4], pos[6] + neg[6]
+        n_neg, s_neg = neg[1], neg[5]
         return {
             "target_mean": t_sum / n_pos if n_pos else None,
             "score_pos_mean": s_pos / n_pos if n_pos else None,
@@ -191,9 +194,7 @@ class TALStats:
         Means over no GT are None (JSON null).
         """
         zeros = [0.0] * len(SIZE_LABELS)
-        gt, pos, zero = (
-            (zeros,) * 3 if self.num_gt is None else (x.tolist() for x in (self.num_gt, self.num_pos, self.num_zero))
-        )
+        gt, pos, zero = (zeros,) * 3 if self.size_counts is None else self.size_counts.tolist()
 
         def stats(g: float, p: float, z: float) -> dict[str, Any]:
             return {"gts": int(g), "pos_per_gt": p / g if g else None, "zero_pos_share": z / g if g else None}
