@@ -293,10 +293,11 @@ def inference_score(cls_logits: torch.Tensor, prob_logits: torch.Tensor) -> torc
 def sampling_grid(
     sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``F.grid_sample``'s normalised (x, y) of every level's pixel centres, and of one pixel of offset.
+    """Return ``F.grid_sample``'s normalised (y, x) of every level's pixel centres, and of one pixel of offset.
 
     With ``align_corners=False`` pixel j of a width-W map is at (2j + 1) / W - 1, so a sample at j + dx is at
-    base + scale * dx with scale 2 / W; the levels are laid out one after another, as the flattened anchors.
+    base + scale * dx with scale 2 / W; the levels are laid out one after another, as the flattened anchors. The
+    order is (y, x), as mmcv's offsets (dy, dx): ``resample_levels`` samples the transposed maps.
 
     Args:
         sizes (list[tuple[int, int]]): (H, W) of each level.
@@ -304,18 +305,17 @@ def sampling_grid(
         dtype (torch.dtype): Floating dtype of the result.
 
     Returns:
-        base (torch.Tensor): (1, 1, 2, A) normalised (x, y) of each anchor's pixel centre.
-        scale (torch.Tensor): (1, 1, 2, A) normalised size of one pixel along x and y at each anchor.
+        base (torch.Tensor): (1, 1, 2, A) normalised (y, x) of each anchor's pixel centre.
+        scale (torch.Tensor): (1, 1, 2, A) normalised size of one pixel along y and x at each anchor.
     """
     bases, scales = [], []
     for h, w in sizes:
         xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1
         ys = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
-        bases.append(torch.stack((xs.expand(h, w), ys[:, None].expand(h, w))).view(2, h * w))
-        ones = torch.ones(
-            h, w, device=device, dtype=dtype
-        )  # from the sizes, not a literal: traced exports stay dynamic
-        scales.append(torch.stack((ones * 2 / w, ones * 2 / h)).view(2, h * w))
+        bases.append(torch.stack((ys[:, None].expand(h, w), xs.expand(h, w))).view(2, h * w))
+        # from the sizes, not a literal: traced exports stay dynamic
+        ones = torch.ones(h, w, device=device, dtype=dtype)
+        scales.append(torch.stack((ones * 2 / h, ones * 2 / w)).view(2, h * w))
     return torch.cat(bases, 1)[None, None], torch.cat(scales, 1)[None, None]
 
 
@@ -342,13 +342,13 @@ def resample_levels(
     """
     base, scale = grid
     b, a = offsets.shape[0], offsets.shape[2]
-    # (dy, dx) -> grid_sample's (x, y): one flip, then every sample point of every level in one op
-    points = torch.addcmul(base, _cast(offsets, base.dtype).view(b, 4, 2, a).flip(2), scale)  # (B, 4, 2, A)
+    points = torch.addcmul(base, _cast(offsets, base.dtype).view(b, 4, 2, a), scale)  # (B, 4, 2, A) every level's
     out, start = [], 0
     for pred in preds:
         _, c, h, w = pred.shape
-        level = points[..., start : start + h * w].transpose(2, 3).reshape(b * 4, h, w, 2)  # a view
-        src = _cast(pred, base.dtype).reshape(b * 4, c // 4, h, w)
+        level = points[..., start : start + h * w].transpose(2, 3).reshape(b * 4, h, w, 2)  # a view, (y, x) last
+        # grid_sample reads (x, y) of its input: the transposed map's (x, y) is the map's (y, x), mmcv's order
+        src = _cast(pred, base.dtype).reshape(b * 4, c // 4, h, w).transpose(2, 3)
         out.append(F.grid_sample(src, level, "bilinear", "zeros", align_corners=False).view(b, c, h * w))
         start += h * w
     # The grid and the sampling are float32 whatever the dtype of pred (fp16/bf16 under autocast or half=True): a
