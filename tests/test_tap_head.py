@@ -301,6 +301,32 @@ def test_merged_predictors_export_the_plain_convs_with_the_same_values():
         MergedPredictors(prob, _predictor(48, 8))
 
 
+def test_merged_predictors_run_the_stock_convs_too_with_the_same_values():
+    """Given the level's last box and cls convs, ``forward_branches`` gives what those convs and the predictors on the
+    concatenated feature give, in PyTorch and in the plain convs of an ONNX export."""
+    from yolo_tood.nn.head import MergedPredictors
+    from yolo_tood.nn.tap_head import _predictor
+
+    torch.manual_seed(0)
+    box_conv, cls_conv = torch.nn.Conv2d(16, 64, 1), torch.nn.Conv2d(24, 5, 1)
+    prob, offset = _predictor(40, 1), _predictor(40, 8)
+    for p in (*prob.parameters(), *offset.parameters()):
+        torch.nn.init.normal_(p, std=0.1)
+    merged = MergedPredictors(prob, offset, box_conv, cls_conv)
+    box_feat, cls_feat = torch.randn(2, 16, 7, 9), torch.randn(2, 24, 7, 9)
+    feat = torch.cat((box_feat, cls_feat), 1)
+    with torch.no_grad():
+        expected = (box_conv(box_feat), cls_conv(cls_feat), prob(feat), offset(feat))
+        outs = [merged.forward_branches(box_feat, cls_feat)]
+        with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):
+            outs.append(merged.forward_branches(box_feat, cls_feat))
+    for out in outs:
+        for got, ref in zip(out, expected):
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="1x1 convs of the predictors' input"):
+        MergedPredictors(prob, offset, torch.nn.Conv2d(8, 64, 1), cls_conv)
+
+
 def test_a_fused_head_refuses_hooks_and_part_switches_in_one_line():
     """The merged predictors were built from the weights at fuse time: hooking or editing cls_prob then is refused."""
     from yolo_tood.tools.analysis.tap_parts import switch_off

@@ -261,14 +261,16 @@ class TAPDetect(TaskAlignedOutputs, Detect):
 
     def fuse(self) -> None:
         """Drop the branch inference does not use (``Detect.fuse``), then run each remaining branch's M and O
-        predictors of a level as one (``MergedPredictors``, ``merged_predictors`` with the branch's prefix, in place
-        of ``cls_prob`` and ``reg_offset``): the same outputs in fewer conv calls."""
+        predictors of a level as one, with the level's last box and cls convs (``MergedPredictors``,
+        ``merged_predictors`` with the branch's prefix, in place of ``cls_prob`` and ``reg_offset``): the same outputs
+        in fewer conv calls and no concatenated feature."""
         super().fuse()
         for prefix in self.branch_prefixes():
             prob, offset = getattr(self, f"{prefix}cls_prob", None), getattr(self, f"{prefix}reg_offset", None)
             if prob is None or offset is None:  # quality="distribution" or tap="none": one predictor, nothing to merge
                 continue
-            setattr(self, f"{prefix}merged_predictors", nn.ModuleList(map(MergedPredictors, prob, offset)))
+            box, cls = (b[-1] for b in getattr(self, f"{prefix}cv2")), (c[-1] for c in getattr(self, f"{prefix}cv3"))
+            setattr(self, f"{prefix}merged_predictors", nn.ModuleList(map(MergedPredictors, prob, offset, box, cls)))
             setattr(self, f"{prefix}cls_prob", None)
             setattr(self, f"{prefix}reg_offset", None)
 
@@ -305,11 +307,10 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         cls_feat = cls_branch[:-1](x)  # (B, c3, H, W)
         if b["interact_head"] is not None:  # interact="box_to_cls"
             cls_feat = cls_feat + b["interact_head"][level](box_feat)  # (B, c3, H, W)
+        if b["merged_head"] is not None:  # fused for inference: the last stock convs, cls_prob and reg_offset in one
+            return LevelMaps(*b["merged_head"][level].forward_branches(box_feat, cls_feat))
         feat = torch.cat((box_feat, cls_feat), 1)  # task-interactive feature (B, c2 + c3, H, W)
         reg, cls_logits = box_branch[-1](box_feat), cls_branch[-1](cls_feat)
-        if b["merged_head"] is not None:  # fused for inference: cls_prob and reg_offset in one
-            prob_logits, offsets = b["merged_head"][level](feat)
-        else:
-            prob_logits = b["prob_head"][level](feat) if b["prob_head"] is not None else None  # (B, 1, H, W)
-            offsets = b["offset_head"][level](feat) if b["offset_head"] is not None else None  # (B, 8, H, W)
+        prob_logits = b["prob_head"][level](feat) if b["prob_head"] is not None else None  # (B, 1, H, W)
+        offsets = b["offset_head"][level](feat) if b["offset_head"] is not None else None  # (B, 8, H, W)
         return LevelMaps(reg, cls_logits, prob_logits, offsets)
