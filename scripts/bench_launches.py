@@ -145,13 +145,14 @@ def device_forms(device: str):
     ``yolo_tood.nn.head.one_kernel_forms`` picks between forms of equal values (one TopK vs a sorting network)."""
     from yolo_tood.nn import head
 
-    original = head.one_kernel_forms
-    if device == "cuda":
+    original = getattr(head, "one_kernel_forms", None)  # None: a version with one form per op (counts as it is)
+    if device == "cuda" and original is not None:
         head.one_kernel_forms = lambda x: not torch.onnx.is_in_onnx_export()
     try:
         yield
     finally:
-        head.one_kernel_forms = original
+        if original is not None:
+            head.one_kernel_forms = original
 
 
 def model_yaml(family: str, scale: str, head: str) -> str:
