@@ -3,8 +3,11 @@
 Run by ``scripts/gpu_check.sh run`` on a machine with a CUDA device (never in CI). On a machine without one it says
 so and exits 0 (``--device cpu`` runs the same steps on the CPU at a tiny size, as a smoke test of this script).
 
-Steps, each model a yolov8n (``stock``: ultralytics' yolov8n.yaml; ``tood``: yolov8n-tood.yaml; ``tap``:
-yolov8n-tap.yaml) trained from scratch with the same recipe:
+First the heads' cost against stock, on random-weight models: the kernel launches and host syncs of
+``scripts/bench_launches.py`` (counted on the CPU), and the fused forward's median milliseconds at batch 1 and 32
+(fp16) of each ``--cost-models`` entry (yolov8n, yolov8s, yolo26n; YOLO26 NMS-free and with NMS) for stock, tap and
+tood. ``--cost-only`` stops there (a short device slot). Then, each model a yolov8n (``stock``: ultralytics'
+yolov8n.yaml; ``tood``: yolov8n-tood.yaml; ``tap``: yolov8n-tap.yaml) trained from scratch with the same recipe:
 1. train with AMP (fp16) and ultralytics' default ``deterministic=True``, plus one TAP run with ``deterministic=False``
    (``grid_sample``'s CUDA backward has no deterministic kernel: with ``True`` torch only warns, ultralytics #25965);
 2. per run: every logged training loss finite, the final val mAP50-95, train images/s (training phase only, between
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import math
 import platform
@@ -38,6 +42,19 @@ import torch
 import yolo_tood  # noqa: F401  (registers the heads: on the GPU machine the start-up hook is not installed)
 
 MODELS = {"stock": "yolov8n.yaml", "tood": "yolov8n-tood.yaml", "tap": "yolov8n-tap.yaml"}
+COST_MODELS = ("yolov8n", "yolov8s", "yolo26n")  # forward_cost's models, random weights
+
+
+def _load_bench_launches():
+    """``scripts/bench_launches.py`` as a module (scripts/ is not a package): its model builder and launch table."""
+    spec = importlib.util.spec_from_file_location("bench_launches", Path(__file__).with_name("bench_launches.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_launches"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = _load_bench_launches()
 LOSS_COLUMNS = ("train/box_loss", "train/cls_loss", "train/dfl_loss")
 
 
@@ -82,13 +99,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _device_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """The forward timings' device and dtype: fp16 on the GPU, float32 in the CPU smoke test."""
+    device = torch.device("cpu" if args.device == "cpu" else f"cuda:{args.device}")
+    return device, torch.float32 if device.type == "cpu" else torch.float16
+
+
 def forward_latency_ms(weights: dict[str, str], args: argparse.Namespace, batch: int) -> dict[str, float]:
-    """Median forward milliseconds of each fused model at ``batch``, fp16 on the GPU, in interleaved rounds."""
+    """Median forward milliseconds of each fused trained model at ``batch``, fp16 on the GPU, interleaved rounds."""
     from ultralytics import YOLO
 
-    device = torch.device("cpu" if args.device == "cpu" else f"cuda:{args.device}")
-    dtype = torch.float32 if device.type == "cpu" else torch.float16
-    models = {k: YOLO(w).model.to(device, dtype).eval().fuse(verbose=False) for k, w in weights.items()}
+    return median_forward_ms({k: YOLO(w).model.eval().fuse(verbose=False) for k, w in weights.items()}, args, batch)
+
+
+def median_forward_ms(models: dict[str, torch.nn.Module], args: argparse.Namespace, batch: int) -> dict[str, float]:
+    """Median forward milliseconds of each fused model at ``batch`` (moved to the device and dtype), interleaved."""
+    device, dtype = _device_dtype(args)
+    models = {k: m.to(device, dtype) for k, m in models.items()}
     x = torch.rand(batch, 3, args.imgsz, args.imgsz, device=device, dtype=dtype)
     times: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
@@ -101,6 +128,33 @@ def forward_latency_ms(weights: dict[str, str], args: argparse.Namespace, batch:
                 if round_ >= args.warmup:
                     times[k].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def forward_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """The heads' forward cost against stock on random-weight models (nc=80) of each ``--cost-models`` entry: median
+    fused forward ms at batch 1 and 32 (fp16 on the GPU), YOLO26 on its NMS-free default and with ``end2end: False``.
+
+    Returns:
+        (dict): ``{model: {"batch1": {head: {"ms", "vs_stock"}}, "batch32": ...}}``; a YOLO26 model's NMS path is
+            the entry ``{model}-nms``.
+    """
+    out: dict[str, Any] = {}
+    for name in args.cost_models:
+        family, scale = name[:-1], name[-1]
+        for end2end in (None, False) if family == "yolo26" else (None,):
+            key = name if end2end is None else f"{name}-nms"
+            models = {h: BENCH.build(family, scale, h, end2end).eval().fuse(verbose=False) for h in BENCH.HEADS}
+            out[key] = {}
+            for batch in (1, 32):
+                ms = median_forward_ms(models, args, batch)
+                out[key][f"batch{batch}"] = {h: {"ms": v, "vs_stock": v / ms["stock"]} for h, v in ms.items()}
+    return out
+
+
+def launch_table() -> str:
+    """``scripts/bench_launches.py``'s table (counted on the CPU with a GPU's forms: the same on every machine)."""
+    rows = BENCH.measure_all(BENCH.FAMILIES, BENCH.HEADS, "n", BENCH.parse_args([]))
+    return BENCH.table(rows, "n")
 
 
 def onnx_parity(name: str, best: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -160,6 +214,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import ultralytics
 
     report["ultralytics"] = ultralytics.__version__
+    report["launches"] = launch_table()
+    report["forward_cost"] = forward_cost(args)
+    if args.cost_only:
+        report["ok"] = True
+        return report
     runs = {name: train_one(name, cfg, args) for name, cfg in MODELS.items()}
     runs["tap_nondeterministic"] = train_one("tap_nondeterministic", MODELS["tap"], args, deterministic=False)
     stock_speed = runs["stock"]["train_img_per_s"]
@@ -188,6 +247,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=50, help="timed forward rounds")
     ap.add_argument("--warmup", type=int, default=10, help="untimed forward rounds first")
     ap.add_argument("--runs", type=Path, default=Path("runs/gpu_check"), help="folder of the training runs")
+    ap.add_argument("--cost-models", nargs="+", default=list(COST_MODELS), help="models of the forward cost table")
+    ap.add_argument("--cost-only", action="store_true", help="only the launch table and the forward cost table")
     ap.add_argument("--json", type=Path, required=True, help="the report")
     args = ap.parse_args()
     if args.device != "cpu" and not torch.cuda.is_available():
@@ -196,7 +257,8 @@ def main() -> None:
     report = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1))
+    print(report["launches"])
+    print(json.dumps({k: v for k, v in report.items() if k not in ("runs", "launches")}, indent=1))
     print(f"gpu_check: {'ok' if report['ok'] else 'NON-FINITE LOSS'}; report in {args.json}")
     if not report["ok"]:
         sys.exit(1)

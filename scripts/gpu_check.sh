@@ -3,6 +3,8 @@
 #
 #   scripts/gpu_check.sh prepare      # here, with a package registry: the wheels ultralytics needs beyond what the GPU
 #                                     # machine has (.whl/) and a copy of one dataset (.gpu/road_traffic), both ignored
+#   scripts/gpu_check.sh cost [OUT]   # on the GPU machine: only the launch table and the forward cost table
+#                                     # (gpu_check.py --cost-only: random weights, a few minutes), same OUT
 #   scripts/gpu_check.sh run [OUT]    # on the GPU machine, from the repository root: installs the project and the
 #                                     # wheels offline, runs scripts/gpu_check.py (at most ~8 min on one H200), writes
 #                                     # OUT/gpu_check.json (default: $OUT, else runs/gpu_check)
@@ -40,7 +42,7 @@ prepare)
     done
     du -sh .whl .gpu
     ;;
-run | yolo26-ft | yolo26-scratch)
+run | cost | yolo26-ft | yolo26-scratch)
     mode=$1 seed=0
     if [ "$mode" = yolo26-scratch ]; then
         seed=${2:?usage: scripts/gpu_check.sh yolo26-scratch SEED [OUT]}
@@ -57,8 +59,11 @@ run | yolo26-ft | yolo26-scratch)
     cp -r yolo_tood /tmp/site/ # the package itself; gpu_check.py imports it first, which registers the heads
     export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 YOLO_OFFLINE=1
     set -o pipefail
-    if [ "$mode" = run ]; then
-        python3 scripts/gpu_check.py --data .gpu/road_traffic/road_traffic.yaml --json "$out/gpu_check.json" 2>&1 |
+    if [ "$mode" = run ] || [ "$mode" = cost ]; then
+        extra=()
+        [ "$mode" = cost ] && extra=(--cost-only)
+        python3 scripts/gpu_check.py --data .gpu/road_traffic/road_traffic.yaml --json "$out/gpu_check.json" \
+            "${extra[@]}" 2>&1 |
             tee "$out/gpu_check.log"
         exit
     fi
@@ -97,7 +102,7 @@ run | yolo26-ft | yolo26-scratch)
     grep -h "mAP50-95 0\|NMS time limit\|Error" "$out"/*.log | tail -40
     ;;
 *)
-    echo "usage: scripts/gpu_check.sh prepare | run [OUT] | yolo26-ft [OUT] | yolo26-scratch SEED [OUT]" >&2
+    echo "usage: scripts/gpu_check.sh prepare | run [OUT] | cost [OUT] | yolo26-ft [OUT] | yolo26-scratch SEED [OUT]" >&2
     exit 2
     ;;
 esac

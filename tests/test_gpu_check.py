@@ -23,7 +23,7 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     report_path = tmp_path / "gpu_check.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--data", str(data)]
     cmd += ["--epochs", "1", "--imgsz", "64", "--batch", "4", "--workers", "0", "--rounds", "2", "--warmup", "1"]
-    cmd += ["--runs", str(tmp_path / "runs"), "--json", str(report_path)]
+    cmd += ["--runs", str(tmp_path / "runs"), "--json", str(report_path), "--cost-models", "yolov8n", "yolo26n"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     report = json.loads(report_path.read_text())
@@ -34,6 +34,11 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     for batch in ("batch1", "batch32"):
         assert set(report["forward_ms"][batch]) == {"stock", "tood", "tap"}
         assert all(v["ms"] > 0 and math.isfinite(v["vs_stock"]) for v in report["forward_ms"][batch].values())
+    assert set(report["forward_cost"]) == {"yolov8n", "yolo26n", "yolo26n-nms"}
+    for cost in report["forward_cost"].values():
+        assert all(set(cost[b]) == {"stock", "tap", "tood"} for b in ("batch1", "batch32"))
+        assert cost["batch1"]["stock"]["vs_stock"] == 1.0 and all(v["ms"] > 0 for v in cost["batch32"].values())
+    assert "| yolov8n-tap | nms |" in report["launches"] and "| yolo26n-tood | nms-free |" in report["launches"]
     for name, parity in report["onnx"].items():  # the exported graph computes what the checkpoint computes
         assert parity["max_score_diff"] < 1e-3 and parity["max_box_diff_px"] < 0.1, (name, parity)
 
