@@ -209,10 +209,16 @@ RELIED_ON: tuple[Internal, ...] = (
             "one2one",
             "end2end",
             "postprocess",
+            "decode_bboxes",
+            "shape",
+            "anchors",
+            "strides",
         ),
         "nn/head.py",
         "Detect.__init__ is skipped (it would build cv2/cv3); nc, nl, reg_max, no, stride, dfl are set by hand, "
-        "cv2 is an empty ModuleList and cv3 None (Detect.one2many, end2end and DetectionModel.load read them)",
+        "cv2 is an empty ModuleList and cv3 None (Detect.one2many, end2end and DetectionModel.load read them); "
+        "TaskAlignedOutputs._get_decode_boxes decodes TAP's distances with decode_bboxes and keeps Detect's anchor "
+        "cache (shape, anchors, strides, refreshed when dynamic)",
     ),
     Internal("ultralytics.nn.modules:Detect.forward_head", ("self", "x", "box_head", "cls_head"), (), "nn/head.py"),
     Internal("ultralytics.nn.modules:Detect._inference", ("self", "x"), (), "nn/head.py"),

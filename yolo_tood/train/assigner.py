@@ -29,7 +29,6 @@ __all__ = (
     "flat_anchor_ids",
     "gt_sizes",
     "keep_best_per_gt",
-    "pairwise_iou",
     "resolve_claims",
     "widen_small_boxes",
 )
@@ -140,32 +139,6 @@ def widen_small_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
         return boxes
     centre, wh = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).clamp(min=min_size)
     return torch.cat((centre - wh / 2, centre + wh / 2), -1)
-
-
-def pairwise_iou(boxes: torch.Tensor, pboxes_t: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Return the plain IoU (B, c, A) of xyxy GT boxes (B, c, 4) with every predicted box, given by coordinate.
-
-    ultralytics' ``bbox_iou(boxes[:, :, None], pboxes[:, None], xywh=False)`` with the same operations in the same
-    order, so bit-identical, but in place: three (B, c, A) buffers instead of about a dozen, and every coordinate
-    read as a contiguous row (``bbox_iou`` reads the coordinates of (..., 4) boxes with a stride of 4).
-
-    Args:
-        boxes (torch.Tensor): (B, c, 4) xyxy GT boxes.
-        pboxes_t (torch.Tensor): (B, 4, A) predicted boxes, one row per coordinate x1, y1, x2, y2.
-        eps (float): bbox_iou's epsilon, added to the heights and to the union.
-
-    Returns:
-        (torch.Tensor): (B, c, A) IoU.
-    """
-    x1, y1, x2, y2 = (v[..., None] for v in boxes.unbind(-1))  # (B, c, 1)
-    px1, py1, px2, py2 = (v[:, None] for v in pboxes_t.unbind(1))  # (B, 1, A)
-    inter = torch.minimum(x2, px2)
-    buf = torch.maximum(x1, px1)
-    inter.sub_(buf).clamp_(0)  # intersection width
-    buf2 = torch.maximum(y1, py1)
-    inter.mul_(torch.minimum(y2, py2, out=buf).sub_(buf2).clamp_(0))  # times the intersection height
-    union = torch.add((x2 - x1) * (y2 - y1 + eps), (px2 - px1) * (py2 - py1 + eps), out=buf2)
-    return inter.div_(union.sub_(inter).add_(eps))
 
 
 def keep_best_per_gt(metrics: torch.Tensor, k: int) -> torch.Tensor:
@@ -311,8 +284,9 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
     resolves multi-GT anchors by the highest IoU among all GTs containing the anchor rather than among the claimants.
 
     Memory: the IoU and metric are built for all images at once in chunks of c GTs, B * c * A <= ``chunk_elems``
-    (at least one GT), three (B, c, A) float32 buffers at a time (IoU, metric and u^beta, or the IoU and its two
-    temporaries); only each GT's top-k survive a chunk, so the rest needs (B, n_max, k) tensors and the (B, A) result.
+    (at least one GT), about six (B, c, A) float32 buffers at a time (ultralytics' ``bbox_iou`` and its temporaries,
+    then the metric); only each GT's top-k survive a chunk, so the rest needs (B, n_max, k) tensors and the (B, A)
+    result.
     Padding GTs go through the same arithmetic and are masked out (no positive), so the cost follows n_max.
 
     Dynamic top-k (opt-in, ``topk_mode="dynamic"``, not in the paper): each GT keeps its own k = ``dynamic_topk``
@@ -400,10 +374,10 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         valid = mask_gt[..., 0] != 0  # (B, n_max) real GTs
         labels = torch.where(valid, gt_labels[..., 0].long(), 0)  # (B, n_max) padding reads class 0, then is masked
         scores_t = pd_scores.float().transpose(1, 2)  # (B, nc, A) view: one row per class, gathered per GT
-        pboxes_t = pd_bboxes.float().transpose(1, 2).contiguous()  # (B, 4, A): coordinate rows for pairwise_iou
+        pboxes = pd_bboxes.float()
         boxes, anc = gt_bboxes.float(), anc_points.float()
         chunks = self._gt_chunks(bs, n_max, na)
-        parts = [self._candidates(scores_t, pboxes_t, anc, labels[:, s], boxes[:, s], k) for s in chunks]
+        parts = [self._candidates(scores_t, pboxes, anc, labels[:, s], boxes[:, s], k) for s in chunks]
         cand, cand_t, cand_u, pos = (_cat(list(x)) for x in zip(*parts))  # (B, n_max, k) each
         pos &= valid[..., None]
         flat = flat_anchor_ids(cand, na)
@@ -419,7 +393,7 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
     def _candidates(
         self,
         scores_t: torch.Tensor,
-        pboxes_t: torch.Tensor,
+        pboxes: torch.Tensor,
         anc: torch.Tensor,
         labels: torch.Tensor,
         boxes: torch.Tensor,
@@ -429,7 +403,7 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
 
         Args:
             scores_t (torch.Tensor): (B, nc, A) class probabilities.
-            pboxes_t (torch.Tensor): (B, 4, A) predicted boxes, one row per coordinate x1, y1, x2, y2.
+            pboxes (torch.Tensor): (B, A, 4) predicted xyxy boxes.
             anc (torch.Tensor): (A, 2) anchor centres.
             labels (torch.Tensor): (B, c) int64 GT classes, in range.
             boxes (torch.Tensor): (B, c, 4) xyxy GT boxes.
@@ -438,7 +412,7 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         Returns:
             (tuple): anchor ids (B, c, k) int64, metric t (B, c, k), IoU u (B, c, k), positive mask (B, c, k) bool.
         """
-        iou = pairwise_iou(boxes, pboxes_t)  # (B, c, A) plain IoU
+        iou = bbox_iou(boxes[:, :, None], pboxes[:, None], xywh=False).squeeze_(-1)  # (B, c, A) plain IoU
         images = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)  # (B, c)
         metric = scores_t[images, labels]  # (B, c, A) score of each GT's class (an index: faster than gather on CPU)
         if self.alpha != 1:
