@@ -335,11 +335,12 @@ class TOODLoss(v8DetectionLoss):
         Built from host values at every step, each would be a host-to-device copy, which on CUDA waits for the
         device (a host sync). The cache is bounded: validation with ``rect`` batches brings many input shapes.
         """
-        if key not in self._cache:
-            if len(self._cache) >= 64:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = make()
-        return self._cache[key]
+        cache = self.__dict__.setdefault("_cache", {})  # absent from a criterion pickled before it
+        if key not in cache:
+            if len(cache) >= 64:
+                cache.pop(next(iter(cache)))
+            cache[key] = make()
+        return cache[key]
 
     def _anchors(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return the anchor points (A, 2) in grid units, their strides (A, 1), the input size (2,) h, w and its scale
