@@ -12,11 +12,6 @@ from pathlib import Path
 
 import pytest
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    tomllib = pytest.importorskip("tomli")
-
 from yolo_tood.tools.cli import build_parser
 from yolo_tood.tools.commands.common import model_yaml_error
 
@@ -137,6 +132,7 @@ def test_readme_install_and_test_commands_are_what_ci_runs():
         assert re.search(rf"^{re.escape(line)}$", ci, re.M), f".ci/run no longer runs {line!r}"
         assert re.search(rf"^{re.escape(line)}(\s|$)", blocks, re.M), f"README.md does not show {line!r}"
     assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in blocks
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     shown = set(re.findall(r'pip install "\.\[(\w+)\]"', blocks))
     assert {"test", "export"} <= shown, shown
