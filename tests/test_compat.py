@@ -63,3 +63,23 @@ def test_train_arguments_are_checked_against_the_shared_default_cfg():
     from ultralytics.engine.trainer import BaseTrainer
 
     assert inspect.signature(BaseTrainer.__init__).parameters["cfg"].default is ul.DEFAULT_CFG
+
+
+def test_the_wrapped_check_cfg_runs_before_the_run_folder_is_made():
+    """get_cfg calls check_cfg by its module-global name; BaseTrainer.__init__ calls get_cfg before get_save_dir."""
+    import ultralytics.cfg as cfg
+    from ultralytics.engine.trainer import BaseTrainer
+
+    assert "check_cfg" in original(cfg.get_cfg).__code__.co_names
+    assert cfg.check_cfg is not original(cfg.check_cfg), "yolo-tood's check_cfg wrapper is not installed"
+    source = inspect.getsource(BaseTrainer.__init__)
+    assert -1 < source.find("get_cfg(cfg, overrides)") < source.find("get_save_dir(") < source.find(".mkdir(")
+
+
+def test_parse_model_reg_max_default():
+    """compat.PARSE_MODEL_REG_MAX is the reg_max parse_model gives a head when the model YAML has none."""
+    import ultralytics.nn.tasks as tasks
+
+    from yolo_tood.integration.compat import PARSE_MODEL_REG_MAX
+
+    assert f'd.get("reg_max", {PARSE_MODEL_REG_MAX})' in inspect.getsource(original(tasks.parse_model))

@@ -90,25 +90,44 @@ def test_model_yaml_is_not_mutated_and_loss_is_tood():
     assert type(stock.init_criterion()).__name__ == "v8DetectionLoss"  # stock models are untouched
 
 
-@pytest.mark.parametrize(
-    "args, match",
-    [
-        (["nc", 256, 0], "stacked_convs"),
-        (["nc", "wide", 3], "feat_channels"),
-        (
-            ["nc", 256, 3, "gn", "faithful", "linear", "features", 9],
-            r"\[nc, feat_channels, stacked_convs, norm, tap, adapter, quality\]",
-        ),
-        (["nc", 256, 3, "gn", "off"], "tap must be one of faithful, none"),
-        (["nc", 256, 3, "gn", "faithful", "deep"], "adapter must be one of linear, conv"),
-        (["nc", 256, 3, "bn"], "norm must be one of gn, gn8, sepbn"),
-    ],
-)
+BAD_HEAD_ROWS = [
+    (["nc", 256, 0], "stacked_convs"),
+    (["nc", "wide", 3], "feat_channels"),
+    (
+        ["nc", 256, 3, "gn", "faithful", "linear", "features", 9],
+        r"\[nc, feat_channels, stacked_convs, norm, tap, adapter, quality\]",
+    ),
+    (["nc", 256, 3, "gn", "off"], "tap must be one of faithful, none"),
+    (["nc", 256, 3, "gn", "faithful", "deep"], "adapter must be one of linear, conv"),
+    (["nc", 256, 3, "bn"], "norm must be one of gn, gn8, sepbn"),
+    (["nc", 256, 3, "gn", "faithful", "linear", "best"], "quality must be one of features, distribution, both"),
+]
+
+
+@pytest.mark.parametrize("args, match", BAD_HEAD_ROWS)
 def test_bad_head_row_gives_clear_error(args, match):
     cfg = load_cfg(TOOD_YAML, "n", nc=3)
     cfg["head"][-1] = [[15, 18, 21], 1, "TOODDetect", args]
     with pytest.raises(ValueError, match=match):
         DetectionModel(cfg, verbose=False)
+
+
+def test_the_train_cfg_check_refuses_a_bad_head_row_as_the_model_build_does(tmp_path):
+    """check_tood_cfg (run in ultralytics' check_cfg, before the run folder) gives the head's own line, building
+    nothing; a good row passes."""
+    from yolo_tood.integration.register import check_tood_cfg
+
+    for row, match in [*BAD_HEAD_ROWS, (["nc", 64, 2, "gn8"], None)]:
+        cfg = load_cfg(TOOD_YAML, "n", nc=3)
+        cfg["head"][-1] = [[15, 18, 21], 1, "TOODDetect", row]
+        path = tmp_path / "head.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        train = {"mode": "train", "model": str(path)}
+        if match is None:
+            check_tood_cfg(train)
+            continue
+        with pytest.raises(ValueError, match=match):
+            check_tood_cfg(train)
 
 
 def test_conv_adapters_fold_with_the_models_fuse():

@@ -17,7 +17,7 @@ from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
 
 import yolo_tood  # noqa: F401  (installed .pth imports it too; explicit for runs from a source tree)
 from yolo_tood.data import make_shapes_dataset
-from yolo_tood.integration.register import CFG_DIR, shipped_configs
+from yolo_tood.integration.register import CFG_DIR, check_tood_cfg, near_miss, shipped_configs
 from yolo_tood.train.hyp import TOODHyp, hyp_schema, train_overrides
 
 YOLO_CLI = Path(sys.executable).parent / "yolo"
@@ -97,9 +97,7 @@ def test_a_local_file_of_the_same_name_wins(elsewhere):
     )  # other names: still the packaged files (schema defaults)
 
 
-@pytest.mark.parametrize(
-    "name", ["yolov8q-tood.yaml", "yolov9-tood.yaml", "yolov8n-tood.yml", "cfg/yolov8n-tood.yaml", "yolov8q-tap.yaml"]
-)
+@pytest.mark.parametrize("name", ["yolov8q-tood.yaml", "yolov8q-tap.yaml", "custom-tood.yaml", "a/my-tap.yml"])
 def test_a_wrong_tood_name_is_one_line_naming_it_and_the_shipped_configs(elsewhere, name):
     with pytest.raises(FileNotFoundError) as e:
         yaml_model_load(name)
@@ -107,6 +105,48 @@ def test_a_wrong_tood_name_is_one_line_naming_it_and_the_shipped_configs(elsewhe
     assert f"'{name}' does not exist" in msg and "\n" not in msg
     assert "yolov8{n,s,m,l,x}-tood.yaml" in msg and "yolo11{n,s,m,l,x}-tood.yaml" in msg
     assert "yolov8{n,s,m,l,x}-tap.yaml" in msg and "yolo11{n,s,m,l,x}-tap.yaml" in msg
+
+
+@pytest.mark.parametrize(
+    "name, guess",
+    [
+        ("yolov8n-tod.yaml", "yolov8n-tood.yaml"),
+        ("yolo11n-tapp.yaml", "yolo11n-tap.yaml"),
+        ("yolov8n_tood.yaml", "yolov8n-tood.yaml"),
+        ("yolo26s-tod.yaml", "yolo26s-tood.yaml"),
+        ("yolov8n-tood.yml", "yolov8n-tood.yaml"),
+        ("cfg/yolov8n-tood.yaml", "yolov8n-tood.yaml"),  # a folder that does not exist: the bare name resolves
+        ("yolov9-tood.yaml", "yolov8-tood.yaml"),
+    ],
+)
+def test_a_near_miss_name_is_one_line_asking_did_you_mean(elsewhere, name, guess):
+    with pytest.raises(FileNotFoundError) as e:
+        yaml_model_load(name)
+    assert str(e.value) == f"yolo-tood: model config '{name}' does not exist; did you mean {guess}?"
+
+
+@pytest.mark.parametrize("name", ["yolov8m.yml", "yolov8n-p3.yaml", "yolo11n-cls2.yaml", "yolo26n-pose.yml"])
+def test_a_stock_typo_keeps_ultralytics_error(elsewhere, name):
+    import ultralytics.nn.tasks as tasks
+
+    with pytest.raises(FileNotFoundError) as expected:
+        tasks.yaml_model_load._yolo_tood_original(name)
+    with pytest.raises(FileNotFoundError) as e:
+        yaml_model_load(name)
+    assert str(e.value) == str(expected.value) and "yolo-tood" not in str(e.value)
+
+
+def test_no_stock_name_is_a_near_miss():
+    """Every ultralytics model YAML, with each of its scale letters, is farther than NEAR_MISS_DISTANCE from ours."""
+    import re
+
+    import ultralytics
+
+    names = set()
+    for f in (Path(ultralytics.__file__).parent / "cfg" / "models").rglob("*.yaml"):
+        scales = (yaml.safe_load(f.read_text()) or {}).get("scales") or ()
+        names |= {f.name} | {re.sub(r"(\d+)(?=[-.])", rf"\g<1>{s}", f.name, count=1) for s in scales}
+    assert len(names) > 100 and [n for n in sorted(names) if near_miss(n)] == []
 
 
 @pytest.mark.parametrize("name", ["yolov8s.yaml", "yolo11x.yaml", "yolov8q.yaml", "yolov9.yaml"])
@@ -204,7 +244,6 @@ def test_cli_train_with_tood_keys(shapes, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["model=yolov8n-tood.yaml", "tal_topk=0"], "ValueError: TOOD: 'tal_topk' must be an integer >= 1, got 0"),
         (
             ["model=yolov8n.yaml", "tal_topk=9"],
             "ValueError: tal_topk=9 is a yolo-tood key and this model has no TOOD head; train a TOOD model "
@@ -212,13 +251,106 @@ def test_cli_train_with_tood_keys(shapes, tmp_path):
         ),
         (["model=yolov8q-tood.yaml"], "FileNotFoundError: yolo-tood: model config 'yolov8q-tood.yaml' does not exist"),
     ],
-    ids=["bad_value", "stock_model", "wrong_name"],
+    ids=["stock_model", "wrong_name"],
 )
 def test_cli_errors_are_one_line(shapes, tmp_path, extra, message):
     proc = run(
         [str(YOLO_CLI), "train", f"data={shapes}", f"project={tmp_path}", *extra, *TRAIN.split()], tmp_path, False
     )
     assert last_line(proc).startswith(message), last_line(proc)
+
+
+def _bad_head_yaml(folder: Path, row: str = "[nc, 256, 3, bn]", base: str = "yolov8-tood.yaml") -> Path:
+    """A copy of a packaged YAML whose TOOD head row has other arguments."""
+    d = yaml.safe_load((CFG_DIR / base).read_text())
+    d["head"][-1][3] = yaml.safe_load(row)
+    path = folder / "bad-head.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+BAD_SETTINGS = {  # what is typed -> the error's last line
+    "tal_topk": (
+        ["model=yolov8n-tood.yaml", "tal_topk=0"],
+        "ValueError: TOOD: 'tal_topk' must be an integer >= 1, got 0",
+    ),
+    "atss_fraction": (
+        ["model=yolov8n-tap.yaml", "atss_fraction=1.5"],
+        "ValueError: TOOD: 'atss_fraction' must be a finite number in [0, 1), got 1.5",
+    ),
+    "across_keys": (
+        ["model=yolov8n-tood.yaml", "tal_topk_min=30"],
+        "ValueError: TOOD: 'tal_topk_min' (30) must not exceed 'tal_topk_max' (21)",
+    ),
+    "head_arg": (["model=bad-head.yaml"], "ValueError: TOODDetect: norm must be one of gn, gn8, sepbn, got 'bn'"),
+    "near_miss": (
+        ["model=yolov8n-tod.yaml"],
+        "FileNotFoundError: yolo-tood: model config 'yolov8n-tod.yaml' does not exist; did you mean yolov8n-tood.yaml?",
+    ),
+}
+
+
+def _no_run_folder(cwd: Path, project: Path) -> None:
+    assert not (cwd / "runs").exists() and not project.exists(), sorted(str(p) for p in cwd.rglob("*"))
+
+
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
+def test_cli_bad_tood_settings_stop_before_the_run_folder(shapes, tmp_path, case):
+    """``yolo train`` with a bad TOOD setting: one last line naming key, value and rule; no runs/ folder is left."""
+    extra, message = BAD_SETTINGS[case]
+    _bad_head_yaml(tmp_path)
+    project = tmp_path / "proj"
+    for where in ([f"project={project}"], []):  # the given project, and ultralytics' default runs/ in the cwd
+        proc = run([str(YOLO_CLI), "train", f"data={shapes}", *where, *extra, *TRAIN.split()], tmp_path, False)
+        assert last_line(proc) == message
+        _no_run_folder(tmp_path, project)
+
+
+@pytest.mark.parametrize("key, value", [("tal_topk", 0), ("atss_fraction", 1.5)])
+def test_python_bad_tood_settings_stop_before_the_run_folder(shapes, tmp_path, key, value):
+    """``YOLO(...).train(tal_topk=0)``: the CLI's ValueError line, and ``project=`` gets no run folder."""
+    from ultralytics import YOLO
+
+    project = tmp_path / "proj"
+    with pytest.raises(ValueError) as e:
+        YOLO("yolov8n-tood.yaml").train(data=str(shapes), project=str(project), **{key: value}, **_kw(TRAIN))
+    assert f"ValueError: {e.value}" == BAD_SETTINGS[key][1]
+    _no_run_folder(tmp_path, project)
+
+
+@pytest.mark.parametrize(
+    "row, base, message",
+    [
+        ("[nc, 256, 3, bn]", "yolov8-tood.yaml", BAD_SETTINGS["head_arg"][1].removeprefix("ValueError: ")),
+        ("[nc, 0]", "yolov8-tood.yaml", "TOODDetect YAML arg: 'feat_channels' must be an integer >= 1, got 0"),
+        ("[nc, faithful, both]", "yolov8-tap.yaml", "TAPDetect: interact must be one of none, box_to_cls, got 'both'"),
+    ],
+)
+def test_a_trainer_given_a_bad_head_row_stops_before_the_run_folder(shapes, tmp_path, row, base, message):
+    """The trainer API (no model built before it): the head row is checked with ultralytics' own arguments."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    project = tmp_path / "proj"
+    overrides = {"model": str(_bad_head_yaml(tmp_path, row, base)), "data": str(shapes), "project": str(project)}
+    with pytest.raises(ValueError) as e:
+        DetectionTrainer(overrides={**overrides, **_kw(TRAIN)})
+    assert str(e.value) == message
+    _no_run_folder(tmp_path, project)
+
+
+def test_stock_cfgs_pass_the_tood_check_unchanged():
+    """Stock models and stock arguments: the wrapped check_cfg leaves the cfg as ultralytics' own check leaves it."""
+    import ultralytics.cfg as cfg
+
+    for model in ("yolov8n.yaml", "yolo11n.pt", "yolov8m.yml"):  # the last does not exist: ultralytics' error later
+        args = {**DEFAULT_CFG_DICT, "model": model, "mode": "train", "epochs": 3.0, "save": 1}
+        expected = dict(args)
+        cfg.check_cfg._yolo_tood_original(expected, hard=False)
+        cfg.check_cfg(args, hard=False)
+        assert args == expected and (args["epochs"], args["save"]) == (3, True)
+        check_tood_cfg(args)
+    with pytest.raises(TypeError, match="'save=1' is of invalid type int"):  # hard=True is passed through
+        cfg.check_cfg({"save": 1})
 
 
 def test_stock_model_trains_as_before_without_tood_keys(shapes, tmp_path):

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 __all__ = (
     "ONNX_FORMATS",
+    "PARSE_MODEL_REG_MAX",
     "RELIED_ON",
     "SCALE_IN_NAME",
     "SUPPORTED_ULTRALYTICS",
@@ -33,6 +34,9 @@ __all__ = (
 )
 
 SUPPORTED_ULTRALYTICS = ">=8.4.190,<8.5"  # pyproject.toml's ultralytics pin must match
+
+# parse_model's reg_max when the model YAML has none (its `d.get("reg_max", 16)`), passed to every Detect-like head
+PARSE_MODEL_REG_MAX = 16
 
 # ultralytics' yaml_model_load rewrite of a scaled name, yolov8n-x -> yolov8-x (it applies it to the whole path)
 SCALE_IN_NAME = re.compile(r"(\d+)([nslmx])(.+)?$")
@@ -124,7 +128,29 @@ RELIED_ON: tuple[Internal, ...] = (
         "integration/register.py",
         "the `yolo` command: reads DEFAULT_CFG_DICT and calls check_dict_alignment at call time, after the hook ran",
     ),
-    Internal("ultralytics.cfg:get_cfg", ("cfg", "overrides"), (), "integration/register.py"),
+    Internal(
+        "ultralytics.cfg:get_cfg",
+        ("cfg", "overrides"),
+        (),
+        "integration/register.py",
+        "calls check_cfg through its module-global name on every merged cfg; BaseTrainer.__init__ calls get_cfg "
+        "before get_save_dir, so the wrapped check_cfg runs before the run folder is made",
+    ),
+    Internal(
+        "ultralytics.cfg:check_cfg",
+        ("cfg", "hard"),
+        (),
+        "integration/register.py",
+        "wrapped: after ultralytics' own type and range checks, check_tood_cfg checks the TOOD train arguments and a "
+        "TOOD model YAML's keys and head row, raising one ValueError line as check_cfg does for a bad value",
+    ),
+    Internal(
+        "ultralytics.engine.trainer:BaseTrainer.__init__",
+        ("self", "cfg", "overrides", "_callbacks"),
+        ("__code__",),
+        "integration/register.py",
+        "self.args = get_cfg(cfg, overrides) comes before get_save_dir(self.args) and the weights/ mkdir",
+    ),
     Internal(
         "ultralytics.cfg:check_dict_alignment",
         ("base", "custom", "e", "allowed_custom_keys"),

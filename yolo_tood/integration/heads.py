@@ -53,6 +53,21 @@ class HeadSpec:
         parameters = inspect.signature(self.cls.__init__).parameters
         return {name: parameters[name].default for name in self.yaml_args}
 
+    def check_args(self, args: list, reg_max: int) -> None:
+        """Run the head class's own argument checks on a YAML row's ``[nc, *yaml_args]``; builds nothing.
+
+        The class's static ``check_args(*yaml_args, reg_max)`` holds the checks its constructor runs (``nc`` aside,
+        which the trainer replaces with the dataset's), so a bad row fails before any model or run folder exists.
+
+        Args:
+            args (list): The row's arguments, complete and scaled (as ``parse_model`` would pass them).
+            reg_max (int): The model YAML's ``reg_max``, which ``parse_model`` passes to the head.
+
+        Raises:
+            ValueError: One line naming the argument, its value and what is allowed.
+        """
+        self.cls.check_args(*args[1:], reg_max)
+
     def criterion_for(self, model: Any) -> Any:
         """Return the criterion of ``model`` (a de-paralleled DetectionModel whose last module is this head).
 

@@ -20,8 +20,14 @@ listed in ``yolo_tood.integration.compat``; the heads in ``yolo_tood.integration
      the *whole* path string, so a directory such as ``/tmp/run1s/`` or ``~/exp2m/`` is rewritten instead of the file
      name and the YAML is "not found"; for a TOOD YAML the wrapper applies the same rewrite to the file name only;
    - a TOOD-looking name that resolves to nothing fails with one line naming what was typed and the shipped configs
-     (ultralytics would name the unscaled file, which the user never typed).
-   Stock names go to ultralytics' own function unchanged.
+     (ultralytics would name the unscaled file, which the user never typed);
+   - a name that ultralytics does not find either and that is a small edit away from exactly one shipped name
+     (``yolov8n-tod.yaml``, ``yolov8n_tood.yaml``) fails with one line asking "did you mean yolov8n-tood.yaml?".
+   Stock names go to ultralytics' own function unchanged, and its own error stays for a stock typo (``yolov8m.yml``).
+5. ``ultralytics.cfg.check_cfg`` (which ``get_cfg`` calls on every merged cfg, in ``BaseTrainer.__init__`` before the
+   run folder is made): after ultralytics' own checks, the TOOD train arguments and, for a train cfg whose model is a
+   TOOD model YAML, its hyper-parameters and head row (``check_tood_cfg``), so a bad value stops with one line and
+   leaves no ``runs/.../NAME`` behind, as ultralytics' own bad values do.
 
 Separately, the TOOD hyper-parameters (``hyp_schema()``) become train arguments: ``add_train_args()`` adds them, with
 the default None (= the model YAML's value), to ultralytics' ``DEFAULT_CFG_DICT`` / ``DEFAULT_CFG``, against which the
@@ -38,13 +44,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..checks import check_int
-from .compat import SCALE_IN_NAME, SUPPORTED_ULTRALYTICS, check_ultralytics_version, parse_model_with
+from .compat import (
+    PARSE_MODEL_REG_MAX,
+    SCALE_IN_NAME,
+    SUPPORTED_ULTRALYTICS,
+    check_ultralytics_version,
+    parse_model_with,
+)
 from .heads import CFG_DIR, HEADS, is_tood_head, tood_row_spec
 
 __all__ = (
     "CFG_DIR",
     "SUPPORTED_ULTRALYTICS",
     "add_train_args",
+    "check_tood_cfg",
     "check_ultralytics_version",
     "is_registered",
     "register",
@@ -54,6 +67,11 @@ __all__ = (
 
 _PATCHED = "_yolo_tood_original"  # attribute marking a wrapped ultralytics function, holding the original
 _MISSING = object()
+# Largest edit distance (insertions, deletions, substitutions) of a mistyped model name from a shipped one that gets
+# "did you mean": 2 catches a dropped or doubled letter and '_' for '-' (yolov8n-tod, yolo11n-tapp, yolov8n_tood),
+# while stock names stay 3 or more away from every shipped one (yolov8n-p2, -obb, -cls, -seg, -pose vs -tap, -tood)
+NEAR_MISS_DISTANCE = 2
+_SCALE_SLOT = re.compile(r"(\d+)(?=-)")  # where a scale letter goes in a packaged name: yolov8-tood -> yolov8n-tood
 
 
 @dataclass
@@ -167,11 +185,62 @@ def shipped_configs() -> list[str]:
     for f in sorted(CFG_DIR.glob("*.yaml")):
         scales = list((yaml.safe_load(f.read_text()) or {}).get("scales") or ())
         letters = "{" + ",".join(scales) + "}" if scales else ""
-        names.append(re.sub(r"(\d+)(?=-)", rf"\g<1>{letters}", f.stem, count=1) + f.suffix)
+        names.append(_SCALE_SLOT.sub(rf"\g<1>{letters}", f.stem, count=1) + f.suffix)
     return names
 
 
+def shipped_names() -> list[str]:
+    """Return every bare name that resolves to a packaged config: each file's name and its scaled names.
+
+    Examples:
+        >>> "yolov8n-tood.yaml" in shipped_names() and "yolov8-tood.yaml" in shipped_names()
+        True
+    """
+    import yaml
+
+    names = []
+    for f in sorted(CFG_DIR.glob("*.yaml")):
+        scales = (yaml.safe_load(f.read_text()) or {}).get("scales") or ()
+        names += [f.name] + [_SCALE_SLOT.sub(rf"\g<1>{s}", f.name, count=1) for s in scales]
+    return names
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions turning ``a`` into ``b``."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def near_miss(path: str | Path) -> str | None:
+    """Return the one shipped name within ``NEAR_MISS_DISTANCE`` edits of ``path``'s file name, else None.
+
+    None as well when several shipped names are equally near (``yolov8q-tood.yaml``: any scale letter), so the hint
+    never guesses between them; only ``.yaml`` / ``.yml`` names are compared.
+
+    Examples:
+        >>> near_miss("yolov8n-tod.yaml"), near_miss("yolov8m.yml")
+        ('yolov8n-tood.yaml', None)
+    """
+    name = Path(path).name.lower()
+    if Path(name).suffix not in (".yaml", ".yml"):
+        return None
+    distances = {shipped: _edit_distance(name, shipped) for shipped in shipped_names()}
+    best = min(distances.values())
+    nearest = [shipped for shipped, d in distances.items() if d == best]
+    return nearest[0] if best <= NEAR_MISS_DISTANCE and len(nearest) == 1 else None
+
+
 def _not_found(path: Path) -> FileNotFoundError:
+    """The one-line error of a TOOD-looking or near-miss model name that resolves to nothing.
+
+    The one shipped name it is a near miss of when there is one, else the list of shipped configs.
+    """
+    if guess := near_miss(path):
+        return FileNotFoundError(f"yolo-tood: model config '{path}' does not exist; did you mean {guess}?")
     return FileNotFoundError(
         f"yolo-tood: model config '{path}' does not exist; the shipped ones are {', '.join(shipped_configs())} "
         f"(by bare name, from {CFG_DIR}), or give the path of your own model YAML"
@@ -197,7 +266,12 @@ def _wrap_yaml_model_load(tasks: Any) -> Callable[[Callable], Callable]:
                     return original(path)  # stock YAMLs keep ultralytics' own behaviour
                 return tood_dict(d, path)
             if not _looks_tood(path):
-                return original(path)
+                try:
+                    return original(path)
+                except FileNotFoundError:
+                    if near_miss(path) is None:
+                        raise  # a stock name, or a typo of one: ultralytics' own error
+                    raise _not_found(path) from None
             if shipped := _shipped_config(path, unified):
                 return tood_dict(original(shipped), path)
             try:
@@ -217,6 +291,62 @@ def _wrap_init_criterion(original: Callable) -> Callable:
         return spec.criterion_for(self) if spec is not None else original(self)
 
     return init_criterion
+
+
+def _tood_model_yaml(cfg: dict) -> dict | None:
+    """Return the model YAML dict of a train cfg whose ``model`` is a model YAML with a TOOD head row, else None.
+
+    A checkpoint (``.pt``), a resumed run or another mode gives None: their model is checked where it is loaded. A YAML
+    that does not load is left to ultralytics' own error later, unless it is a TOOD or near-miss name, whose one line
+    is better now than after the run folder exists.
+    """
+    model = cfg.get("model")
+    if cfg.get("mode") != "train" or cfg.get("resume") or not str(model or "").endswith((".yaml", ".yml")):
+        return None
+    from ultralytics.nn.tasks import yaml_model_load
+
+    try:
+        d = yaml_model_load(model)
+    except Exception:  # missing, unreadable, not YAML: ultralytics reports it when it builds the model, as always
+        if _looks_tood(Path(model)) or near_miss(model) is not None:
+            raise
+        return None
+    return d if any(_is_tood_row(r) for r in d.get("head") or []) else None
+
+
+def check_tood_cfg(cfg: dict) -> None:
+    """Check the TOOD train arguments of a merged cfg and, for a TOOD model YAML, its TOOD keys and head row.
+
+    Runs inside ultralytics' ``check_cfg`` (see the module docstring, point 5), so in the trainer before the run folder
+    exists. Builds no model: the head row goes through ``_head_args`` (ints, scaled as ``parse_model`` scales them)
+    and the head's own ``check_args``, the TOOD keys through ``TOODHyp`` (the YAML's merged with the train arguments,
+    which also checks rules across keys such as ``tal_topk_min <= tal_topk_max``).
+
+    Args:
+        cfg (dict): The merged train arguments, as ``check_cfg`` gets them.
+
+    Raises:
+        ValueError: One line naming the first bad key or head argument, its value and what is allowed.
+    """
+    from ..train.hyp import TOODHyp, train_overrides
+
+    train_overrides(cfg)  # every TOOD key alone, whatever the model (a stock model's are refused at train start)
+    if (d := _tood_model_yaml(cfg)) is None:
+        return
+    TOODHyp.from_yaml(d, cfg)
+    scaled, spec = _scaled_copy(d)
+    for row in scaled["head"]:
+        if _is_tood_row(row):
+            spec.check_args(row[3], d.get("reg_max", PARSE_MODEL_REG_MAX))
+
+
+def _wrap_check_cfg(original: Callable) -> Callable:
+    def check_cfg(cfg: dict, hard: bool = True) -> None:
+        """Ultralytics' check_cfg, then the TOOD train arguments and head row (``check_tood_cfg``)."""
+        original(cfg, hard)
+        check_tood_cfg(cfg)
+
+    return check_cfg
 
 
 def _add_callbacks() -> None:
@@ -296,6 +426,9 @@ def register() -> None:
     if len(_PATCHES) > 1:
         return
     _patch(tasks.DetectionModel, "init_criterion", _wrap_init_criterion)
+    import ultralytics.cfg
+
+    _patch(ultralytics.cfg, "check_cfg", _wrap_check_cfg)  # get_cfg reads the module global when called
     original_load = tasks.yaml_model_load
     _patch(tasks, "yaml_model_load", _wrap_yaml_model_load(tasks))
     engine_model = sys.modules.get("ultralytics.engine.model")  # imported the name before registration, if at all

@@ -1093,6 +1093,29 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         torch.Size([1, 84, 8400])
     """
 
+    @staticmethod
+    def check_args(
+        feat_channels: int, stacked_convs: int, norm: str, tap: str, adapter: str, quality: str, reg_max: int
+    ) -> None:
+        """Raise one ``ValueError`` line naming the first bad argument, its value and what is allowed; build nothing.
+
+        The constructor's checks, callable before a model is built (the train-argument check runs them on a model
+        YAML's head row before the trainer makes its run folder). Arguments are the constructor's, ``nc`` aside.
+        """
+        for name, value in (("feat_channels", feat_channels), ("stacked_convs", stacked_convs), ("reg_max", reg_max)):
+            check_int(value, name, "TOODDetect")
+        if norm not in HEAD_NORMS:
+            raise ValueError(f"TOODDetect: norm must be one of {', '.join(HEAD_NORMS)}, got {norm!r}")
+        if norm == "gn8" and feat_channels % GN_GROUP_WIDTH:
+            raise ValueError(
+                f"TOODDetect: norm 'gn8' needs feat_channels divisible by {GN_GROUP_WIDTH}, got {feat_channels}"
+            )
+        if tap not in TAP_MODES:
+            raise ValueError(f"TOODDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
+        if adapter not in ADAPTERS:
+            raise ValueError(f"TOODDetect: adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
+        check_quality(quality, reg_max, "TOODDetect")
+
     def __init__(
         self,
         nc: int = 80,
@@ -1107,20 +1130,8 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         ch: tuple[int, ...] | list[int] = (),
     ):
         """Initialize the T-Head for ``len(ch)`` levels."""
-        for name, value in (("nc", nc), ("feat_channels", feat_channels), ("stacked_convs", stacked_convs)):
-            check_int(value, name, "TOODDetect")
-        check_int(reg_max, "reg_max", "TOODDetect")
-        if norm not in HEAD_NORMS:
-            raise ValueError(f"TOODDetect: norm must be one of {', '.join(HEAD_NORMS)}, got {norm!r}")
-        if norm == "gn8" and feat_channels % GN_GROUP_WIDTH:
-            raise ValueError(
-                f"TOODDetect: norm 'gn8' needs feat_channels divisible by {GN_GROUP_WIDTH}, got {feat_channels}"
-            )
-        if tap not in TAP_MODES:
-            raise ValueError(f"TOODDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
-        if adapter not in ADAPTERS:
-            raise ValueError(f"TOODDetect: adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
-        check_quality(quality, reg_max, "TOODDetect")
+        check_int(nc, "nc", "TOODDetect")
+        self.check_args(feat_channels, stacked_convs, norm, tap, adapter, quality, reg_max)
         if not ch:
             raise ValueError("TOODDetect: no input levels; its YAML row needs 'from' levels, e.g. [15, 18, 21]")
         # Detect.__init__ would build the stock cv2/cv3 branches only to discard them, so set its attributes here

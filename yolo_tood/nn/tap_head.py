@@ -122,6 +122,20 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         torch.Size([1, 84, 8400])
     """
 
+    @staticmethod
+    def check_args(tap: str, interact: str, quality: str, reg_max: int) -> None:
+        """Raise one ``ValueError`` line naming the first bad argument, its value and what is allowed; build nothing.
+
+        The constructor's checks, callable before a model is built (the train-argument check runs them on a model
+        YAML's head row before the trainer makes its run folder). Arguments are the constructor's, ``nc`` aside.
+        """
+        check_int(reg_max, "reg_max", "TAPDetect")
+        if tap not in TAP_MODES:
+            raise ValueError(f"TAPDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
+        if interact not in INTERACT_MODES:
+            raise ValueError(f"TAPDetect: interact must be one of {', '.join(INTERACT_MODES)}, got {interact!r}")
+        check_quality(quality, reg_max, "TAPDetect")
+
     def __init__(
         self,
         nc: int = 80,
@@ -134,12 +148,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
     ):
         """Initialize the stock branches (``Detect.__init__``) and the task-aligned predictor on top."""
         check_int(nc, "nc", "TAPDetect")
-        check_int(reg_max, "reg_max", "TAPDetect")
-        if tap not in TAP_MODES:
-            raise ValueError(f"TAPDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
-        if interact not in INTERACT_MODES:
-            raise ValueError(f"TAPDetect: interact must be one of {', '.join(INTERACT_MODES)}, got {interact!r}")
-        check_quality(quality, reg_max, "TAPDetect")
+        self.check_args(tap, interact, quality, reg_max)
         if not ch:
             raise ValueError("TAPDetect: no input levels; its YAML row needs 'from' levels, e.g. [15, 18, 21]")
         super().__init__(nc, reg_max, end2end, ch)
