@@ -4,6 +4,7 @@ gains are warned."""
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,9 +21,11 @@ CFG = Path(__file__).resolve().parents[1] / "cfg" / "yolov8n-tood.yaml"
 def fake_trainer(epochs: int = 10, start_epoch: int = 0, cfg: Path = CFG, **args) -> SimpleNamespace:
     model = DetectionModel(str(cfg), nc=3, verbose=False)
     ema = SimpleNamespace(ema=copy.deepcopy(model))
+    callbacks = defaultdict(list)  # BaseTrainer.callbacks and add_callback
     return SimpleNamespace(
-        model=model, ema=ema, epochs=epochs, start_epoch=start_epoch, epoch=start_epoch, args=get_cfg(overrides=args)
-    )
+        model=model, ema=ema, epochs=epochs, start_epoch=start_epoch, epoch=start_epoch, args=get_cfg(overrides=args),
+        callbacks=callbacks, add_callback=lambda event, fn: callbacks[event].append(fn),
+    )  # fmt: skip
 
 
 def test_epoch_reaches_model_and_ema_heads_and_switch_is_logged_once(log):

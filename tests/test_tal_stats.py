@@ -10,11 +10,10 @@ import pytest
 import torch
 from test_loss import FakeHead, FakeModel, random_batch, random_preds
 
-from yolo_tood.integration.callbacks import on_train_epoch_end
-from yolo_tood.tools.analysis.tal_stats import plot_tal_stats
+from yolo_tood.integration.callbacks import on_train_end, on_train_epoch_end
 from yolo_tood.tools.cli import run_command
 from yolo_tood.train.assigner import AssignResult
-from yolo_tood.train.tal_stats import SIZE_LABELS, TALStats, gt_sizes
+from yolo_tood.train.tal_stats import SIZE_LABELS, TALStats, gt_sizes, plot_tal_stats
 
 
 def assign(gt_idx: list[list[int]]) -> AssignResult:
@@ -82,10 +81,12 @@ def test_loss_counts_only_in_training_mode_and_matches_the_assignment(monkeypatc
 
 def fake_trainer(tmp_path: Path, criterion, epoch: int, plots: bool = True) -> SimpleNamespace:
     model = SimpleNamespace(criterion=criterion)
-    return SimpleNamespace(model=model, epoch=epoch, save_dir=tmp_path, args=SimpleNamespace(plots=plots))
+    plotted = []  # BaseTrainer.on_plot
+    return SimpleNamespace(model=model, epoch=epoch, save_dir=tmp_path, args=SimpleNamespace(plots=plots),
+                           plotted=plotted, on_plot=plotted.append)  # fmt: skip
 
 
-def test_callbacks_write_one_line_per_epoch_and_the_tool_draws_it(tmp_path):
+def test_callbacks_write_one_line_per_epoch_and_draw_it_at_the_end(tmp_path):
     from yolo_tood.train.loss import TOODLoss
 
     criterion = TOODLoss(FakeModel(FakeHead()))
@@ -97,8 +98,14 @@ def test_callbacks_write_one_line_per_epoch_and_the_tool_draws_it(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "tal_stats.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3] and [x["phase"] for x in lines] == ["ATSS", "TAL", "TAL"]
     assert lines[0]["zero_pos_share"] == 0.5 and lines[1]["pos_per_gt"] == 1.5
-    assert not (tmp_path / "tal_stats.png").exists()  # the plug-in writes the statistics; the picture is the tools'
-    run_command("tal-stats", [str(tmp_path)])
+    assert not (tmp_path / "tal_stats.png").exists()  # drawn once, at the end of training
+    on_train_end(fake_trainer(tmp_path, criterion, 2, plots=False))
+    assert not (tmp_path / "tal_stats.png").exists()
+    trainer = fake_trainer(tmp_path, criterion, 2)
+    on_train_end(trainer)
+    assert (tmp_path / "tal_stats.png").stat().st_size > 0 and trainer.plotted == [tmp_path / "tal_stats.png"]
+    (tmp_path / "tal_stats.png").unlink()
+    run_command("tal-stats", [str(tmp_path)])  # the tool draws the same picture from any run
     assert (tmp_path / "tal_stats.png").stat().st_size > 0
     data = plot_tal_stats(tmp_path / "tal_stats.jsonl", tmp_path / "again.png")
     assert data["pos_per_gt/<8"] == [1.0, 2.0, 2.0] and data["zero_pos_share/32-96"] == [1.0, 0.0, 0.0]
@@ -106,7 +113,8 @@ def test_callbacks_write_one_line_per_epoch_and_the_tool_draws_it(tmp_path):
 
 def test_callbacks_ignore_models_without_tood_loss(tmp_path):
     on_train_epoch_end(fake_trainer(tmp_path, criterion=None, epoch=0))
-    assert not (tmp_path / "tal_stats.jsonl").exists()
+    on_train_end(fake_trainer(tmp_path, criterion=None, epoch=0))
+    assert not (tmp_path / "tal_stats.jsonl").exists() and not (tmp_path / "tal_stats.png").exists()
 
 
 def test_resumed_epoch_written_twice_keeps_the_last_line(tmp_path):

@@ -12,7 +12,13 @@ from typing import Any
 
 from .heads import is_tood_head
 
-__all__ = ("on_pretrain_routine_start", "on_train_epoch_end", "on_train_epoch_start", "on_train_start")
+__all__ = (
+    "on_pretrain_routine_start",
+    "on_train_end",
+    "on_train_epoch_end",
+    "on_train_epoch_start",
+    "on_train_start",
+)
 
 
 def _models(trainer: Any) -> list:
@@ -74,7 +80,8 @@ def _reject_tood_args(trainer: Any) -> None:
 def on_train_start(trainer: Any) -> None:
     """Resolve the ATSS warm-up, check the TOOD settings against the train arguments and say which phase starts.
 
-    A model without a TOOD head given TOOD train arguments (``tal_topk=9``) is an error naming them.
+    A model without a TOOD head given TOOD train arguments (``tal_topk=9``) is an error naming them. For a TOOD head,
+    ``on_train_end`` is added to this trainer's callbacks (it draws ``tal_stats.png``).
 
     Logs the resolved warm-up once ("TOOD: ATSS warm-up for epochs 1-20 of 60 (atss_fraction 0.333), then TAL"),
     warns when the warm-up is not shorter than the training, when the stock loss gains (``box``, ``cls``, ``dfl``)
@@ -91,6 +98,8 @@ def on_train_start(trainer: Any) -> None:
         from ..train.hyp import check_warmup, train_overrides
 
         hyp, warmup = _resolve_warmup(trainer, heads)
+        if on_train_end not in trainer.callbacks["on_train_end"]:  # this trainer's: stock runs keep their callbacks
+            trainer.add_callback("on_train_end", on_train_end)
         if given := train_overrides(trainer.args):
             given = ", ".join(f"{k}={v}" for k, v in given.items())
             LOGGER.info(f"TOOD: train arguments {given} override the model YAML")
@@ -181,3 +190,24 @@ def on_train_epoch_end(trainer: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.write(json.dumps({"epoch": trainer.epoch + 1, **summary}) + "\n")
+
+
+def on_train_end(trainer: Any) -> None:
+    """Draw ``tal_stats.png`` from the run's ``tal_stats.jsonl`` when ``plots=True``, as ultralytics draws results.png.
+
+    The trainer runs it on rank 0 only, after its own plots. A failure to draw is a warning: the run is done and its
+    weights are saved, so a plot must not turn it into an error (ultralytics' ``plot_results`` does the same).
+    """
+    from ..train.tal_stats import PLOT_FILE, STATS_FILE, plot_tal_stats
+
+    path = Path(trainer.save_dir) / STATS_FILE
+    if not getattr(trainer.args, "plots", False) or not path.is_file():
+        return
+    try:
+        plot_tal_stats(path, path.with_name(PLOT_FILE))
+    except Exception as e:
+        from ultralytics.utils import LOGGER
+
+        LOGGER.warning(f"TOOD: plotting {path} failed: {e}")
+    else:
+        trainer.on_plot(path.with_name(PLOT_FILE))  # registered in trainer.plots, where logger integrations read

@@ -196,9 +196,11 @@ RELIED_ON: tuple[Internal, ...] = (
     Internal(
         "ultralytics.engine.trainer:BaseTrainer",
         None,
-        ("_setup_train", "save_model"),
+        ("_setup_train", "save_model", "add_callback", "on_plot"),
         "integration/callbacks.py",
-        "callbacks read the instance attributes model, ema.ema, args (plots), epoch, start_epoch, epochs and save_dir",
+        "callbacks read the instance attributes model, ema.ema, args (plots), epoch, start_epoch, epochs and save_dir; "
+        "on_train_start adds on_train_end to the instance's callbacks (it draws tal_stats.png, run on rank 0 after "
+        "plot_metrics) and passes the picture to on_plot",
     ),
     # tools/analysis/nms_guard.py
     Internal(

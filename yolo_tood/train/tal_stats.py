@@ -6,8 +6,9 @@ few or no positives (its top-k anchors may all have their centre outside it). ``
 ``bincount``, which reads its input's min and max on the host on CUDA, and no tensor built from host values, a
 host-to-device copy that waits for the device); the trainer
 callbacks (``yolo_tood.integration.callbacks``) read it at the end of each epoch, append one JSON line to
-``<save_dir>/tal_stats.jsonl`` (``STATS_FILE``) and reset it. Its picture is the tools' (``yolo-tood tal-stats RUN``,
-``yolo_tood.tools.analysis.tal_stats``).
+``<save_dir>/tal_stats.jsonl`` (``STATS_FILE``) and reset it. With ``plots=True`` they draw it at the end of training,
+``tal_stats.png`` (``PLOT_FILE``, ``plot_tal_stats``) beside ultralytics' ``results.png``; ``yolo-tood tal-stats RUN``
+draws it from any run's file.
 
 The classification signal of the same batches is kept beside it (``TALStats.update_cls``): the mean target of the
 positives (1 in the ATSS warm-up, t_hat with TAL, whose sum is the loss normaliser), the mean predicted score of the
@@ -29,6 +30,9 @@ Under DDP only the rank-0 process's batches are counted.
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,9 +58,26 @@ def weighted_count(index: torch.Tensor, weights: torch.Tensor, bins: int) -> tor
     return weights @ (index[:, None] == torch.arange(bins, device=index.device)).to(weights.dtype)
 
 
-__all__ = ("SIZE_EDGES", "SIZE_LABELS", "STATS_FILE", "TALStats", "gt_sizes")
+__all__ = (
+    "CLS_KEYS",
+    "PLOT_FILE",
+    "SIZE_EDGES",
+    "SIZE_LABELS",
+    "STATS_FILE",
+    "TALStats",
+    "gt_sizes",
+    "plot_tal_stats",
+    "read_tal_stats",
+)
 
 STATS_FILE = "tal_stats.jsonl"  # in the run's save_dir, one line per epoch
+PLOT_FILE = "tal_stats.png"  # its picture, beside it
+CLS_KEYS = {  # the classification-signal keys of a line's "cls" (TALStats.cls_summary) and their plot labels
+    "target_mean": "positives: mean target (1 or t_hat)",
+    "score_pos_mean": "positives: mean score",
+    "score_neg_mean": "negatives: mean best-class score",
+    "loss_pos_share": "positives' share of the cls loss",
+}
 
 SIZE_EDGES = (8.0, 16.0, 32.0, 96.0)  # bucket edges of sqrt(w * h) in input pixels
 SIZE_LABELS = ("<8", "8-16", "16-32", "32-96", ">=96")
@@ -208,3 +229,94 @@ class TALStats:
             else {str(c): stats(*v) for c, v in enumerate(zip(*self.class_counts.tolist())) if v[0] > 0},
             "cls": self.cls_summary(),
         }
+
+
+def read_tal_stats(path: str | Path) -> list[dict[str, Any]]:
+    """Read ``tal_stats.jsonl``; for an epoch written twice (a resumed run), the last line wins."""
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["epoch"]] = row
+    return [rows[e] for e in sorted(rows)]
+
+
+def _series(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """Return the series ``plot_tal_stats`` plots from the lines of ``tal_stats.jsonl`` (NaN for a missing value)."""
+    nan = float("nan")
+    data: dict[str, list] = {"epoch": [r["epoch"] for r in rows], "phase": [r.get("phase") for r in rows]}
+    for name in ("all", *SIZE_LABELS):
+        for key in ("pos_per_gt", "zero_pos_share"):
+            values = [(r if name == "all" else r["by_size"][name]).get(key) for r in rows]
+            data[f"{key}/{name}"] = [nan if v is None else v for v in values]
+    for key in CLS_KEYS:
+        values = [(r.get("cls") or {}).get(key) for r in rows]
+        data[f"cls/{key}"] = [nan if v is None else v for v in values]
+    return data
+
+
+def _plot_assignment(ax: Any, data: dict[str, list], key: str, title: str) -> None:
+    """Draw one assignment series (``pos_per_gt`` or ``zero_pos_share``) overall and per size bucket on ``ax``."""
+    epochs = data["epoch"]
+    ax.plot(epochs, data[f"{key}/all"], "k-o", lw=2, ms=3, label="all GTs")
+    for i, name in enumerate(SIZE_LABELS):  # a bucket keeps its colour when others have no GT
+        if not all(math.isnan(v) for v in data[f"{key}/{name}"]):  # buckets without a GT in any epoch stay out
+            ax.plot(epochs, data[f"{key}/{name}"], "-o", color=f"C{i}", ms=2, label=f"{name} px")
+    tal = [e for e, p in zip(epochs, data["phase"]) if p == "TAL"]
+    if tal and len(tal) < len(epochs):  # shade the ATSS warm-up
+        ax.axvspan(epochs[0] - 0.5, tal[0] - 0.5, color="0.9", zorder=0, label="ATSS warm-up")
+    ax.set_title(title)
+
+
+def _plot_cls(ax: Any, data: dict[str, list]) -> None:
+    """Draw the classification signal (``CLS_KEYS``) on a log scale on ``ax``."""
+    for key, label in CLS_KEYS.items():
+        ax.plot(data["epoch"], data[f"cls/{key}"], "-o", ms=2, label=label)
+    ax.set_yscale("log")
+    ax.set_title("classification signal")
+    ax.legend(fontsize=7)
+
+
+def plot_tal_stats(path: str | Path, out: str | Path) -> dict[str, list]:
+    """Plot positives per GT and the share of GTs without positives against epoch, overall and per size bucket.
+
+    When the lines carry the classification signal (``cls``), a third panel plots it: the positives' mean target
+    and score, the negatives' mean best-class score, and the positives' share of the classification loss. The figure
+    is drawn without pyplot, so the caller's matplotlib backend and open figures are left alone (it runs inside
+    training).
+
+    Args:
+        path (str | Path): ``tal_stats.jsonl``.
+        out (str | Path): Output PNG.
+
+    Returns:
+        (dict[str, list]): The plotted series: ``epoch``, ``phase``, and per series name (``all`` and the size labels)
+            ``pos_per_gt/<name>`` and ``zero_pos_share/<name>`` (NaN where a bucket had no GT), and ``cls/<key>`` for
+            the keys of ``CLS_KEYS`` (NaN where a line has none).
+
+    Examples:
+        >>> data = plot_tal_stats("runs/detect/train/tal_stats.jsonl", "runs/detect/train/tal_stats.png")
+        >>> data["pos_per_gt/all"]  # one value per epoch
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    data = _series(read_tal_stats(path))
+    has_cls = any(not math.isnan(v) for key in CLS_KEYS for v in data[f"cls/{key}"])
+    fig = Figure(figsize=(16 if has_cls else 11, 4.2), dpi=120)
+    axes = fig.subplots(1, 3 if has_cls else 2)
+    _plot_assignment(axes[0], data, "pos_per_gt", "positive anchors per GT")
+    _plot_assignment(axes[1], data, "zero_pos_share", "share of GTs with no positive")
+    axes[0].legend(fontsize=7, title="GT size sqrt(w*h)", title_fontsize=7)
+    axes[1].set_ylim(bottom=0)
+    if has_cls:
+        _plot_cls(axes[2], data)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, which="both")
+    phases = " then ".join(dict.fromkeys(p for p in data["phase"] if p))  # e.g. "ATSS then TAL"
+    fig.suptitle(f"TOOD label assignment per epoch (training batches; {phases or 'no batch'})")
+    fig.tight_layout()
+    fig.savefig(out)
+    return data

@@ -4,10 +4,10 @@ Usage:
     yolo-tood tal-stats runs/detect/train                   # writes runs/detect/train/tal_stats.png
     yolo-tood tal-stats runs/detect/train --out stats.png
 
-Training a TOOD or TAP model writes ``tal_stats.jsonl`` into the run folder, one line per epoch (the plug-in:
-``yolo_tood.integration.callbacks``); this draws it: positives per GT and the share of GTs without a positive, by
-object size, and the classification signal (``yolo_tood/tools/analysis/tal_stats.py``). ``yolo-tood compare`` draws
-it for each of its TOOD runs.
+Training a TOOD or TAP model writes tal_stats.jsonl into the run folder, one line per epoch, and with plots=True
+draws tal_stats.png at the end. This draws it again from any run (with plots=False, or still training): positives per
+GT and the share of GTs without a positive, by object size, and the classification signal. yolo-tood compare draws it
+for each of its TOOD runs.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_tood.tools.analysis.tal_stats import PLOT_FILE, STATS_FILE, plot_tal_stats
 from yolo_tood.tools.commands.common import parse_and_run
+from yolo_tood.train.tal_stats import PLOT_FILE, STATS_FILE, plot_tal_stats
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

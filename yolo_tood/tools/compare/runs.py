@@ -16,7 +16,7 @@ from yolo_tood.tools.analysis.nms_guard import NMSTimeLimitGuard, run_with_batch
 from yolo_tood.tools.analysis.report import (
     json_clean,
 )
-from yolo_tood.tools.analysis.tal_stats import PLOT_FILE, STATS_FILE, plot_tal_stats
+from yolo_tood.train.tal_stats import PLOT_FILE, STATS_FILE, plot_tal_stats
 
 RUN_RECORD = "compare_run.json"  # written into a run dir once its training has finished
 
@@ -91,7 +91,7 @@ def train_run(cfg: str, run_dir: Path, recipe: dict[str, Any], seed: int) -> dic
         model.train(**recipe, seed=seed, project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
     wall = time.perf_counter() - t0
     stats = Path(model.trainer.save_dir) / STATS_FILE
-    if stats.is_file():  # a TOOD run: the picture of its assignment statistics (the plug-in wrote the .jsonl)
+    if stats.is_file() and not model.trainer.args.plots:  # a TOOD run; with plots=True the plug-in drew it
         plot_tal_stats(stats, stats.with_name(PLOT_FILE))
     if guard.hits:
         print(
