@@ -7,6 +7,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,8 +62,37 @@ def test_help_lists_every_subcommand_and_argument_with_its_default(workdir):
             flag = action.option_strings[0] if action.option_strings else action.dest  # a positional by its name
             assert flag in text, (name, action.dest)
             assert action.help, f"yolo-tood {name} {flag} has no help text"
-            if not action.required:
-                assert f"(default: {action.default})" in text, (name, action.dest)
+            if action.option_strings and not action.required and action.nargs != 0 and action.default not in (None, ""):
+                shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+                assert f"(default: {shown})" in text or action.default == [], (name, action.dest)
+
+
+def option_entries(text: str) -> list[str]:
+    """Split the options part of a ``--help`` text into one entry per option (its flag line and continuation lines)."""
+    entries: list[str] = []
+    for line in text.split("options:", 1)[-1].splitlines():
+        if re.match(r"  \S", line):  # an option starts at indent 2; its wrapped help is indented further
+            entries.append(line)
+        elif entries and line.startswith("   "):
+            entries[-1] += " " + line.strip()
+    return entries
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_is_plain_text_with_each_default_once(command, capsys):
+    """``yolo-tood [COMMAND] --help``: exit 0, no doctest, no RST double backticks, no line continuation joined into
+    the text, and no option showing ``(default: ...)`` twice (a help that states its default in words keeps it)."""
+    from yolo_tood.tools.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"] if command else ["--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0 and text.startswith("usage: yolo-tood")
+    assert ">>>" not in text and "``" not in text
+    assert not re.search(r"\S {4,}--", text), "a docstring's backslash continuation was joined into one line"
+    entries = option_entries(text)
+    assert entries and all(entry.count("(default:") <= 1 for entry in entries), entries
+    assert "(default: None)" not in text and "(default: [" not in text  # Python values, not what one types
 
 
 def test_compare_trains_side_by_side_and_reports(compared):
@@ -272,10 +302,11 @@ class _NoRun:
 def test_command_summaries_are_the_modules_first_docstring_lines():
     """``yolo-tood --help`` prints COMMANDS without importing the modules; each is its module's first line."""
     from yolo_tood.tools.cli import command_module
+    from yolo_tood.tools.commands.common import plain_text
 
     for name, summary in COMMANDS.items():
-        first = command_module(name).__doc__.strip().splitlines()[0]
-        assert first == f"``yolo-tood {name}``: {summary}", name
+        first = plain_text(command_module(name).__doc__).strip().splitlines()[0]
+        assert first == f"yolo-tood {name}: {summary}", name
 
 
 def test_tal_stats_without_statistics_is_one_line(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The ``yolo-tood`` command: the project's tools after ``pip install``.
 
-Subcommands (``yolo-tood SUB --help`` lists every argument with its default):
+Subcommands (``yolo-tood SUB --help`` lists every argument with its default; ``DESCRIPTION`` and ``COMMANDS`` are the
+top-level ``--help``, plain text):
 
 - ``compare``: train stock and TOOD / TAP models with one recipe, side by side, and report accuracy, cost, speed
   and (``--alignment``) the task-alignment figures;
@@ -28,16 +29,24 @@ from typing import Any
 
 from .commands.common import HelpFormatter, command_parser, parse_and_run
 
-# subcommand -> its one-line summary (the first line of its module's docstring, ``tests/test_cli.py`` checks): the
-# top-level ``--help`` prints these without importing the modules, which pull in torch and ultralytics
+# subcommand -> its one-line summary (the first line of its module's docstring as plain text, ``tests/test_cli.py``
+# checks): the top-level ``--help`` prints these without importing the modules, which pull in torch and ultralytics
 COMMANDS = {
     "compare": "train stock and TOOD models with one recipe, side by side; compare accuracy, cost, speed.",
     "alignment": "the task alignment of detectors side by side (TOOD paper, Table 7 analysis).",
     "coverage": "which ground truths TOOD's ATSS warm-up leaves without a positive anchor, before training.",
     "speed": "end-to-end val and predict latency of trained checkpoints, stock vs TOOD, PyTorch and ONNX.",
-    "merge": "one report from several ``compare.json`` files of one recipe (seeds trained apart).",
-    "tal-stats": "the picture of a TOOD run's label-assignment statistics (``tal_stats.jsonl`` -> PNG).",
+    "merge": "one report from several compare.json files of one recipe (seeds trained apart).",
+    "tal-stats": "the picture of a TOOD run's label-assignment statistics (tal_stats.jsonl -> PNG).",
 }
+DESCRIPTION = """\
+yolo-tood: the tools of yolo-tood (TOOD's task-aligned heads for Ultralytics YOLO). Train, validate, predict and
+export TOOD models with ultralytics' own yolo command; these commands compare and diagnose them.
+
+Run 'yolo-tood COMMAND --help' for a command's arguments and their defaults."""
+EPILOG = """\
+Each command checks its arguments before it builds or trains anything and stops with one line naming the bad one
+(yolo-tood compare: error: argument --data: data YAML 'x.yaml' not found), exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,9 +71,9 @@ def build_parser(commands: list[str] | None = None) -> Parser:
     from yolo_tood import __version__
 
     commands = list(COMMANDS) if commands is None else commands
-    parser = Parser(prog="yolo-tood", description=__doc__, formatter_class=HelpFormatter)
+    parser = Parser(prog="yolo-tood", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"yolo-tood {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     parser.subparsers = {}
     for name, summary in COMMANDS.items():
         p = sub.add_parser(name, help=summary, formatter_class=HelpFormatter, prog=f"yolo-tood {name}")

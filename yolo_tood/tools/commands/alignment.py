@@ -1,4 +1,4 @@
-"""``yolo-tood alignment``: the task alignment of detectors side by side (TOOD paper, Table 7 analysis).
+r"""``yolo-tood alignment``: the task alignment of detectors side by side (TOOD paper, Table 7 analysis).
 
 Usage:
     yolo-tood alignment --models runs/stock/weights/best.pt runs/tood/weights/best.pt --names stock tood \

@@ -13,15 +13,40 @@ from typing import Any
 import yaml
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the module docstrings' layout and show every argument's default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the descriptions' layout and show each option's default once, as it is typed on the command line.
+
+    ``argparse.ArgumentDefaultsHelpFormatter`` appends ``(default: ...)`` to every option, also after a help that
+    states its default in words, and prints Python values (``None``, ``['stock', 'tood']``). Here a help that says
+    ``(default: ...)`` itself is kept as is; no default is shown for switches and for options without one (None, empty);
+    a list default is shown as its values separated by spaces.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        """Return the action's help with its default appended when there is one worth showing."""
+        text, default = action.help or "", action.default
+        positional = not action.option_strings and action.nargs not in {argparse.OPTIONAL, argparse.ZERO_OR_MORE}
+        if "(default:" in text or positional or action.nargs == 0 or default in (None, "", [], argparse.SUPPRESS):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"  # argparse %-formats the help
+
+
+def plain_text(doc: str) -> str:
+    """Return a command module's docstring as ``--help`` text: without the RST double backticks around code.
+
+    Examples:
+        >>> plain_text("``yolo-tood merge``: one report from several ``compare.json`` files")
+        'yolo-tood merge: one report from several compare.json files'
+    """
+    return doc.replace("``", "")
 
 
 def command_parser(module: Any, name: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """Return ``parser`` (default: a new one for ``yolo-tood <name>``) with a command module's description and
-    arguments (``module.add_arguments``)."""
+    """Return ``parser`` (default: a new one for ``yolo-tood <name>``) with a command module's description (its
+    docstring as plain text) and arguments (``module.add_arguments``)."""
     parser = parser or argparse.ArgumentParser(prog=f"yolo-tood {name}", formatter_class=HelpFormatter)
-    parser.description = module.__doc__
+    parser.description = plain_text(module.__doc__)
     module.add_arguments(parser)
     return parser
 

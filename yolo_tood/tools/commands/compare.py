@@ -1,4 +1,4 @@
-"""``yolo-tood compare``: train stock and TOOD models with one recipe, side by side; compare accuracy, cost, speed.
+r"""``yolo-tood compare``: train stock and TOOD models with one recipe, side by side; compare accuracy, cost, speed.
 
 Usage:
     yolo-tood compare --scale n --epochs 60 --imgsz 320 --batch 16 --seeds 0 1 2 \

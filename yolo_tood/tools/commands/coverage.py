@@ -1,4 +1,4 @@
-"""``yolo-tood coverage``: which ground truths TOOD's ATSS warm-up leaves without a positive anchor, before training.
+r"""``yolo-tood coverage``: which ground truths TOOD's ATSS warm-up leaves without a positive anchor, before training.
 
 Usage:
     yolo-tood coverage --data $YOLO_TOOD_SHARED/datasets/road_traffic/road_traffic.yaml --imgsz 320 \

@@ -1,4 +1,4 @@
-"""``yolo-tood speed``: end-to-end val and predict latency of trained checkpoints, stock vs TOOD, PyTorch and ONNX.
+r"""``yolo-tood speed``: end-to-end val and predict latency of trained checkpoints, stock vs TOOD, PyTorch and ONNX.
 
 ``scripts/bench_speed.py`` times the forward pass of random models; this command times what a user waits for. For each
 checkpoint (same data, same run) it reports ultralytics' per-image preprocess / inference / postprocess milliseconds of
