@@ -133,3 +133,14 @@ def test_compare_alignment_writes_score_iou(tmp_path_factory, tmp_path):
     assert (tmp_path / "score_iou.png").stat().st_size > 0
     assert (tmp_path / "runs" / "stock_s0" / "score_iou_val.pt").exists()
     assert "score_iou.png" in (tmp_path / "compare.md").read_text()
+
+
+def test_map_colour_range_has_a_floor():
+    """A nearly flat map (an untrained head's 0.01 +- 1e-9) gets a 1 % band: no float noise coloured as structure, and
+    colour-bar ticks that need no offset text over the panel title; other maps keep their own range."""
+    from yolo_tood.tools.analysis.plots import map_range
+
+    assert map_range(np.array([0.2, 0.6])) == (0.2, 0.6)
+    lo, hi = map_range(np.array([0.01001, 0.01001 + 1e-9]))
+    assert hi - lo == pytest.approx(0.01 * 0.01001) and lo < 0.01001 < hi
+    assert map_range(np.zeros(4)) == pytest.approx((-5e-9, 5e-9))  # an all-zero map still has a range

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ("alignment_metric", "head_maps", "plot_distributions", "plot_head_maps", "plot_score_iou")
+__all__ = ("alignment_metric", "head_maps", "map_range", "plot_distributions", "plot_head_maps", "plot_score_iou")
 
 SIDES = ("left", "top", "right", "bottom")  # order of the box sides (ultralytics' ltrb distances, TAP's offset groups)
 SIDE_COLORS = ("tab:red", "tab:green", "tab:blue", "tab:orange")
@@ -85,7 +85,7 @@ def plot_score_iou(results: Mapping[str, Any], path: str | Path, bins: int = 40)
         if hist.sum():
             im = ax.pcolormesh(edges, edges, hist.T, norm=LogNorm(vmin=1, vmax=hist.max()), cmap="viridis")
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="predictions")
-        ax.plot([0, 1], [0, 1], "w--", lw=0.8, alpha=0.7)
+        ax.plot([0, 1], [0, 1], "--", color="0.45", lw=0.8)  # white vanished on the light grey empty background
         pcc = "-" if r.pcc_top50 is None or math.isnan(r.pcc_top50) else f"{r.pcc_top50:.3f}"
         ax.set_title(f"{name}\nPCC top-50 = {pcc} ({r.num_objects} objects)", fontsize=10)
         ax.set_xlabel("IoU with the object")
@@ -134,6 +134,7 @@ def plot_distributions(
         ax.grid(alpha=0.3)
         if key == "t":
             ax.set_yscale("log")  # beta = 6 piles t near 0; the log shows the tail of well-aligned predictions
+            ax.set_ylim(top=min(ax.get_ylim()[1], 1.5))  # a share is <= 1; one full bin made the log axis run to 10
     axes[0].legend()
     fig.suptitle("Each object's 50 most confident predictions", fontsize=11)
     fig.tight_layout()
@@ -198,18 +199,38 @@ def _level_name(maps: dict, lvl: int) -> tuple[str, float]:
     return f"P{round(math.log2(stride))}", stride
 
 
+def map_range(m: np.ndarray, min_span: float = 0.01) -> tuple[float, float]:
+    """Return a map's colour range: its own [min, max] (an early model's values sit near 0.01), at least ``min_span``
+    of its largest value wide.
+
+    Without the floor an untrained head's nearly flat map (0.01001 +- 1e-9) would colour float noise as structure,
+    and the colour bar would need an offset text ("1e-7+1.001e-2") to label its ticks.
+
+    Examples:
+        >>> map_range(np.array([0.5, 0.7]))
+        (0.5, 0.7)
+        >>> map_range(np.array([0.0100, 0.0100]))  # a flat map: a 1 % band around it
+        (0.00995, 0.01005)
+    """
+    lo, hi = float(m.min()), float(m.max())
+    pad = max(min_span * max(abs(lo), abs(hi), 1e-6) - (hi - lo), 0.0) / 2
+    return lo - pad, hi + pad
+
+
 def _draw_level_maps(fig: Any, axes: Any, rgb: np.ndarray, maps: dict, lvl: int) -> None:
     """Draw sigmoid(M) and the best class's aligned score of one level over the image (two axes)."""
+    from matplotlib.ticker import FormatStrFormatter
+
     name, stride = _level_name(maps, lvl)
     h, w = rgb.shape[:2]
     for ax, (key, title) in zip(axes, (("prob", "probability map sigmoid(M)"), ("score", "aligned score"))):
         ax.imshow(rgb)
-        m = maps[key][lvl].cpu().numpy()  # own colour range per map: an early model's values sit near 0.01
-        im = ax.imshow(
-            m, extent=(0, w, h, 0), alpha=0.6, cmap="magma", vmin=float(m.min()), vmax=max(float(m.max()), 1e-6)
-        )
+        m = maps[key][lvl].cpu().numpy()
+        vmin, vmax = map_range(m)
+        im = ax.imshow(m, extent=(0, w, h, 0), alpha=0.6, cmap="magma", vmin=vmin, vmax=vmax)
         ax.set_title(f"{name} (stride {stride:g}): {title}", fontsize=8)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        # plain tick labels: 4 significant digits resolve the 1 % minimum range, with no offset text over the title
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, format=FormatStrFormatter("%.4g")).ax.tick_params(labelsize=7)
 
 
 def _draw_offsets(ax: Any, rgb: np.ndarray, maps: dict, lvl: int, arrows: int) -> torch.Tensor:

@@ -90,7 +90,8 @@ def plot_curves(path: str | Path, curves: dict[str, list[list[float]]], ylabel: 
         y = np.array([c[:n] for c in seeds])
         x = np.arange(1, n + 1)
         mean = y.mean(0)
-        (line,) = ax.plot(x, mean, marker="o" if n < 20 else None, label=f"{label} (n={len(seeds)})")
+        runs = f"{len(seeds)} seeds, mean and std" if len(seeds) > 1 else "1 seed"
+        (line,) = ax.plot(x, mean, marker="o" if n < 20 else None, label=f"{label} ({runs})")
         if len(seeds) > 1:
             std = y.std(0, ddof=1)
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
