@@ -16,7 +16,7 @@ yolov8n.yaml; ``tood``: yolov8n-tood.yaml; ``tap``: yolov8n-tap.yaml) trained fr
 4. ONNX export of each GPU-trained ``best.pt`` (ultralytics' exporter, on the CPU) and onnxruntime parity against the
    PyTorch CPU forward of the same checkpoint on one image.
 
-Everything lands in one JSON (``--json``), which the README's GPU section reads.
+Everything lands in one JSON (``--json``), which docs/evidence.md's GPU figures come from.
 
 Usage:
     python scripts/gpu_check.py --data .gpu/road_traffic/road_traffic.yaml --json $OUT/gpu_check.json

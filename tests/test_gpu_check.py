@@ -2,7 +2,7 @@
 
 On the GPU machine it runs through ``scripts/gpu_check.sh run`` at 640 px; here the same steps (train stock / TOOD /
 TAP with ``amp=True``, one TAP run with ``deterministic=False``, forward timing, ONNX export and onnxruntime parity)
-run on 64 px shapes for one epoch, and the report has every field the README's GPU section reads.
+run on 64 px shapes for one epoch, and the report has every field docs/evidence.md's GPU figures come from.
 """
 
 from __future__ import annotations
