@@ -23,7 +23,7 @@ Measured per model, for each family at one scale (YOLO26 on both paths: the NMS-
   one warm-up step;
 - ``syncs``: host syncs of that training step.
 
-The heads pick a few forms by device, of equal values (``yolo_tood.nn.head.one_kernel_forms``: one TopK on a GPU, a
+The heads pick a few forms by device, of equal values (``yolo_tood.nn.tap.one_kernel_forms``: one TopK on a GPU, a
 sorting network or two small TopKs on the CPU); ``--forms cuda``, the default, counts the forms a GPU runs.
 
 Usage:
@@ -142,17 +142,21 @@ def count():
 @contextlib.contextmanager
 def device_forms(device: str):
     """Run the heads' device-dependent forms of ``device`` ("cuda" or "cpu") whatever device the tensors are on:
-    ``yolo_tood.nn.head.one_kernel_forms`` picks between forms of equal values (one TopK vs a sorting network)."""
-    from yolo_tood.nn import head
-
-    original = getattr(head, "one_kernel_forms", None)  # None: a version with one form per op (counts as it is)
-    if device == "cuda" and original is not None:
-        head.one_kernel_forms = lambda x: not torch.onnx.is_in_onnx_export()
+    ``yolo_tood.nn.tap.ONE_KERNEL_FORMS`` forces ``one_kernel_forms``'s choice between forms of equal values (one TopK
+    vs a sorting network). A version without it (one form per op) counts as it is."""
+    try:
+        from yolo_tood.nn import tap
+    except ImportError:  # before nn/ was split by concern
+        from yolo_tood.nn import head as tap
+    if not hasattr(tap, "ONE_KERNEL_FORMS"):
+        yield
+        return
+    original = tap.ONE_KERNEL_FORMS
+    tap.ONE_KERNEL_FORMS = device == "cuda"
     try:
         yield
     finally:
-        if original is not None:
-            head.one_kernel_forms = original
+        tap.ONE_KERNEL_FORMS = original
 
 
 def model_yaml(family: str, scale: str, head: str) -> str:

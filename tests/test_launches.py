@@ -75,12 +75,13 @@ def test_the_counting_rule_on_a_hand_case():
 
 
 def test_device_forms_switches_the_heads_forms_and_restores_them():
-    from yolo_tood.nn import head
+    from yolo_tood.nn import tap
 
-    original = head.one_kernel_forms
     with bl.device_forms("cuda"):
-        assert head.one_kernel_forms(torch.zeros(1))
-    assert head.one_kernel_forms is original and not head.one_kernel_forms(torch.zeros(1))
+        assert tap.one_kernel_forms(torch.zeros(1))
+    with bl.device_forms("cpu"):
+        assert not tap.one_kernel_forms(torch.zeros(1))
+    assert tap.ONE_KERNEL_FORMS is None and not tap.one_kernel_forms(torch.zeros(1))
 
 
 def test_the_script_prints_the_table(capsys):

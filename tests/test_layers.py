@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import yaml
 from ultralytics.nn.modules import Detect
 from ultralytics.nn.tasks import DetectionModel
@@ -170,14 +171,16 @@ def test_old_module_paths_are_the_new_modules():
     assert old_hyp.TOODHyp is yolo_tood.TOODHyp and callable(yolo_tood.register)
 
 
-def test_checkpoint_pickled_under_the_old_module_path_loads(tmp_path):
-    """A checkpoint naming yolo_tood.head.TOODDetect (saved before the move) loads in fresh processes, also safely."""
+@pytest.mark.parametrize("old_path", ["yolo_tood.head", "yolo_tood.nn.head"])
+def test_checkpoint_pickled_under_the_old_module_path_loads(tmp_path, old_path):
+    """A checkpoint naming its classes under an old path (yolo_tood.head before the layer folders, yolo_tood.nn.head
+    before nn/ was split by concern) loads in fresh processes, also safely."""
     ckpt = tmp_path / "old.pt"
     run_python(
         "import yolo_tood.nn.head as h\n"
         "for n in h.__all__:\n"
         "    c = getattr(h, n)\n"
-        "    if isinstance(c, type): c.__module__ = 'yolo_tood.head'  # as pickled before the layer folders\n"
+        f"    if isinstance(c, type): c.__module__ = '{old_path}'  # as pickled then\n"
         "from ultralytics import YOLO\n"
         f"YOLO('cfg/yolov8n-tood.yaml', verbose=False).save(r'{ckpt}')\n"
     )
@@ -185,10 +188,10 @@ def test_checkpoint_pickled_under_the_old_module_path_loads(tmp_path):
 
     with zipfile.ZipFile(ckpt) as z:
         pickled = b"".join(z.read(n) for n in z.namelist() if n.endswith("data.pkl"))
-    assert b"yolo_tood.head" in pickled and b"TOODDetect" in pickled and b"yolo_tood.nn" not in pickled
+    assert old_path.encode() + b"\nTOODDetect" in pickled and b"yolo_tood.nn.tood_head" not in pickled
     load = f"from ultralytics import YOLO; print(type(YOLO(r'{ckpt}').model.model[-1]).__module__)"
-    assert run_python(load).split()[-1] == "yolo_tood.nn.head"
-    assert run_python(load, env={"ULTRALYTICS_SAFE_LOAD": "1"}).split()[-1] == "yolo_tood.nn.head"
+    assert run_python(load).split()[-1] == "yolo_tood.nn.tood_head"
+    assert run_python(load, env={"ULTRALYTICS_SAFE_LOAD": "1"}).split()[-1] == "yolo_tood.nn.tood_head"
     # Unpickling first (it imports the head, which imports ultralytics) still registers the loss and callbacks
     out = run_python(
         f"import torch; m = torch.load(r'{ckpt}', weights_only=False)['model']\n"

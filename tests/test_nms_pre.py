@@ -201,14 +201,14 @@ def test_keep_topk_scores_equals_the_flat_top_k(shape, k):
 def test_the_gpu_form_of_the_bound_keeps_the_same_scores(monkeypatch, k):
     """One TopK over all pairs (the form a GPU runs, ``one_kernel_forms``), the two small TopKs of the CPU and the
     padded form of an export keep the same scores, ties included."""
-    from yolo_tood.nn import head
+    from yolo_tood.nn import tap
 
     g = torch.Generator().manual_seed(k)
     for scores in (torch.rand(2, 5, 300, generator=g), torch.randint(0, 4, (2, 5, 300), generator=g).float() / 4):
         cpu = keep_topk_scores(scores, k)
-        monkeypatch.setattr(head, "one_kernel_forms", lambda x: True)
+        monkeypatch.setattr(tap, "ONE_KERNEL_FORMS", True)
         gpu = keep_topk_scores(scores, k)
-        monkeypatch.setattr(head, "one_kernel_forms", lambda x: False)
+        monkeypatch.setattr(tap, "ONE_KERNEL_FORMS", False)
         with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):
             padded = keep_topk_scores(scores, k)
         assert torch.equal(gpu, cpu) and torch.equal(padded.float(), cpu)

@@ -220,7 +220,7 @@ RELIED_ON: tuple[Internal, ...] = (
         "runs on_export_start after fusing the model into `exporter.model`, before export_*; ONNX_FORMATS lists "
         "the formats it builds from ONNX",
     ),
-    # nn/head.py: TOODDetect subclasses Detect without calling Detect.__init__
+    # nn/tood_head.py: TOODDetect subclasses Detect without calling Detect.__init__; nn/inference.py decodes
     Internal(
         "ultralytics.nn.modules:Detect",
         None,
@@ -242,20 +242,22 @@ RELIED_ON: tuple[Internal, ...] = (
             "anchors",
             "strides",
         ),
-        "nn/head.py",
+        "nn/tood_head.py",
         "Detect.__init__ is skipped (it would build cv2/cv3); nc, nl, reg_max, no, stride, dfl are set by hand, "
         "cv2 is an empty ModuleList and cv3 None (Detect.one2many, end2end and DetectionModel.load read them); "
         "TaskAlignedOutputs._get_decode_boxes decodes TAP's distances with decode_bboxes and keeps Detect's anchor "
         "cache (shape, anchors, strides, refreshed when dynamic)",
     ),
-    Internal("ultralytics.nn.modules:Detect.forward_head", ("self", "x", "box_head", "cls_head"), (), "nn/head.py"),
-    Internal("ultralytics.nn.modules:Detect._inference", ("self", "x"), (), "nn/head.py"),
-    Internal("ultralytics.nn.modules:DFL.__init__", ("self", "c1"), (), "nn/head.py", "DFLExpectation subclasses it"),
+    Internal(
+        "ultralytics.nn.modules:Detect.forward_head", ("self", "x", "box_head", "cls_head"), (), "nn/inference.py"
+    ),
+    Internal("ultralytics.nn.modules:Detect._inference", ("self", "x"), (), "nn/inference.py"),
+    Internal("ultralytics.nn.modules:DFL.__init__", ("self", "c1"), (), "nn/tap.py", "DFLExpectation subclasses it"),
     Internal(
         "ultralytics.nn.modules:Conv.__init__",
         ("self", "c1", "c2", "k", "s", "p", "g", "d", "act"),
         (),
-        "nn/head.py",
+        "nn/tood_head.py",
         "adapter='conv' builds Conv(c1, c2, 3): conv + bn + act, which DetectionModel.fuse() folds for export",
     ),
     # nn/tap_head.py: TAPDetect subclasses Detect and keeps its branches

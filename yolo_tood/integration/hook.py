@@ -48,6 +48,8 @@ def allow_safe_load(module) -> None:
     classes = [getattr(module, n) for n in getattr(module, "__all__", ())]
     classes = [c for c in classes if isinstance(c, type) and issubclass(c, torch.nn.Module)]
     old = [old for old, new in OLD_MODULES.items() if new == module.__name__]
+    # a module that re-exports classes (nn/head.py since nn/ was split) is the path older checkpoints name them by
+    old += [module.__name__] if any(c.__module__ != module.__name__ for c in classes) else []
     if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
         old = []  # torch < 2.6 has no (class, "module.Name") aliases, and ultralytics no restricted loading
     torch.serialization.add_safe_globals(classes + [(c, f"{o}.{c.__qualname__}") for o in old for c in classes])

@@ -49,19 +49,13 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from ultralytics.nn.modules import Detect
 
 from ..checks import check_int
-from .head import (
-    DGQP,
-    OFFSET_INIT_STD,
-    TAP_MODES,
-    DFLExpectation,
-    LevelMaps,
-    MergedPredictors,
-    TaskAlignedOutputs,
-    check_quality,
-)
+from .inference import TaskAlignedOutputs
+from .quality import DGQP, check_quality
+from .tap import OFFSET_INIT_STD, TAP_MODES, DFLExpectation, LevelMaps
 
 __all__ = ("INTERACT_MODES", "TAPDetect", "TAP_PRIOR_PROB")
 
@@ -90,6 +84,112 @@ def _predictor(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, out_channels, 3, padding=1)
     )
+
+
+class MergedPredictors(nn.Module):
+    """M's and O's predictors (1x1, ReLU, 3x3 each) run as one: a 1x1 conv to both hidden maps, one grouped 3x3.
+
+    The same function as running ``cls_prob`` and ``reg_offset`` one after the other on one feature, in two conv
+    calls instead of four: the first convs' weights stacked, and M's 3x3 and O's 3x3 as the two groups of one grouped
+    conv, M's group padded with zero output channels to O's width. Built by ``TAPDetect.fuse`` for inference, where
+    PyTorch's CPU convolutions of a few channels cost about the same whatever their width. onnxruntime runs the two
+    plain convs faster than the grouped one, so an ONNX export runs them from slices of the merged weights.
+
+    Given the stock box and cls convs of the level too (``box_conv``, ``cls_conv``: 1x1 on the box and cls features,
+    whose concatenation the predictors read), ``forward_branches`` also runs those: the first 1x1 conv's weights on
+    the box features join the box conv's outputs and those on the cls features the cls conv's (W [box; cls] =
+    W_box box + W_cls cls), so the concatenated feature is never formed and three 1x1 convs become two.
+
+    Args:
+        prob (nn.Sequential): M's predictor, (1x1 conv, ReLU, 3x3 conv to 1 channel).
+        offset (nn.Sequential): O's predictor, (1x1 conv, ReLU, 3x3 conv), on the same input and hidden widths.
+        box_conv (nn.Conv2d | None): The level's last box conv (1x1), reading the first ``in_channels`` channels of
+            the predictors' input.
+        cls_conv (nn.Conv2d | None): The level's last cls conv (1x1), reading the remaining channels.
+
+    Examples:
+        >>> prob = nn.Sequential(nn.Conv2d(32, 8, 1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
+        >>> offset = nn.Sequential(nn.Conv2d(32, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        >>> x = torch.randn(1, 32, 5, 6)
+        >>> m, o = MergedPredictors(prob, offset)(x)
+        >>> torch.allclose(m, prob(x), atol=1e-6) and torch.allclose(o, offset(x), atol=1e-6)
+        True
+    """
+
+    def __init__(
+        self,
+        prob: nn.Sequential,
+        offset: nn.Sequential,
+        box_conv: nn.Conv2d | None = None,
+        cls_conv: nn.Conv2d | None = None,
+    ):
+        """Copy the two predictors' weights into one 1x1 conv and one grouped 3x3 conv (and the stock convs')."""
+        super().__init__()
+        (p1, _, p3), (o1, _, o3) = prob, offset
+        if p1.weight.shape != o1.weight.shape or p3.out_channels > o3.out_channels:
+            raise ValueError("MergedPredictors: M's and O's predictors must read one feature at one hidden width")
+        self.m_channels, self.width = p3.out_channels, o3.out_channels  # M's group: its channels, then zero ones
+        factory = {"device": p1.weight.device, "dtype": p1.weight.dtype}
+        self.hidden = nn.Conv2d(p1.in_channels, 2 * p1.out_channels, 1, **factory)
+        self.out = nn.Conv2d(2 * p3.in_channels, 2 * self.width, 3, padding=1, groups=2, **factory)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.cat((p1.weight, o1.weight)))
+            self.hidden.bias.copy_(torch.cat((p1.bias, o1.bias)))
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+            self.out.weight[: self.m_channels].copy_(p3.weight)
+            self.out.bias[: self.m_channels].copy_(p3.bias)
+            self.out.weight[self.width :].copy_(o3.weight)
+            self.out.bias[self.width :].copy_(o3.bias)
+        self.box, self.cls = (None, None) if box_conv is None else self._branch_convs(box_conv, cls_conv)
+
+    def _branch_convs(self, box_conv: nn.Conv2d, cls_conv: nn.Conv2d) -> tuple[nn.Conv2d, nn.Conv2d]:
+        """The box and cls 1x1 convs with the first predictor conv's share of their input as extra outputs."""
+        c2, w, b = box_conv.in_channels, self.hidden.weight, self.hidden.bias
+        if box_conv.in_channels + cls_conv.in_channels != w.shape[1] or box_conv.kernel_size != (1, 1):
+            raise ValueError("MergedPredictors: the box and cls convs must be 1x1 convs of the predictors' input")
+        convs = []
+        for conv, share, bias in ((box_conv, w[:, :c2], torch.zeros_like(b)), (cls_conv, w[:, c2:], b)):
+            merged = nn.Conv2d(conv.in_channels, conv.out_channels + len(b), 1, device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                merged.weight.copy_(torch.cat((conv.weight, share)))
+                merged.bias.copy_(torch.cat((conv.bias, bias)))
+            convs.append(merged)
+        return convs[0], convs[1]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return M's logit (B, 1, H, W) and the offsets (B, 8, H, W) of the feature ``x`` (B, C, H, W)."""
+        if torch.onnx.is_in_onnx_export():
+            return self._plain(x)
+        return self._predict(F.relu(self.hidden(x)))
+
+    def forward_branches(
+        self, box_feat: torch.Tensor, cls_feat: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the box prediction, cls logits, M's logit and the offsets from the box and cls features (the
+        predictors reading their concatenation); needs the stock convs at construction."""
+        box, cls = self.box(box_feat), self.cls(cls_feat)
+        r, nc = self.box.out_channels - self.hidden.out_channels, self.cls.out_channels - self.hidden.out_channels
+        hidden = F.relu(box[:, r:] + cls[:, nc:])
+        if torch.onnx.is_in_onnx_export():  # the two plain 3x3 convs, as _plain
+            return (box[:, :r], cls[:, :nc], *self._plain_out(hidden.chunk(2, 1)))
+        return (box[:, :r], cls[:, :nc], *self._predict(hidden))
+
+    def _predict(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """M's logit and the offsets from both hidden maps (B, 2 * hidden, H, W), by the grouped 3x3 conv."""
+        y = self.out(hidden)
+        return y[:, : self.m_channels], y[:, self.width :]
+
+    def _plain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two predictors as they were built (four plain convs), from slices of the merged weights."""
+        w1, b1 = self.hidden.weight, self.hidden.bias
+        return self._plain_out([F.relu(F.conv2d(x, w, b)) for w, b in zip(w1.chunk(2), b1.chunk(2))])
+
+    def _plain_out(self, hidden: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two 3x3 convs as plain convs on M's and O's hidden maps, from slices of the grouped weights."""
+        w3, b3 = self.out.weight, self.out.bias
+        m = F.conv2d(hidden[0], w3[: self.m_channels], b3[: self.m_channels], padding=1)
+        return m, F.conv2d(hidden[1], w3[self.width :], b3[self.width :], padding=1)
 
 
 class TAPDetect(TaskAlignedOutputs, Detect):
