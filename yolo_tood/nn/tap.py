@@ -218,6 +218,21 @@ def offset_distances(offsets: torch.Tensor) -> torch.Tensor:
     return side_shifts(offsets) * offsets.new_tensor([-1.0, -1.0, 1.0, 1.0]).view(1, 4, *([1] * (offsets.dim() - 2)))
 
 
+def side_shift_pairs(offsets: torch.Tensor) -> torch.Tensor:
+    """Return ``side_shifts`` as a view (B, 2, 2, ...): ((dx_l, dy_t), (dx_r, dy_b)), the shifts of (x1, y1), (x2, y2).
+
+    The channels 1, 2, 5, 6 that ``side_shifts`` picks are two runs of two, 4p + 1 and 4p + 2, which a view reaches
+    with no copy (and, on CUDA, no index tensor copied to the device).
+
+    Args:
+        offsets (torch.Tensor): Offsets (B, 8, ...), (dy, dx) per side (left, top, right, bottom).
+
+    Returns:
+        (torch.Tensor): (B, 2, 2, ...) view of ``offsets``.
+    """
+    return offsets.unflatten(1, (2, 4))[:, :, 1:3]
+
+
 def faithful_distances(distances: torch.Tensor, offsets: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     """Return the distances of TAP's faithful box from the anchor: ``distances + offset_distances(offsets)``.
 
@@ -229,20 +244,17 @@ def faithful_distances(distances: torch.Tensor, offsets: torch.Tensor, signs: to
     Returns:
         (torch.Tensor): (B, 2, 2, A) distances ((left, top), (right, bottom)) from the anchor.
     """
-    b, _, a = offsets.shape
-    # channels 4p + 1, 4p + 2 (p = 0: dx_l, dy_t; p = 1: dx_r, dy_b) are the along-axis shifts, as side_shifts: a view
-    shifts = offsets.view(b, 2, 4, a)[:, :, 1:3]
-    return torch.addcmul(distances.view(b, 2, 2, a), shifts, signs)
+    return torch.addcmul(distances.unflatten(1, (2, 2)), side_shift_pairs(offsets), signs)
 
 
 def valid_boxes(distances: torch.Tensor) -> torch.Tensor:
     """Return where a box is valid (x1 <= x2 and y1 <= y2): left + right >= 0 and top + bottom >= 0.
 
     Args:
-        distances (torch.Tensor): (B, 2, 2, A) distances ((left, top), (right, bottom)), ``faithful_distances``.
+        distances (torch.Tensor): (B, 2, 2, ...) distances ((left, top), (right, bottom)), ``faithful_distances``.
 
     Returns:
-        (torch.Tensor): (B, 1, A) bool.
+        (torch.Tensor): (B, 1, ...) bool.
     """
     return distances.sum(1).amin(1, keepdim=True) >= 0  # NaN distances compare False: invalid
 
@@ -268,7 +280,7 @@ def keep_valid_boxes(
         boxes (torch.Tensor): (B, 4 * reg_max, ...), all sides from ``resampled`` or from ``original`` per location.
         offsets (torch.Tensor): (B, 8, ...), zero where the original prediction was taken.
     """
-    valid = (distances[:, 0:1] + distances[:, 2:3] >= 0) & (distances[:, 1:2] + distances[:, 3:4] >= 0)
+    valid = valid_boxes(distances.unflatten(1, (2, 2)))  # (B, 1, ...)
     return torch.where(valid, resampled, original), torch.where(valid, offsets, 0.0)
 
 

@@ -45,6 +45,7 @@ from ultralytics.utils.loss import DFLoss, v8DetectionLoss
 from ultralytics.utils.metrics import bbox_iou
 from ultralytics.utils.tal import make_anchors
 
+from ..nn import tap
 from .assigner import AssignResult, ATSSAssigner, TOODTaskAlignedAssigner
 from .hyp import TOODHyp
 from .tal_stats import TALStats
@@ -121,12 +122,8 @@ def centerness(points: torch.Tensor, boxes: torch.Tensor, eps: float = 1e-9) -> 
 
 
 def side_shift_pairs(offsets: torch.Tensor) -> torch.Tensor:
-    """Return TAP's ``side_shifts`` of the anchors as a view (B, A, 2, 2): (dx_l, dy_t), (dx_r, dy_b), the shifts of
-    (x1, y1) and (x2, y2).
-
-    ``side_shifts`` picks the channels 1, 2, 5, 6 (``SIDE_SHIFT_CHANNELS``) of the (dy, dx) per side (left, top,
-    right, bottom) with a list index, whose index tensor is copied to the device at every call (a host sync on CUDA);
-    they are two runs of two, which a view reaches.
+    """Return TAP's side shifts per anchor as a view (B, A, 2, 2): (dx_l, dy_t), (dx_r, dy_b), the shifts of
+    (x1, y1) and (x2, y2) (``yolo_tood.nn.tap.side_shift_pairs``, anchors first).
 
     Args:
         offsets (torch.Tensor): (B, 8, A) TAP's offsets, (dy, dx) per side, grid units.
@@ -134,8 +131,7 @@ def side_shift_pairs(offsets: torch.Tensor) -> torch.Tensor:
     Returns:
         (torch.Tensor): (B, A, 2, 2) view of ``offsets``.
     """
-    b, _, a = offsets.shape
-    return offsets.reshape(b, 2, 4, a)[:, :, 1:3].permute(0, 3, 1, 2)
+    return tap.side_shift_pairs(offsets).permute(0, 3, 1, 2)
 
 
 def reduce_mean(x: torch.Tensor) -> torch.Tensor:
