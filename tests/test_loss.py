@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import load_script
 from torch import nn
 from ultralytics.utils import LOGGER
 
@@ -501,20 +502,6 @@ def test_side_shift_pairs_is_a_view_of_side_shifts():
     torch.testing.assert_close(pairs.flatten(2), side_shifts(offsets).permute(0, 2, 1))
 
 
-def bench_launches():
-    """Import ``scripts/bench_launches.py`` (its counting rule), registered in sys.modules for its dataclass."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    if "bench_launches" not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "scripts" / "bench_launches.py"
-        spec = importlib.util.spec_from_file_location("bench_launches", path)
-        sys.modules["bench_launches"] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["bench_launches"]
-
-
 @pytest.mark.parametrize("epoch", [0, None])
 def test_training_step_of_the_loss_makes_three_host_syncs(epoch):
     """A training loss call and its backward wait for the device three times (``scripts/bench_launches.py``'s rule):
@@ -526,7 +513,7 @@ def test_training_step_of_the_loss_makes_three_host_syncs(epoch):
     boxes, logits, build = random_preds(2, 3, 16, 64, seed=9, offset_std=0.3)
     batch = random_batch([3, 5], 3, seed=10)
     criterion(build(), batch)  # the first call makes the cached anchors (make_anchors reads the strides)
-    with bench_launches().count() as c:
+    with load_script("bench_launches").count() as c:
         loss, _ = criterion(build(), batch)
         loss.sum().backward()
     assert c.syncs == 3 and set(c.sync_ops) == {"Tensor.tolist", "_unique2", "_local_scalar_dense"}, c.sync_ops

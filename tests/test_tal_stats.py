@@ -192,13 +192,3 @@ def test_per_class_counts_by_hand():
     }  # class 1 only in padding: not listed
     stats.update(assign([[0, 0, -1, -1], [0, -1, -1, -1]]), gt, mask, "TAL")  # no labels: by_class unchanged
     assert stats.summary()["by_class"] == by_class
-
-
-def test_weighted_count_equals_bincount():
-    """The one-hot count used on CUDA (deterministic) equals torch.bincount with weights, empty bins included."""
-    from yolo_tood.train.tal_stats import weighted_count
-
-    index = torch.tensor([0, 2, 2, 4, 0, 2])
-    weights = torch.tensor([1.0, 3.0, 0.0, 2.0, 5.0, 1.0])
-    assert weighted_count(index, weights, 6).tolist() == [6.0, 0.0, 4.0, 0.0, 2.0, 0.0]
-    assert torch.equal(weighted_count(index, weights, 6), torch.bincount(index, weights=weights, minlength=6))

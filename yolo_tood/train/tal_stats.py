@@ -39,25 +39,6 @@ import torch
 
 from .assigner import AssignResult, gt_sizes
 
-
-def weighted_count(index: torch.Tensor, weights: torch.Tensor, bins: int) -> torch.Tensor:
-    """``torch.bincount(index, weights, minlength=bins)`` as a one-hot product, deterministic and sync-free on CUDA.
-
-    CUDA's weighted bincount adds floats atomically, so ``deterministic=True`` makes torch warn at every step, and it
-    reads the index's min and max on the host; the one-hot is a comparison with an arange (``F.one_hot`` checks the
-    index range on the host on the CPU). It is small when ``index`` holds one entry per GT slot (B * n_max).
-
-    Args:
-        index (torch.Tensor): (N,) bin of each entry, in [0, bins).
-        weights (torch.Tensor): (N,) float weight of each entry.
-        bins (int): number of bins.
-
-    Returns:
-        (torch.Tensor): (bins,) the summed weights per bin.
-    """
-    return weights @ (index[:, None] == torch.arange(bins, device=index.device)).to(weights.dtype)
-
-
 __all__ = (
     "CLS_KEYS",
     "PLOT_FILE",
