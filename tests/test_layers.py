@@ -272,3 +272,18 @@ def test_shared_datasets_come_from_one_variable(monkeypatch, tmp_path):
     assert shared_datasets(tmp_path / "repo") == tmp_path / "shared" / "datasets"
     monkeypatch.setenv(SHARED_ENV, str(tmp_path / "elsewhere"))
     assert shared_datasets(tmp_path / "repo") == tmp_path / "elsewhere" / "datasets"
+
+
+NN_MODULES = sorted(f"yolo_tood.nn.{p.stem}" for p in (ROOT / "yolo_tood" / "nn").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("first", NN_MODULES)
+def test_any_head_module_imports_first_in_a_fresh_process(first):
+    """Importing any module of nn/ first (the loss imports nn/tap.py) works, and once ultralytics is imported the head
+    modules are too (registration had to leave them while that module was executing)."""
+    code = (
+        f"import {first}, sys\n"
+        "import ultralytics.nn.tasks\n"
+        "print(all(m in sys.modules for m in ('yolo_tood.nn.head', 'yolo_tood.nn.tap_head')))"
+    )
+    assert run_python(code).split()[-1] == "True"

@@ -8,7 +8,8 @@ process that never imports ultralytics never imports torch or ultralytics becaus
   (``register.add_train_args``), before the ``yolo`` command or ``get_cfg`` checks any train argument against it;
 - right after ``ultralytics.nn.tasks`` executes, it runs ``yolo_tood.register()``;
 - right after a head module (``yolo_tood.nn.head``) executes, it allows the head's classes for safe loading, so
-  unpickling a checkpoint registers what it needs in a fresh process whichever of the two is imported first;
+  unpickling a checkpoint registers what it needs in a fresh process whichever of the two is imported first; after
+  any module of ``yolo_tood.nn`` it imports the head modules that registration had to leave while that one executed;
 - it serves the module paths before the layer folders (``OLD_MODULES``), which
   checkpoints pickled then name, as thin modules re-exporting the new ones.
 """
@@ -71,8 +72,9 @@ def _after_exec(name: str, module) -> None:
         from yolo_tood.integration.register import add_train_args
 
         add_train_args()
-    elif name in head_modules():
-        allow_safe_load(module)
+    elif name.startswith(HEAD_PACKAGE):
+        if name in head_modules():
+            allow_safe_load(module)
         if TARGET in sys.modules and "yolo_tood.integration.register" in sys.modules:
             from yolo_tood.integration.register import import_head_modules
 

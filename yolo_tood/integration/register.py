@@ -52,6 +52,7 @@ from .compat import (
     parse_model_with,
 )
 from .heads import CFG_DIR, HEADS, is_tood_head, tood_row_spec
+from .hook import HEAD_PACKAGE
 
 __all__ = (
     "CFG_DIR",
@@ -441,13 +442,14 @@ def register() -> None:
 def import_head_modules(executed: str = "") -> None:
     """Import every head module of ``HEADS`` (the import hook then allows its classes for safe loading).
 
-    Not while one of them is still executing: importing ultralytics from ``yolo_tood.nn.head`` runs ``register()``
-    half-way through that module, and ``yolo_tood.nn.tap_head`` imports from it. The hook calls this again right
-    after each head module has executed (``executed``: that module, whose import is not finished in name only), so
-    every one is imported once all can be.
+    Not while a module of the heads' package (``yolo_tood.nn``) is still executing: importing ultralytics from any of
+    them (``yolo_tood.nn.tap``, say, imported first by the loss) runs ``register()`` half-way through that module,
+    and the head modules import from it. The hook calls this again right after each module of the package has
+    executed (``executed``: that module, whose import is not finished in name only), so every head module is
+    imported once all can be.
     """
-    loaded = [s.module for s in HEADS if s.module != executed and sys.modules.get(s.module) is not None]
-    if any(getattr(getattr(sys.modules[m], "__spec__", None), "_initializing", False) for m in loaded):
+    package = [m for name, m in list(sys.modules.items()) if name.startswith(HEAD_PACKAGE) and name != executed]
+    if any(getattr(getattr(m, "__spec__", None), "_initializing", False) for m in package):
         return
     for spec in HEADS:
         if spec.module not in sys.modules:
