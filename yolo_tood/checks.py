@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ("check_int",)
+__all__ = ("check_choice", "check_int")
 
 
 def check_int(value: Any, name: str, owner: str = "TOOD", minimum: int = 1) -> int:
@@ -28,4 +28,17 @@ def check_int(value: Any, name: str, owner: str = "TOOD", minimum: int = 1) -> i
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{owner}: '{name}' must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_choice(value: Any, choices: tuple[str, ...], name: str, owner: str) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise one ValueError line naming ``owner`` and ``name``.
+
+    Examples:
+        >>> check_choice("gn", ("gn", "sepbn"), "norm", "TOODDetect")
+        'gn'
+        >>> check_choice("bn", ("gn", "sepbn"), "norm", "TOODDetect")  # ValueError: TOODDetect: norm must be one of ...
+    """
+    if value not in choices:
+        raise ValueError(f"{owner}: {name} must be one of {', '.join(choices)}, got {value!r}")
     return value

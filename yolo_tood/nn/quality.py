@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..checks import check_choice
 from .tap import _cast, _fp32, one_kernel_forms
 
 # What the probability map M reads: features (TOOD's cls_prob on the task-interactive feature), distribution (GFLv2's
@@ -22,8 +23,7 @@ DGQP_CHANNELS = 64
 def check_quality(quality: str, reg_max: int, head: str) -> None:
     """Raise a one-line ``ValueError`` when ``quality`` is not a ``QUALITY_MODES`` value or needs a distribution that
     a ``reg_max`` head does not have."""
-    if quality not in QUALITY_MODES:
-        raise ValueError(f"{head}: quality must be one of {', '.join(QUALITY_MODES)}, got {quality!r}")
+    check_choice(quality, QUALITY_MODES, "quality", head)
     if quality != "features" and reg_max <= DGQP_TOPK:
         raise ValueError(
             f"{head}: quality {quality!r} reads the DFL box distribution, which a reg_max {reg_max} head does not "

@@ -52,7 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ultralytics.nn.modules import Detect
 
-from ..checks import check_int
+from ..checks import check_choice, check_int
 from .inference import TaskAlignedOutputs
 from .quality import DGQP, check_quality
 from .tap import OFFSET_INIT_STD, TAP_MODES, DFLExpectation, LevelMaps
@@ -230,10 +230,8 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         YAML's head row before the trainer makes its run folder). Arguments are the constructor's, ``nc`` aside.
         """
         check_int(reg_max, "reg_max", "TAPDetect")
-        if tap not in TAP_MODES:
-            raise ValueError(f"TAPDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
-        if interact not in INTERACT_MODES:
-            raise ValueError(f"TAPDetect: interact must be one of {', '.join(INTERACT_MODES)}, got {interact!r}")
+        check_choice(tap, TAP_MODES, "tap", "TAPDetect")
+        check_choice(interact, INTERACT_MODES, "interact", "TAPDetect")
         check_quality(quality, reg_max, "TAPDetect")
 
     def __init__(

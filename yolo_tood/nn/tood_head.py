@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ultralytics.nn.modules import Conv, Detect
 
-from ..checks import check_int
+from ..checks import check_choice, check_int
 from .decomposition import (
     GN_GROUP_WIDTH,
     HEAD_NORMS,
@@ -128,16 +128,13 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         """
         for name, value in (("feat_channels", feat_channels), ("stacked_convs", stacked_convs), ("reg_max", reg_max)):
             check_int(value, name, "TOODDetect")
-        if norm not in HEAD_NORMS:
-            raise ValueError(f"TOODDetect: norm must be one of {', '.join(HEAD_NORMS)}, got {norm!r}")
+        check_choice(norm, HEAD_NORMS, "norm", "TOODDetect")
         if norm == "gn8" and feat_channels % GN_GROUP_WIDTH:
             raise ValueError(
                 f"TOODDetect: norm 'gn8' needs feat_channels divisible by {GN_GROUP_WIDTH}, got {feat_channels}"
             )
-        if tap not in TAP_MODES:
-            raise ValueError(f"TOODDetect: tap must be one of {', '.join(TAP_MODES)}, got {tap!r}")
-        if adapter not in ADAPTERS:
-            raise ValueError(f"TOODDetect: adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
+        check_choice(tap, TAP_MODES, "tap", "TOODDetect")
+        check_choice(adapter, ADAPTERS, "adapter", "TOODDetect")
         check_quality(quality, reg_max, "TOODDetect")
 
     def __init__(
