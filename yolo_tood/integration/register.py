@@ -52,7 +52,6 @@ from .compat import (
     parse_model_with,
 )
 from .heads import CFG_DIR, HEADS, is_tood_head, tood_row_spec
-from .hook import HEAD_PACKAGE
 
 __all__ = (
     "CFG_DIR",
@@ -448,7 +447,8 @@ def import_head_modules(executed: str = "") -> None:
     executed (``executed``: that module, whose import is not finished in name only), so every head module is
     imported once all can be.
     """
-    package = [m for name, m in list(sys.modules.items()) if name.startswith(HEAD_PACKAGE) and name != executed]
+    packages = tuple({s.module.rpartition(".")[0] + "." for s in HEADS})  # yolo_tood.nn.
+    package = [m for name, m in list(sys.modules.items()) if name.startswith(packages) and name != executed]
     if any(getattr(getattr(m, "__spec__", None), "_initializing", False) for m in package):
         return
     for spec in HEADS:
