@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,7 +65,9 @@ def test_cli_val_reports_metrics(trained, tmp_path):
     proc = run(
         [str(YOLO_CLI), "val", f"model={trained}", f"data={COCO128}", "imgsz=64", "batch=16", "workers=0"], tmp_path
     )
-    assert "all" in proc.stdout + proc.stderr
+    row = re.search(r"^\s+all\s+128\s+(\d+)((?:\s+\S+){4})\s*$", proc.stdout + proc.stderr, re.MULTILINE)
+    assert row, (proc.stdout + proc.stderr)[-3000:]  # the summary row: images, instances, P, R, mAP50, mAP50-95
+    assert int(row[1]) > 0 and all(0 <= float(v) <= 1 for v in row[2].split())
 
 
 @needs_coco128

@@ -354,10 +354,17 @@ def test_stock_cfgs_pass_the_tood_check_unchanged():
 
 
 def test_stock_model_trains_as_before_without_tood_keys(shapes, tmp_path):
-    run(
+    from ultralytics import YOLO
+
+    proc = run(
         [str(YOLO_CLI), "train", "model=yolov8n.yaml", f"data={shapes}", f"project={tmp_path}", *TRAIN.split()],
         tmp_path,
     )
+    assert "TOOD:" not in proc.stdout + proc.stderr  # no warm-up, phase or argument lines for a stock model
+    run_dir = tmp_path / "train"
+    assert type(YOLO(run_dir / "weights" / "best.pt").model.model[-1]).__name__ == "Detect"
+    assert len((run_dir / "results.csv").read_text().strip().splitlines()) == 2  # header + the one epoch
+    assert not (run_dir / "tal_stats.jsonl").exists()  # TOOD's assignment statistics: TOOD models only
 
 
 def test_resume_keeps_the_train_arguments(shapes, tmp_path):

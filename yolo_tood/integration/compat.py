@@ -20,6 +20,7 @@ from importlib import import_module
 from typing import Any, Callable
 
 __all__ = (
+    "FORCED_OPSET_FORMATS",
     "ONNX_FORMATS",
     "PARSE_MODEL_REG_MAX",
     "RELIED_ON",
@@ -57,6 +58,7 @@ ONNX_FORMATS = {
     "xilinx": 17,
     "hailo": 11,  # forced, whatever opset is requested
 }
+FORCED_OPSET_FORMATS = frozenset({"hailo"})  # those of ONNX_FORMATS that pin their opset whatever is requested
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from importlib.util import find_spec
 from typing import Any
 
-from .compat import ONNX_FORMATS
+from .compat import FORCED_OPSET_FORMATS, ONNX_FORMATS
 from .heads import is_tood_head
 
 __all__ = (
@@ -57,9 +57,10 @@ def check_export_args(fmt: str, opset: int | None) -> None:
     """
     if fmt not in ONNX_FORMATS:
         return
-    effective = 11 if fmt == "hailo" else opset or ONNX_FORMATS[fmt]
+    forced = fmt in FORCED_OPSET_FORMATS
+    effective = ONNX_FORMATS[fmt] if forced else opset or ONNX_FORMATS[fmt]
     if effective is not None and int(effective) < MIN_ONNX_OPSET:
-        how = f"format={fmt} pins opset={effective}" if fmt == "hailo" else f"opset={effective} was requested"
+        how = f"format={fmt} pins opset={effective}" if forced else f"opset={effective} was requested"
         raise ValueError(
             f"TOOD models need ONNX opset>={MIN_ONNX_OPSET} (GridSample in the head's box re-sampling), but {how}; "
             f"use opset={MIN_ONNX_OPSET} or higher, or omit opset"

@@ -358,9 +358,7 @@ def check_warmup(hyp: TOODHyp, epochs: int) -> bool:
         return False
     if hyp.atss_epochs is not None and 0 < 3 * warmup < epochs:
         LOGGER.info(
-            f"TOOD: atss_epochs={warmup} is an ATSS warm-up of {warmup} of {epochs} epochs. The paper warms up for a "
-            "third of its schedule (4 of 12), which atss_fraction=0.333 (the -tood configs' default) gives when "
-            "'atss_epochs' is unset; on BCCD a third (20 of 60) beat 4 by ~2 mAP50-95 points for the T-Head "
-            "(BENCHMARKS.md). The -tap configs default to no warm-up (atss_fraction=0.0, see their header)."
+            f"TOOD: atss_epochs={warmup} is an ATSS warm-up of {warmup} of {epochs} epochs, shorter than the paper's "
+            "third of its schedule (4 of 12), which atss_fraction=0.333 gives when 'atss_epochs' is unset (docs/tal.md)"
         )
     return True

@@ -236,10 +236,13 @@ def _curve_lines(base: str, gaps: dict) -> list[str]:
 
 def _alignment_lines(args: argparse.Namespace, runs: dict, splits: list[str]) -> list[str]:
     """The task-alignment tables of every run, per split (and at an equal budget where every run has one)."""
+    from ultralytics.cfg import DEFAULT_CFG  # compare's alignment runs keep the validator's NMS IoU and max_det
+
     out = [
         "## Task alignment (TOOD paper Table 7 analysis)",
         "",
-        f"Pre-NMS PCC top-50 and IoU top-10; post-NMS counts at conf {args.align_conf}, NMS IoU 0.7, max_det 300 "
+        f"Pre-NMS PCC top-50 and IoU top-10; post-NMS counts at conf {args.align_conf}, NMS IoU {DEFAULT_CFG.iou}, "
+        f"max_det {DEFAULT_CFG.max_det} "
         "(definitions: yolo_tood/tools/analysis/alignment.py). mAP50-95 at the validator's conf 0.001.",
         "",
     ]
