@@ -420,7 +420,7 @@ def test_no_stock_branches_as_real_attributes_and_older_pickles_get_them():
     head.stride = torch.tensor([8.0, 16.0, 32.0])
     assert isinstance(head.cv2, torch.nn.ModuleList) and len(head.cv2) == 0 and head.cv3 is None
     assert not any(k.startswith(("cv2", "cv3")) for k in head.state_dict()) and head.end2end is False
-    del head._modules["cv2"], head.__dict__["cv3"]  # as pickled before
+    del head._modules["cv2"], head._modules["cv3"]  # as pickled before
     old = pickle.loads(pickle.dumps(head))
     assert len(old.cv2) == 0 and old.cv3 is None
     x = [torch.randn(1, c, 8 // 2**i, 8 // 2**i) for i, c in enumerate((16, 32, 64))]

@@ -7,7 +7,9 @@ import torch
 import torch.nn as nn
 from ultralytics.utils.tal import make_anchors
 
-from .tap import AlignedOutputs, LevelMaps, _fp32, one_kernel_forms, sampling_grid, task_aligned_outputs
+from ..checks import check_choice, check_int
+from .quality import check_quality
+from .tap import TAP_MODES, AlignedOutputs, LevelMaps, _fp32, one_kernel_forms, sampling_grid, task_aligned_outputs
 
 # A head's branches by attribute prefix: one-to-many ("") and, on end-to-end models, one-to-one (Detect's "one2one_"
 # prefix, which Detect.fuse reads to drop the branch inference does not use)
@@ -108,6 +110,26 @@ class TaskAlignedOutputs:
     nms_pre: int = NMS_PRE  # inference candidates before NMS (keep_topk_scores); 0 keeps all
     nms_pre_mode: str = "image"  # NMS_PRE_MODES: nms_pre per image or per level
     atss_epochs: int | None = None  # warm-up length resolved from the trainer's epochs by the callbacks
+
+    @classmethod
+    def check_shared_args(cls, tap: str, quality: str, reg_max: int) -> None:
+        """Raise one ``ValueError`` line, named after the head class, for a bad argument every task-aligned head takes.
+
+        Args:
+            tap (str): TAP's box re-sampling, one of ``TAP_MODES``.
+            quality (str): What M reads (``check_quality``; ``distribution`` and ``both`` need DFL, ``reg_max > 1``).
+            reg_max (int): DFL bins per side, an int >= 1.
+        """
+        check_int(reg_max, "reg_max", cls.__name__)
+        check_choice(tap, TAP_MODES, "tap", cls.__name__)
+        check_quality(quality, reg_max, cls.__name__)
+
+    @classmethod
+    def check_levels(cls, nc: int, ch: tuple[int, ...] | list[int]) -> None:
+        """Raise one ``ValueError`` line for a bad class count or no input levels (the constructor's own checks)."""
+        check_int(nc, "nc", cls.__name__)
+        if not ch:
+            raise ValueError(f"{cls.__name__}: no input levels; its YAML row needs 'from' levels, e.g. [15, 18, 21]")
 
     @property
     def one2many(self) -> dict[str, nn.Module | None]:

@@ -52,10 +52,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ultralytics.nn.modules import Detect
 
-from ..checks import check_choice, check_int
+from ..checks import check_choice
 from .inference import TaskAlignedOutputs
-from .quality import DGQP, check_quality
-from .tap import OFFSET_INIT_STD, TAP_MODES, DFLExpectation, LevelMaps
+from .quality import DGQP
+from .tap import OFFSET_INIT_STD, DFLExpectation, LevelMaps
 
 __all__ = ("INTERACT_MODES", "TAPDetect", "TAP_PRIOR_PROB")
 
@@ -222,17 +222,15 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         torch.Size([1, 84, 8400])
     """
 
-    @staticmethod
-    def check_args(tap: str, interact: str, quality: str, reg_max: int) -> None:
+    @classmethod
+    def check_args(cls, tap: str, interact: str, quality: str, reg_max: int) -> None:
         """Raise one ``ValueError`` line naming the first bad argument, its value and what is allowed; build nothing.
 
         The constructor's checks, callable before a model is built (the train-argument check runs them on a model
         YAML's head row before the trainer makes its run folder). Arguments are the constructor's, ``nc`` aside.
         """
-        check_int(reg_max, "reg_max", "TAPDetect")
-        check_choice(tap, TAP_MODES, "tap", "TAPDetect")
-        check_choice(interact, INTERACT_MODES, "interact", "TAPDetect")
-        check_quality(quality, reg_max, "TAPDetect")
+        cls.check_shared_args(tap, quality, reg_max)
+        check_choice(interact, INTERACT_MODES, "interact", cls.__name__)
 
     def __init__(
         self,
@@ -245,10 +243,8 @@ class TAPDetect(TaskAlignedOutputs, Detect):
         ch: tuple[int, ...] | list[int] = (),
     ):
         """Initialize the stock branches (``Detect.__init__``) and the task-aligned predictor on top."""
-        check_int(nc, "nc", "TAPDetect")
+        self.check_levels(nc, ch)
         self.check_args(tap, interact, quality, reg_max)
-        if not ch:
-            raise ValueError("TAPDetect: no input levels; its YAML row needs 'from' levels, e.g. [15, 18, 21]")
         super().__init__(nc, reg_max, end2end, ch)
         if reg_max > 1:
             # Stock's DFL, re-arranged (same function, same fixed weights, same ``dfl.conv.weight`` key): TAP decodes

@@ -27,8 +27,8 @@ from .decomposition import (
     stack_decompositions,
 )
 from .inference import TaskAlignedOutputs
-from .quality import DGQP, check_quality
-from .tap import OFFSET_INIT_STD, TAP_MODES, DFLExpectation, LevelMaps, _cat, _fp32
+from .quality import DGQP
+from .tap import OFFSET_INIT_STD, DFLExpectation, LevelMaps, _cat, _fp32
 
 PRIOR_PROB = 0.01  # cls and probability-map bias prior, as MMDetection's TOOD head
 
@@ -117,25 +117,24 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         torch.Size([1, 84, 8400])
     """
 
-    @staticmethod
+    @classmethod
     def check_args(
-        feat_channels: int, stacked_convs: int, norm: str, tap: str, adapter: str, quality: str, reg_max: int
+        cls, feat_channels: int, stacked_convs: int, norm: str, tap: str, adapter: str, quality: str, reg_max: int
     ) -> None:
         """Raise one ``ValueError`` line naming the first bad argument, its value and what is allowed; build nothing.
 
         The constructor's checks, callable before a model is built (the train-argument check runs them on a model
         YAML's head row before the trainer makes its run folder). Arguments are the constructor's, ``nc`` aside.
         """
-        for name, value in (("feat_channels", feat_channels), ("stacked_convs", stacked_convs), ("reg_max", reg_max)):
-            check_int(value, name, "TOODDetect")
-        check_choice(norm, HEAD_NORMS, "norm", "TOODDetect")
+        cls.check_shared_args(tap, quality, reg_max)
+        for name, value in (("feat_channels", feat_channels), ("stacked_convs", stacked_convs)):
+            check_int(value, name, cls.__name__)
+        check_choice(norm, HEAD_NORMS, "norm", cls.__name__)
         if norm == "gn8" and feat_channels % GN_GROUP_WIDTH:
             raise ValueError(
-                f"TOODDetect: norm 'gn8' needs feat_channels divisible by {GN_GROUP_WIDTH}, got {feat_channels}"
+                f"{cls.__name__}: norm 'gn8' needs feat_channels divisible by {GN_GROUP_WIDTH}, got {feat_channels}"
             )
-        check_choice(tap, TAP_MODES, "tap", "TOODDetect")
-        check_choice(adapter, ADAPTERS, "adapter", "TOODDetect")
-        check_quality(quality, reg_max, "TOODDetect")
+        check_choice(adapter, ADAPTERS, "adapter", cls.__name__)
 
     def __init__(
         self,
@@ -150,35 +149,38 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         end2end: bool = False,
         ch: tuple[int, ...] | list[int] = (),
     ):
-        """Initialize the T-Head for ``len(ch)`` levels."""
-        check_int(nc, "nc", "TOODDetect")
+        """Initialize ``Detect`` (``nc``, ``nl``, ``reg_max``, ``no``, ``stride``), then the T-Head in place of its
+        stock branches, for ``len(ch)`` levels."""
+        self.check_levels(nc, ch)
         self.check_args(feat_channels, stacked_convs, norm, tap, adapter, quality, reg_max)
-        if not ch:
-            raise ValueError("TOODDetect: no input levels; its YAML row needs 'from' levels, e.g. [15, 18, 21]")
-        # Detect.__init__ would build the stock cv2/cv3 branches only to discard them, so set its attributes here
-        nn.Module.__init__(self)
+        # Detect builds stock cv2/cv3 branches that the T-Head drops; building them under a forked RNG leaves the
+        # T-Head's initial weights at a given seed what they were when it skipped Detect.__init__. The one-to-one
+        # branch is the T-Head's own copy (below), not Detect's copy of cv2/cv3
+        with torch.random.fork_rng(devices=[]):
+            super().__init__(nc, reg_max, False, ch)
         # No stock branches, as real (empty) attributes that ultralytics reads: the branch dicts (one2many /
         # one2one) hand cv2 to forward_head as "box_head" (None once fuse() dropped the branch); DetectionModel.load
         # compares the source head's cv2 input widths (none here) and skips a cv3 of None; Detect.end2end is False
-        # without a one2one_cv2, and its setter only warns when one is asked for (the exporter's nms=False). An
-        # end-to-end head has an empty one2one_cv2 too: ultralytics tests it to pick E2ELoss, end2end inference and
-        # fusion
-        self.cv2 = nn.ModuleList()
-        self.cv3 = None
-        self.nc = nc
-        self.nl = len(ch)
-        self.reg_max = reg_max
-        self.no = nc + reg_max * 4
-        self.stride = torch.zeros(self.nl)
-        self.feat_channels = feat_channels
-        self.stacked_convs = stacked_convs
-        self.norm = norm
-        c, s = feat_channels, stacked_convs
-        sepbn_levels = self.nl if norm == "sepbn" else 0
-        group_width = GN_GROUP_WIDTH if norm == "gn8" else 0
+        # without a one2one_cv2, and its setter only warns when one is asked for (the exporter's nms=False)
+        self.cv2, self.cv3 = nn.ModuleList(), None
+        self.feat_channels, self.stacked_convs, self.norm = feat_channels, stacked_convs, norm
+        self.adapter, self.quality, self.tap = adapter, quality, tap
+        self._build_tower(ch)
+        self._build_predictors()
+        self.dfl = DFLExpectation(reg_max) if reg_max > 1 else nn.Identity()
+        self._init_weights()
+        if end2end:  # the one-to-one branch starts as a copy, as Detect's one2one_cv2 / one2one_cv3; ultralytics
+            self.one2one_cv2 = nn.ModuleList()  # tests one2one_cv2 to pick E2ELoss, end-to-end inference and fusion
+            for name in T_HEAD_MODULES:
+                setattr(self, f"one2one_{name}", copy.deepcopy(getattr(self, name)))
 
-        self.adapter = adapter
-        self.adapters = nn.ModuleList(nn.Conv2d(x, c, 1) if adapter == "linear" else Conv(x, c, 3) for x in ch)
+    def _build_tower(self, ch: tuple[int, ...] | list[int]) -> None:
+        """Build the per-level adapters and scales, the shared stacked convs, both task decompositions and the cls and
+        box convs (``feat_channels`` wide, ``stacked_convs`` deep, normalised by ``norm``)."""
+        c, s = self.feat_channels, self.stacked_convs
+        sepbn_levels = self.nl if self.norm == "sepbn" else 0
+        group_width = GN_GROUP_WIDTH if self.norm == "gn8" else 0
+        self.adapters = nn.ModuleList(nn.Conv2d(x, c, 1) if self.adapter == "linear" else Conv(x, c, 3) for x in ch)
         self.inter_convs = nn.ModuleList(
             SepBNConv(c, self.nl)
             if sepbn_levels
@@ -189,28 +191,25 @@ class TOODDetect(TaskAlignedOutputs, Detect):
         )
         self.cls_decomp = TaskDecomposition(c, s, la_down_rate=8 * s, levels=sepbn_levels, group_width=group_width)
         self.reg_decomp = TaskDecomposition(c, s, la_down_rate=8 * s, levels=sepbn_levels, group_width=group_width)
-        self.tood_cls = nn.Conv2d(c, nc, 3, padding=1)
-        self.tood_reg = nn.Conv2d(c, 4 * reg_max, 3, padding=1)
-        self.quality = quality
+        self.tood_cls = nn.Conv2d(c, self.nc, 3, padding=1)
+        self.tood_reg = nn.Conv2d(c, 4 * self.reg_max, 3, padding=1)
+
+    def _build_predictors(self) -> None:
+        """Build TAP's branches on the stacked features: M's ``cls_prob`` and/or ``dgqp`` (by ``quality``), the
+        ``reg_offset`` (``tap="faithful"``), and the per-level ``scales``."""
+        c, s = self.feat_channels, self.stacked_convs
         self.cls_prob = (
             nn.Sequential(nn.Conv2d(c * s, c // 4, 1), nn.ReLU(inplace=True), nn.Conv2d(c // 4, 1, 3, padding=1))
-            if quality != "distribution"
+            if self.quality != "distribution"
             else None
         )
-        self.dgqp = DGQP(reg_max) if quality != "features" else None  # GFLv2's init (std 0.01), shared by the levels
-        self.tap = tap
+        self.dgqp = DGQP(self.reg_max) if self.quality != "features" else None  # GFLv2's init (std 0.01), shared
         self.reg_offset = (
             nn.Sequential(nn.Conv2d(c * s, c // 4, 1), nn.ReLU(inplace=True), nn.Conv2d(c // 4, 4 * 2, 3, padding=1))
-            if tap == "faithful"
+            if self.tap == "faithful"
             else None
         )
-        self.scales = nn.ModuleList(Scale(1.0) for _ in ch)
-        self.dfl = DFLExpectation(reg_max) if reg_max > 1 else nn.Identity()
-        self._init_weights()
-        if end2end:  # the one-to-one branch starts as a copy, as Detect's one2one_cv2 / one2one_cv3
-            self.one2one_cv2 = nn.ModuleList()
-            for name in T_HEAD_MODULES:
-                setattr(self, f"one2one_{name}", copy.deepcopy(getattr(self, name)))
+        self.scales = nn.ModuleList(Scale(1.0) for _ in range(self.nl))
 
     dgqp_key = "dgqp"  # the branch dict's key of DGQP (TaskAlignedOutputs)
 
