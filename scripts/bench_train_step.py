@@ -117,8 +117,6 @@ def main() -> None:
     import torch
     from ultralytics.data.utils import check_det_dataset
 
-    from yolo_tood.train.hyp import TOODHyp
-
     nc = check_det_dataset(args.data)["nc"]
     data = batches(args.data, args.imgsz, args.batch, 4)
     cfgs = {k: f"{args.family}{args.scale}.yaml" if k == "stock" else str(CFG / f"{args.family}{args.scale}-{k}.yaml")
@@ -129,8 +127,7 @@ def main() -> None:
     for k, model in models.items():
         if k.split(",")[0] != "stock":
             model.model[-1].epoch = args.epoch
-            hyp = TOODHyp.from_yaml(model.yaml)
-            model.model[-1].atss_epochs = hyp.warmup_epochs(args.epochs)  # as the training callbacks resolve it
+            model.args.epochs = args.epochs  # the run's length, from which the loss resolves the warm-up
     optims = {k: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(3 + args.steps):

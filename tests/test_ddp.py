@@ -107,7 +107,7 @@ td.init_process_group("gloo", init_method="file://{store}", rank=0, world_size=1
 trainer = DetectionTrainer(overrides={{"model": r"{cfg}", "data": r"{data}", "imgsz": 64, "device": "cpu"}})
 model = trainer.get_model(cfg=r"{cfg}", verbose=False).train()
 model.args = trainer.args  # as DetectionTrainer.set_model_attributes
-model.model[-1].epoch, model.model[-1].atss_epochs = 0, 1  # epoch 1 of a 1-epoch ATSS warm-up, as the callbacks set
+model.model[-1].epoch = 0  # epoch 1, inside the ATSS warm-up (a third of the run's epochs), as the callbacks set
 plain = copy.deepcopy(model)
 # As BaseTrainer._setup_train wraps the model for world_size > 1, minus device_ids (CPU)
 ddp = DistributedDataParallel(model, find_unused_parameters=True, broadcast_buffers=False)

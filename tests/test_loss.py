@@ -27,17 +27,17 @@ class FakeHead(nn.Module):
         self.nc, self.reg_max = nc, reg_max
         self.stride = torch.tensor(STRIDES)
         self.epoch = None
-        self.atss_epochs = 4  # the warm-up as the callbacks resolve it (a third of 12 epochs)
         self.dummy = nn.Parameter(torch.zeros(1))  # gives the model a device
 
 
 class FakeModel(nn.Module):
     """An ultralytics-like DetectionModel: ``model[-1]`` is the head, ``yaml`` the model YAML dict."""
 
-    def __init__(self, head: nn.Module, **yaml_keys):
+    def __init__(self, head: nn.Module, epochs: int | None = 12, **yaml_keys):
         super().__init__()
         self.model = nn.ModuleList([head])
         self.yaml = {"nc": head.nc, **yaml_keys}
+        self.args = {"epochs": epochs} if epochs else None  # the train arguments (a third of 12: a warm-up of 4)
 
 
 def feats_for(bs: int, imgsz: int) -> list[torch.Tensor]:
@@ -267,8 +267,7 @@ def test_faithful_prediction_of_the_gt_has_zero_box_loss(epoch):
 
     head = FakeHead(nc=1, reg_max=1)
     head.epoch = epoch
-    head.atss_epochs = 1
-    criterion = TOODLoss(FakeModel(head, tal_topk=13))
+    criterion = TOODLoss(FakeModel(head, tal_topk=13, atss_epochs=1))
     feats = feats_for(1, 64)
     anc, stride = make_anchors(feats, head.stride, 0.5)  # (84, 2) grid units
     gt = torch.tensor([8.0, 8.0, 40.0, 40.0])
@@ -355,13 +354,11 @@ def _spy(calls: list, name: str, fn):
 
 
 def test_phase_follows_head_epoch(monkeypatch):
-    """epoch < warm-up -> ATSS + Focal; epoch >= warm-up -> TAL + QFL; None -> TAL. The epoch and the warm-up the
-    callbacks resolved are read at every call, so a criterion built before a resume (or used by the validator)
-    follows the head. A YAML warm-up fraction (here 0.5, which the callbacks would resolve for 8 epochs) is not read
-    by the loss: the head's resolved value is."""
+    """epoch < warm-up -> ATSS + Focal; epoch >= warm-up -> TAL + QFL; None -> TAL. The head's epoch is read at every
+    call, so a criterion built before a resume (or used by the validator) follows the head; the warm-up is the YAML's
+    fraction (here 0.5) of the train arguments' epochs (8): 4."""
     head = FakeHead(nc=3, reg_max=16)
-    head.atss_epochs = 4
-    criterion = TOODLoss(FakeModel(head, atss_fraction=0.5))
+    criterion = TOODLoss(FakeModel(head, epochs=8, atss_fraction=0.5))
     calls = []
     for name in ("tal_assigner", "atss_assigner"):
         module = getattr(criterion, name)
@@ -381,24 +378,23 @@ def test_phase_follows_head_epoch(monkeypatch):
 
 
 def test_atss_epochs_zero_disables_warmup():
-    """atss_epochs: 0 -> TAL from epoch 0 (an explicit count needs no resolution by the callbacks)."""
+    """atss_epochs: 0 -> TAL from epoch 0, as a third of a 1-epoch run (rounds to 0)."""
     head = FakeHead()
-    head.epoch, head.atss_epochs = 0, None
+    head.epoch = 0
     assert not TOODLoss(FakeModel(head, atss_epochs=0)).in_warmup()
-    head.atss_epochs = 0  # resolved, e.g. atss_fraction 1/3 of 1 epoch
-    assert not TOODLoss(FakeModel(head)).in_warmup()
+    assert not TOODLoss(FakeModel(head, epochs=1)).in_warmup()
 
 
 def test_explicit_atss_epochs_without_callbacks_and_unresolved_fraction():
-    """A head whose epoch is set by hand: an explicit atss_epochs is used; a fraction cannot be resolved without the
-    run's epochs, which is one clear error rather than a silent phase."""
+    """A head whose epoch is set by hand on a model without train arguments: an explicit atss_epochs is used; a
+    fraction cannot be resolved without the run's epochs, which is one clear error rather than a silent phase."""
     head = FakeHead()
-    head.epoch, head.atss_epochs = 3, None
-    assert TOODLoss(FakeModel(head, atss_epochs=4)).in_warmup()
-    with pytest.raises(RuntimeError, match="atss_epochs"):
-        TOODLoss(FakeModel(head)).in_warmup()
+    head.epoch = 3
+    assert TOODLoss(FakeModel(head, epochs=None, atss_epochs=4)).in_warmup()
+    with pytest.raises(RuntimeError, match="run's length is unknown"):
+        TOODLoss(FakeModel(head, epochs=None)).in_warmup()
     head.epoch = None
-    assert not TOODLoss(FakeModel(head)).in_warmup()  # outside training: TAL, nothing to resolve
+    assert not TOODLoss(FakeModel(head, epochs=None)).in_warmup()  # outside training: TAL, nothing to resolve
 
 
 def test_tuple_predictions_and_missing_epoch_attribute():
@@ -420,8 +416,7 @@ def test_with_the_real_head():
     head = head_module.TOODDetect(nc=3, feat_channels=16, stacked_convs=2, ch=(8, 16, 32))
     head.stride = torch.tensor(STRIDES)
     head.train()
-    head.atss_epochs = 1  # as the callbacks resolve it
-    criterion = TOODLoss(FakeModel(head))
+    criterion = TOODLoss(FakeModel(head, atss_epochs=1))
     x = [torch.randn(2, c, 64 // int(s), 64 // int(s)) for c, s in zip((8, 16, 32), STRIDES)]
     for epoch in (0, None):
         head.epoch = epoch
@@ -484,8 +479,8 @@ def test_dense_loss_equals_the_plain_reference_with_an_image_without_gt(epoch, r
     the positives alone, in both phases, with DFL and with L1, with TAP's offsets and an image that has no GT; its
     gradients are finite (the background's targets are harmless boxes, so no 0 * NaN reaches them)."""
     head = FakeHead(nc=3, reg_max=reg_max)
-    head.epoch, head.atss_epochs = epoch, 1
-    criterion = TOODLoss(FakeModel(head))
+    head.epoch = epoch
+    criterion = TOODLoss(FakeModel(head, atss_epochs=1))
     boxes, logits, build = random_preds(3, 3, reg_max, 128, seed=7, offset_std=0.5)
     batch = random_batch([4, 0, 6], 3, seed=8)
     preds = build()
@@ -508,8 +503,8 @@ def test_training_step_of_the_loss_makes_three_host_syncs(epoch):
     the read of the label checks and ultralytics' ``preprocess``'s two (the GT counts and their max); the assignment
     statistics, the normalisers and the positives (never indexed) add none. A second call reuses the anchors."""
     head = FakeHead(nc=3)
-    head.epoch, head.atss_epochs = epoch, 1
-    criterion = TOODLoss(FakeModel(head))
+    head.epoch = epoch
+    criterion = TOODLoss(FakeModel(head, atss_epochs=1))
     boxes, logits, build = random_preds(2, 3, 16, 64, seed=9, offset_std=0.3)
     batch = random_batch([3, 5], 3, seed=10)
     criterion(build(), batch)  # the first call makes the cached anchors (make_anchors reads the strides)

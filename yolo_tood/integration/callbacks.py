@@ -1,4 +1,4 @@
-"""Trainer callbacks of TOOD models: the epoch and warm-up on the head (ATSS or TAL), train-start checks, statistics.
+"""Trainer callbacks of TOOD models: the epoch on the head (ATSS or TAL), train-start checks, statistics.
 
 Added to ultralytics' ``default_callbacks`` by ``yolo_tood.integration.register``; models without a TOOD head pass
 through untouched.
@@ -35,24 +35,26 @@ def _tood_heads(trainer: Any) -> list:
     return [h for h in heads if is_tood_head(h)]
 
 
-def _resolve_warmup(trainer: Any, heads: list) -> tuple[Any, int]:
-    """Resolve the ATSS warm-up length from the model YAML, the train arguments and ``epochs``; set it on ``heads``.
+# The warm-up length last logged per trainer (by id), so that a change of the run's length (time=) is logged once
+_logged_warmup: dict[int, int] = {}
 
-    ``trainer.epochs`` is the run's length, which ``resume=True`` restores from the checkpoint (and ``time=`` may
-    recompute after the first epoch), so the resolved value is the same for a resumed run as for an uninterrupted one.
 
-    Returns:
-        (tuple): The TOODHyp and the number of warm-up epochs.
-    """
+def _tood_loss(trainer: Any) -> Any:
+    """Return the trained model's ``TOODLoss`` (its one-to-many branch on an end-to-end head), which owns the TOOD
+    hyper-parameters and the warm-up length; created here when the first batch has not created it yet, as
+    ``BaseTrainer`` creates it itself when it resumes an end-to-end run."""
     from ultralytics.utils.torch_utils import unwrap_model
 
-    from ..train.hyp import TOODHyp
+    model = unwrap_model(trainer.model)
+    if getattr(model, "criterion", None) is None:
+        model.criterion = model.init_criterion()
+    return _tood_losses(model.criterion)[0]
 
-    hyp = TOODHyp.from_yaml(unwrap_model(trainer.model).yaml, trainer.args)
-    warmup = hyp.warmup_epochs(trainer.epochs)
+
+def _set_epoch(heads: list, epoch: int) -> None:
+    """Set the trainer's 0-based epoch on the TOOD heads of the model and its EMA copy (the loss reads the phase)."""
     for head in heads:
-        head.atss_epochs = warmup
-    return hyp, warmup
+        head.epoch = epoch
 
 
 def on_pretrain_routine_start(trainer: Any) -> None:
@@ -97,7 +99,9 @@ def on_train_start(trainer: Any) -> None:
 
         from ..train.hyp import check_warmup, train_overrides
 
-        hyp, warmup = _resolve_warmup(trainer, heads)
+        loss = _tood_loss(trainer)
+        hyp, warmup = loss.tood_hyp, loss.warmup_epochs()
+        _logged_warmup[id(trainer)] = warmup
         if on_train_end not in trainer.callbacks["on_train_end"]:  # this trainer's: stock runs keep their callbacks
             trainer.add_callback("on_train_end", on_train_end)
         if given := train_overrides(trainer.args):
@@ -121,25 +125,24 @@ def on_train_start(trainer: Any) -> None:
             )
         phase = "ATSS warm-up" if trainer.start_epoch < warmup else "TAL"
         LOGGER.info(f"TOOD: starting at epoch {trainer.start_epoch + 1} in the {phase} phase")
-        for head in heads:
-            head.epoch = trainer.start_epoch
+        _set_epoch(heads, trainer.start_epoch)
 
 
 def on_train_epoch_start(trainer: Any) -> None:
-    """Set the trainer's epoch and the resolved warm-up on the TOOD heads; log the switch from ATSS to TAL once.
+    """Set the trainer's epoch on the TOOD heads; log the switch from ATSS to TAL once.
 
-    The warm-up is resolved again because ``time=`` training recomputes ``trainer.epochs`` after the first epoch; a
+    ``time=`` training recomputes the run's length after the first epoch, and the loss's warm-up follows it; a
     change is logged.
     """
     if heads := _tood_heads(trainer):
         from ultralytics.utils import LOGGER
 
-        before = heads[0].atss_epochs
-        hyp, warmup = _resolve_warmup(trainer, heads)
-        if before is not None and warmup != before:
-            LOGGER.info(f"{hyp.describe_warmup(trainer.epochs)} (epochs changed during training)")
-        for head in heads:
-            head.epoch = trainer.epoch
+        loss = _tood_loss(trainer)
+        warmup = loss.warmup_epochs()
+        if _logged_warmup.setdefault(id(trainer), warmup) != warmup:
+            _logged_warmup[id(trainer)] = warmup
+            LOGGER.info(f"{loss.tood_hyp.describe_warmup(trainer.epochs)} (epochs changed during training)")
+        _set_epoch(heads, trainer.epoch)
         if trainer.epoch == warmup and warmup > 0 and trainer.epoch != trainer.start_epoch:
             LOGGER.info(f"TOOD: ATSS warm-up done, switching to Task Alignment Learning at epoch {trainer.epoch + 1}")
 

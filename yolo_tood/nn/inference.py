@@ -106,10 +106,12 @@ class TaskAlignedOutputs:
     the ones TOODLoss and yolo-tood's callbacks read.
     """
 
-    epoch: int | None = None  # trainer's current 0-based epoch, set by yolo_tood's callbacks; None outside training
+    # The trainer's current 0-based epoch, which TOODLoss reads for the ATSS warm-up; None outside training. The one
+    # piece of trainer state on the module: yolo_tood's callbacks set it each epoch, as MMDetection's SetEpochInfoHook
+    # sets TOOD's head.epoch
+    epoch: int | None = None
     nms_pre: int = NMS_PRE  # inference candidates before NMS (keep_topk_scores); 0 keeps all
     nms_pre_mode: str = "image"  # NMS_PRE_MODES: nms_pre per image or per level
-    atss_epochs: int | None = None  # warm-up length resolved from the trainer's epochs by the callbacks
 
     @classmethod
     def check_shared_args(cls, tap: str, quality: str, reg_max: int) -> None:

@@ -3,7 +3,7 @@
 ``TOODLoss(model)`` replaces ``v8DetectionLoss`` for a DetectionModel whose last module is ``TOODDetect``. As
 MMDetection's ``TOODHead.loss_by_feat``:
 
-- epochs below the resolved warm-up (``head.atss_epochs``, by default a third of the run, see ``TOODHyp``): ATSS
+- epochs below the warm-up (``TOODLoss.warmup_epochs``, by default a third of the run, see ``TOODHyp``): ATSS
   assignment, Focal loss on the probabilities against hard labels, box loss
   weighted by the centerness of the anchor point in its GT; cls loss / number of positives, box loss / sum of
   centerness.
@@ -235,28 +235,32 @@ class TOODLoss(v8DetectionLoss):
         return summary
 
     def warmup_epochs(self) -> int:
-        """Return the ATSS warm-up length in epochs: the head's ``atss_epochs``, resolved by the training callbacks.
+        """Return the run's ATSS warm-up length in epochs: ``TOODHyp.warmup_epochs`` of the run's ``epochs``.
 
-        The default warm-up is a fraction of the run's ``epochs``, which only the trainer knows, so the callbacks
-        resolve it and set it on the head (and its EMA copy) like ``head.epoch``. Without them (a head whose
-        ``epoch`` was set by hand), an explicit ``atss_epochs`` from the YAML is used.
+        The run's length is the train arguments' ``epochs`` (``self.hyp``, ``model.args``), which ``resume`` restores
+        and ``time=`` updates: the value ``E2ELoss`` reads for its own schedule. An explicit ``atss_epochs`` needs no
+        run length.
 
         Raises:
-            RuntimeError: If the head has an epoch but neither a resolved warm-up nor an explicit ``atss_epochs``.
+            RuntimeError: If neither the run's ``epochs`` nor an explicit ``atss_epochs`` is known (a model used
+                outside a trainer whose head's ``epoch`` was set by hand).
         """
-        warmup = getattr(self.head, "atss_epochs", None)
-        if warmup is None:
-            warmup = self.tood_hyp.atss_epochs
-        if warmup is None:
+        epochs = self.hyp.get("epochs") if isinstance(self.hyp, dict) else getattr(self.hyp, "epochs", None)
+        if epochs is None and self.tood_hyp.atss_epochs is None:
             raise RuntimeError(
-                "TOOD: head.epoch is set but the ATSS warm-up length is not resolved; set head.atss_epochs "
-                "(the training callbacks do, from the trainer's epochs) or 'atss_epochs' in the model YAML"
+                "TOOD: head.epoch is set but the run's length is unknown, so the ATSS warm-up (a fraction of it) "
+                "cannot be resolved; give the model train arguments with 'epochs' (model.args, as the trainer "
+                "does) or set 'atss_epochs'"
             )
-        return warmup
+        return self.tood_hyp.warmup_epochs(epochs)
 
     def in_warmup(self) -> bool:
-        """Return True while the head's current epoch is inside the ATSS warm-up (``epoch < warm-up epochs``); always
-        False for a one-to-one branch."""
+        """Return True while the head's current epoch is inside the ATSS warm-up; always False for a one-to-one branch.
+
+        The epoch is ``head.epoch`` (0-based; None outside training means TAL), which the training callbacks set on
+        the head and its EMA copy each epoch: trainer state on the module, as MMDetection's ``SetEpochInfoHook`` sets
+        it on TOOD's head.
+        """
         epoch = getattr(self.head, "epoch", None)
         return not getattr(self, "one_to_one", False) and epoch is not None and epoch < self.warmup_epochs()
 
