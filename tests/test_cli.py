@@ -277,6 +277,24 @@ def test_bad_arguments_fail_with_one_line_before_training(argv, message, workdir
     assert last.startswith(f"yolo-tood {argv[0]}: error: ") and message in last, last
 
 
+def test_compare_takes_the_head_arguments_of_the_head_table(workdir, monkeypatch):
+    """``--models tap:quality=both``: every head argument of the head table is a variant key, checked in-process by
+    the command's own checks, which pass; ``--models``' help names them from the table."""
+    import yolo_tood.tools.cli as cli
+    from yolo_tood.integration.heads import head_spec
+
+    monkeypatch.chdir(workdir)
+    ran = []
+    monkeypatch.setattr(
+        cli, "command_module", lambda name: _NoRun(cli.import_module(f"yolo_tood.tools.commands.{name}"), ran)
+    )
+    models = ["tap:quality=both,interact=box_to_cls", "tood:quality=features,norm=sepbn"]
+    cli.main(["compare", "--data", "data/data.yaml", "--models", *models])
+    assert [args.models for args in ran] == [models]
+    text = " ".join(cli.build_parser(["compare"]).subparsers["compare"].format_help().split())
+    assert all(", ".join(head_spec(name).yaml_args) in text for name in ("TOODDetect", "TAPDetect"))
+
+
 def test_bad_argument_of_the_installed_command(workdir):
     proc = yolo_tood("compare", "--data", "missing.yaml", cwd=workdir)
     assert proc.returncode == 2 and not (workdir / "runs").exists()

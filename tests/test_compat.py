@@ -1,4 +1,5 @@
-"""Every ultralytics internal named in yolo_tood.integration.compat still exists with the expected signature.
+"""Every ultralytics internal named in yolo_tood.integration.compat (the plug-in's) and yolo_tood.tools.compat (the
+tools') still exists with the expected signature.
 
 When this fails after an ultralytics upgrade, the message names the internal and the yolo-tood module to adapt.
 """
@@ -10,7 +11,11 @@ import inspect
 import pytest
 
 import yolo_tood  # noqa: F401  registers, so the wrapped functions are checked through their originals
-from yolo_tood.integration.compat import RELIED_ON, resolve
+from yolo_tood.integration import compat as plugin_compat
+from yolo_tood.integration.compat import resolve
+from yolo_tood.tools import compat as tools_compat
+
+RELIED_ON = (*plugin_compat.RELIED_ON, *tools_compat.RELIED_ON)
 
 
 def original(obj):
@@ -30,6 +35,27 @@ def test_relied_on_internal_is_unchanged(internal):
         assert params == internal.params, f"{where} changed signature: expected {internal.params}, got {params}"
     missing = [a for a in internal.attrs if not hasattr(obj, a)]
     assert not missing, f"{where} lost {missing}"
+
+
+def test_each_house_lists_its_own_internals():
+    """The plug-in's list names only plug-in modules and the tools' only tools modules, so each house's compat file
+    is the one place to look when ultralytics moves what that house relies on."""
+    plugin = [i.used_by for i in plugin_compat.RELIED_ON if not i.used_by.startswith(("nn/", "train/", "integration/"))]
+    tools = [i.used_by for i in tools_compat.RELIED_ON if not i.used_by.startswith("tools/")]
+    assert not plugin and not tools, (plugin, tools)
+
+
+def test_match_predictions_is_ultralytics_one_to_one_matching():
+    """Two detections of one GT at IoU 0.9 and 0.8 (in descending score): only the first matches; the class must
+    agree; IoU must reach the threshold."""
+    import torch
+
+    iou = torch.tensor([[0.9, 0.8, 0.4]])  # (G, N)
+    matched = tools_compat.match_predictions(torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.0]), iou, 0.5)
+    assert matched.shape == (3, 1) and matched[:, 0].tolist() == [True, False, False]
+    other_class = tools_compat.match_predictions(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0]), iou, 0.5)
+    assert other_class[:, 0].tolist() == [False, True, False]
+    assert not tools_compat.match_predictions(torch.tensor([0.0]), torch.tensor([0.0]), iou[:, :1], 0.95).any()
 
 
 def test_parse_model_builds_heads_from_the_global_detect():

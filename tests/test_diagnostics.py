@@ -443,6 +443,34 @@ def test_compare_tood_variants(tmp_path):
             compare_models.parse_variant(bad)
 
 
+def test_compare_head_arguments_are_the_head_tables(tmp_path, monkeypatch):
+    """compare's variants take the head arguments of the head table (integration/heads.py), TAPDetect's quality
+    included, with the values the table names; a table without an argument makes compare refuse it."""
+    from dataclasses import replace
+
+    import yaml
+
+    from yolo_tood.integration import heads
+    from yolo_tood.tools.compare import models as compare_models
+
+    assert compare_models.parse_variant("tap:quality=both") == {"quality": "both"}
+    path = Path(compare_models.model_cfg("tap:quality=both", "n", tmp_path))
+    assert yaml.safe_load(path.read_text())["head"][-1][3] == ["nc", "faithful", "none", "both"]  # defaults before
+    with pytest.raises(ValueError, match="bad value 'best' for quality .*: use one of features, distribution, both"):
+        compare_models.parse_variant("tap:quality=best")
+    with pytest.raises(ValueError, match="bad tood variant item 'interact=none'"):
+        compare_models.parse_variant("tood:interact=none")  # TAPDetect's argument, not TOODDetect's
+    for kind, name in compare_models.HEAD_MODELS.items():
+        spec = heads.head_spec(name)
+        assert list(compare_models.head_row_args(kind)) == list(spec.yaml_args)
+        assert f"{', '.join(spec.yaml_args)} for {kind}" in compare_models.head_args_help()
+    tap = heads.head_spec("TAPDetect")
+    monkeypatch.setitem(heads._BY_NAME, "TAPDetect", replace(tap, yaml_args=tap.yaml_args[:-1]))
+    with pytest.raises(ValueError, match="bad tap variant item 'quality=both'"):
+        compare_models.parse_variant("tap:quality=both")
+    assert "tap, interact for tap" in compare_models.head_args_help()
+
+
 def test_alignment_reruns_at_batch_1_when_nms_runs_out_of_time(tiny_data, tmp_path, monkeypatch):
     """The alignment run switches TOOD's pre-NMS bound off; if ultralytics' NMS then hits its time limit (a busy CPU,
     many classes), the counts are void, so it runs again one image at a time, and fails if that hits it too."""

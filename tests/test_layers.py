@@ -4,6 +4,7 @@ and a stock model built by another thread while a TOOD model is being built."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import threading
@@ -93,7 +94,29 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 PLUGIN = ("yolo_tood.nn", "yolo_tood.train", "yolo_tood.integration")  # what `yolo train` runs
-TOOLS = "yolo_tood.tools"  # the yolo-tood command and its analyses
+# The yolo-tood command and its analyses, and the analyses' path before the layer folders (the tools serve it)
+TOOLS = ("yolo_tood.tools", "yolo_tood.diagnostics")
+TOOLS_NAME = re.compile(r"\b(?:" + "|".join(map(re.escape, TOOLS)) + r")\b")
+
+
+def plugin_closure(graph: dict[str, set[str]]) -> dict[str, str]:
+    """Return every module the plug-in imports, its own modules and those they reach through any other module
+    (yolo_tood/__init__, checks, data), each mapped to the module it is first reached from."""
+    plugin = [m for m in graph if m.startswith(PLUGIN) or m in ("yolo_tood", "yolo_tood.checks")]
+    reached = {m: m for m in plugin}
+    todo = list(plugin)
+    while todo:
+        m = todo.pop()
+        for e in sorted(graph[m] - reached.keys()):
+            reached[e] = m
+            todo.append(e)
+    return reached
+
+
+def tools_names(source: str) -> list[tuple[int, str]]:
+    """Return the string literals of a module's source that name a module of the tools, with their lines."""
+    nodes = ast.walk(ast.parse(source))
+    return [(n.lineno, n.value) for n in nodes if isinstance(n, ast.Constant) and TOOLS_NAME.search(str(n.value))]
 
 
 def test_imports_form_a_dag_with_layers():
@@ -103,7 +126,7 @@ def test_imports_form_a_dag_with_layers():
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
     for name, edges in graph.items():
         if name.startswith(("yolo_tood.nn.", "yolo_tood.train.")):
-            upward = {e for e in edges if e.startswith(("yolo_tood.integration", TOOLS))}
+            upward = {e for e in edges if e.startswith(("yolo_tood.integration", *TOOLS))}
             assert not upward, f"{name} imports {sorted(upward)} (nn/ and train/ must not import integration/tools)"
         if name.startswith("yolo_tood.nn."):
             assert not any(e.startswith("yolo_tood.train") for e in edges), f"{name} imports train/"
@@ -112,15 +135,31 @@ def test_imports_form_a_dag_with_layers():
 def test_the_plugin_imports_nothing_from_the_tools():
     """Not even through a module outside both (yolo_tood/__init__, checks, data): no path from the plug-in reaches
     the tools."""
-    graph = import_graph()
-    plugin = [m for m in graph if m.startswith(PLUGIN) or m in ("yolo_tood", "yolo_tood.checks")]
-    seen, todo = set(), list(plugin)
-    while todo:
-        m = todo.pop()
-        for e in graph[m] - seen:
-            assert not e.startswith(TOOLS), f"the plug-in reaches {e} (through {m})"
-            seen.add(e)
-            todo.append(e)
+    tools = {m: via for m, via in plugin_closure(import_graph()).items() if m.startswith(TOOLS)}
+    assert not tools, "the plug-in reaches " + ", ".join(f"{m} (through {via})" for m, via in sorted(tools.items()))
+
+
+def test_the_plugin_names_no_module_of_the_tools():
+    """Not in a string either: a name in a string (an alias table, ``import_module`` of a computed name, pickle's
+    ``find_class``) is an import the graph above cannot see. Docstrings count: the plug-in's own documentation has no
+    business pointing at the tools' modules."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    named = [
+        f"{modules[m].relative_to(ROOT)}:{line} {text!r}"
+        for m in sorted(plugin_closure(import_graph()))
+        if not m.startswith(TOOLS)  # an import of the tools fails the test above
+        for line, text in tools_names(modules[m].read_text())
+    ]
+    assert not named, f"plug-in modules name modules of the tools: {'; '.join(named)}"
+
+
+def test_tools_names_finds_a_module_of_the_tools_in_any_string():
+    """The start-up hook once served the tools' old path by a string pair; f-strings and prefixes count too."""
+    hook = 'OLD = {"yolo_tood.diagnostics": "yolo_tood.tools.analysis"}'
+    assert [text for _, text in tools_names(hook)] == ["yolo_tood.diagnostics", "yolo_tood.tools.analysis"]
+    assert tools_names('import_module(f"yolo_tood.tools.commands.{name}")')
+    assert tools_names('"""See yolo_tood.tools."""')
+    assert not tools_names('"yolo_tood.toolsmith", "tools/compat.py", "yolo_tood.train.tools", b"x", 1')
 
 
 def test_help_imports_neither_torch_nor_ultralytics():
@@ -128,7 +167,7 @@ def test_help_imports_neither_torch_nor_ultralytics():
         "import sys\nfrom yolo_tood.tools.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('torch', 'ultralytics') if m in sys.modules))"
     )
-    assert out.strip().splitlines()[-1] == "[]"
+    assert out.startswith("usage: yolo-tood") and out.strip().splitlines()[-1] == "[]"
 
 
 def test_find_cycle_finds_a_cycle():
@@ -154,6 +193,35 @@ def test_hook_and_head_table_agree():
     assert head_modules() == {spec.module for spec in HEADS}
     assert all(spec.module.startswith(HEAD_PACKAGE) for spec in HEADS)
     assert all(__import__(new, fromlist=["x"]) for new in OLD_MODULES.values())
+
+
+def test_the_tools_serve_their_old_module_path(monkeypatch):
+    """``yolo_tood.diagnostics`` (the analyses before the layer folders) is the tools' own module, not the hook's:
+    it imports first in a fresh process, re-exports the analysis names, and classes pickled under it load."""
+    import pickle
+
+    import yolo_tood.diagnostics as old
+    from yolo_tood.tools import analysis
+
+    assert old.__all__ == analysis.__all__ and all(getattr(old, n) is getattr(analysis, n) for n in old.__all__)
+    assert old.alignment is analysis.alignment  # the rest from the real package, as the served module did
+    monkeypatch.setattr(analysis.AlignmentResult, "__module__", "yolo_tood.diagnostics")  # as pickled then
+    pickled = pickle.dumps(analysis.AlignmentResult)
+    assert b"yolo_tood.diagnostics" in pickled and pickle.loads(pickled) is analysis.AlignmentResult
+    out = run_python("import yolo_tood.diagnostics as d\nprint(d.AlignmentValidator.__module__, d.__file__)")
+    assert out.split() == ["yolo_tood.tools.analysis.validator", str(PACKAGE / "diagnostics.py")]
+
+
+def test_the_packaged_yamls_path_imports_no_head_table():
+    """CFG_DIR lives where its readers (the demo, the tools) need neither the head table nor torch."""
+    graph = import_graph()
+    assert graph["yolo_tood.paths"] == set() and "yolo_tood.integration.heads" not in graph["yolo_tood.demo"]
+    out = run_python(
+        "import sys\nfrom yolo_tood.paths import CFG_DIR\n"
+        "print((CFG_DIR / 'yolov8-tood.yaml').is_file(), [m for m in ('torch', 'yolo_tood.integration.heads') "
+        "if m in sys.modules])"
+    )
+    assert out.split() == ["True", "[]"]
 
 
 def test_lazy_public_names():

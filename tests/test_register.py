@@ -15,6 +15,7 @@ from ultralytics.nn.tasks import DetectionModel, guess_model_scale, guess_model_
 from ultralytics.utils.torch_utils import get_flops, get_num_params
 
 import yolo_tood  # noqa: F401  (installed .pth imports it too; explicit for runs from a source tree)
+from yolo_tood.integration.heads import HEADS
 from yolo_tood.integration.register import check_ultralytics_version
 from yolo_tood.nn.head import TOODDetect
 
@@ -110,6 +111,21 @@ def test_bad_head_row_gives_clear_error(args, match):
     cfg["head"][-1] = [[15, 18, 21], 1, "TOODDetect", args]
     with pytest.raises(ValueError, match=match):
         DetectionModel(cfg, verbose=False)
+
+
+@pytest.mark.parametrize("spec", HEADS, ids=[spec.name for spec in HEADS])
+def test_the_head_table_names_every_str_head_argument_with_its_values(spec):
+    """ARG_CHOICES holds the values the heads' own checks accept, for every str argument of the table (the tools'
+    variants read them): each default is one of them, and the head refuses anything else."""
+    defaults, choices = spec.arg_defaults(), spec.arg_choices()
+    assert set(choices) == {name for name, value in defaults.items() if isinstance(value, str)}
+    args = [3, *defaults.values()]
+    spec.check_args(args, reg_max=16)  # the defaults pass
+    for name, values in choices.items():
+        assert defaults[name] in values and all(isinstance(v, str) for v in values), name
+        bad = [3, *(value if key != name else "bogus" for key, value in defaults.items())]
+        with pytest.raises(ValueError, match=f"{name} must be one of {', '.join(values)}, got 'bogus'"):
+            spec.check_args(bad, reg_max=16)
 
 
 def test_the_train_cfg_check_refuses_a_bad_head_row_as_the_model_build_does(tmp_path):

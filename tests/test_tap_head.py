@@ -17,9 +17,9 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import intersect_dicts
 
-from yolo_tood.integration.register import CFG_DIR
 from yolo_tood.nn.head import DFLExpectation
 from yolo_tood.nn.tap_head import TAP_PRIOR_PROB, TAPDetect
+from yolo_tood.paths import CFG_DIR
 
 FAMILIES = ("yolov8", "yolo11")
 

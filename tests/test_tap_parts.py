@@ -77,7 +77,7 @@ def test_bad_part_or_head_is_refused():
 
 def test_alignment_rows_per_part_only_for_heads_that_have_it(monkeypatch, tmp_path):
     """``yolo-tood alignment --tap-parts``: no rows for stock, no offsets row for a tap="none" head."""
-    from yolo_tood.integration.register import CFG_DIR
+    from yolo_tood.paths import CFG_DIR
     from yolo_tood.tools.commands import alignment
 
     none_yaml = tmp_path / "yolov8n-tap-none.yaml"

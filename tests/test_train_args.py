@@ -17,7 +17,8 @@ from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
 
 import yolo_tood  # noqa: F401  (installed .pth imports it too; explicit for runs from a source tree)
 from yolo_tood.data import make_shapes_dataset
-from yolo_tood.integration.register import CFG_DIR, check_tood_cfg, near_miss, shipped_configs
+from yolo_tood.integration.register import check_tood_cfg, near_miss, shipped_configs
+from yolo_tood.paths import CFG_DIR
 from yolo_tood.train.hyp import TOODHyp, hyp_schema, train_overrides
 
 YOLO_CLI = Path(sys.executable).parent / "yolo"

@@ -18,9 +18,9 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils.loss import E2ELoss
 
-from yolo_tood.integration.register import CFG_DIR
 from yolo_tood.nn.head import T_HEAD_MODULES, TOODDetect
 from yolo_tood.nn.tap_head import TAP_PRIOR_PROB, TAPDetect
+from yolo_tood.paths import CFG_DIR
 from yolo_tood.train.assigner import TOODTaskAlignedAssigner, keep_best_per_gt
 from yolo_tood.train.loss import TOODLoss
 
@@ -207,14 +207,14 @@ def test_toods_loss_runs_inside_e2eloss(kind):
 
     torch.manual_seed(0)
     tap = DetectionModel(f"yolo26n-{kind}.yaml", nc=7, verbose=False)
-    tap.args = get_cfg(overrides={"epochs": 5})
+    tap.args = get_cfg(overrides={"epochs": 5, "atss_epochs": 2})
     criterion = tap.init_criterion()
     assert isinstance(criterion, E2ELoss)
     o2m, o2o = criterion.one2many, criterion.one2one
     assert isinstance(o2m, TOODLoss) and isinstance(o2o, TOODLoss)
     assert (o2m.tal_assigner.topk, o2m.tal_assigner.topk2) == (13, None)  # TOOD's m, not E2ELoss's 10
     assert (o2o.tal_assigner.topk, o2o.tal_assigner.topk2) == (7, 1)
-    tap.model[-1].epoch, tap.model[-1].atss_epochs = 0, 2  # inside a warm-up: the one-to-many branch only
+    tap.model[-1].epoch = 0  # inside the 2-epoch warm-up: the one-to-many branch only
     assert o2m.in_warmup() and not o2o.in_warmup()
     tap.train()
     batch = {

@@ -42,6 +42,63 @@ def _draw(img: np.ndarray, shape: str, cx: int, cy: int, r: int, color: tuple[in
         cv2.fillPoly(img, [pts], color)
 
 
+def _place_shape(
+    rng: np.random.Generator, boxes: list[tuple[int, int, int]], r: int, imgsz: int
+) -> tuple[int, int] | None:
+    """Return a centre for a shape of half-side ``r`` that overlaps none of ``boxes``, or None after 20 tries.
+
+    Shapes do not overlap, so no label is hidden behind another shape.
+
+    Args:
+        rng (np.random.Generator): Random generator of the dataset.
+        boxes (list[tuple[int, int, int]]): ``(cx, cy, r)`` of the shapes already placed on the image.
+        r (int): Half-side (radius) of the new shape, in pixels.
+        imgsz (int): Image side in pixels.
+    """
+    for _ in range(20):
+        cx, cy = (int(v) for v in rng.integers(r, imgsz - r, 2))
+        if all(abs(cx - x) > r + s + 1 or abs(cy - y) > r + s + 1 for x, y, s in boxes):
+            return cx, cy
+    return None
+
+
+def _shape_color(rng: np.random.Generator, cls: int, class_colors: bool) -> tuple[int, ...]:
+    """Return a BGR colour: the class's own ``CLASS_COLORS`` entry +-25 if ``class_colors``, else a random one."""
+    if class_colors:
+        return tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in CLASS_COLORS[cls])
+    return tuple(int(c) for c in rng.integers(120, 256, 3))
+
+
+def _shapes_image(
+    rng: np.random.Generator, imgsz: int, size: tuple[float, float], max_objects: int, class_colors: bool
+) -> tuple[np.ndarray, list[str]]:
+    """Draw one noisy image with 1 to ``max_objects`` non-overlapping shapes.
+
+    Args:
+        rng (np.random.Generator): Random generator of the dataset (consumed in a fixed order, for reproducibility).
+        imgsz (int): Image side in pixels.
+        size (tuple[float, float]): Range of a shape's half-side, as fractions of ``imgsz``.
+        max_objects (int): At most this many shapes.
+        class_colors (bool): Draw each class in its own colour (see ``_shape_color``).
+
+    Returns:
+        (tuple[np.ndarray, list[str]]): The BGR image and its YOLO label lines (``cls cx cy w h``, normalised).
+    """
+    img = rng.integers(0, 90, (imgsz, imgsz, 3), dtype=np.uint8)
+    lines, boxes = [], []
+    for _ in range(rng.integers(1, max_objects + 1)):
+        cls = int(rng.integers(len(SHAPES)))
+        r = int(rng.integers(max(int(imgsz * size[0]), 2), max(int(imgsz * size[1]), 3)))
+        centre = _place_shape(rng, boxes, r, imgsz)
+        if centre is None:  # no free spot: the image gets one shape fewer
+            continue
+        cx, cy = centre
+        boxes.append((cx, cy, r))
+        _draw(img, SHAPES[cls], cx, cy, r, _shape_color(rng, cls, class_colors))
+        lines.append(f"{cls} {cx / imgsz:.6f} {cy / imgsz:.6f} {2 * r / imgsz:.6f} {2 * r / imgsz:.6f}")
+    return img, lines
+
+
 def make_shapes_dataset(
     root: str | Path,
     train: int = 96,
@@ -80,24 +137,7 @@ def make_shapes_dataset(
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            img = rng.integers(0, 90, (imgsz, imgsz, 3), dtype=np.uint8)
-            lines, boxes = [], []
-            for _ in range(rng.integers(1, max_objects + 1)):
-                cls = int(rng.integers(len(SHAPES)))
-                r = int(rng.integers(max(int(imgsz * size[0]), 2), max(int(imgsz * size[1]), 3)))
-                for _ in range(20):  # shapes do not overlap, so no label is hidden behind another shape
-                    cx, cy = (int(v) for v in rng.integers(r, imgsz - r, 2))
-                    if all(abs(cx - x) > r + s + 1 or abs(cy - y) > r + s + 1 for x, y, s in boxes):
-                        break
-                else:
-                    continue
-                boxes.append((cx, cy, r))
-                if class_colors:
-                    color = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in CLASS_COLORS[cls])
-                else:
-                    color = tuple(int(c) for c in rng.integers(120, 256, 3))
-                _draw(img, SHAPES[cls], cx, cy, r, color)
-                lines.append(f"{cls} {cx / imgsz:.6f} {cy / imgsz:.6f} {2 * r / imgsz:.6f} {2 * r / imgsz:.6f}")
+            img, lines = _shapes_image(rng, imgsz, size, max_objects, class_colors)
             cv2.imwrite(str(root / "images" / split / f"{i:04d}.jpg"), img)
             (root / "labels" / split / f"{i:04d}.txt").write_text("\n".join(lines) + "\n")
     data = {"path": str(root.resolve()), "train": "images/train", "val": "images/val", "names": dict(enumerate(SHAPES))}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from yolo_tood.integration.heads import CFG_DIR
+from yolo_tood.paths import CFG_DIR
 
 DEMO = {"train_images": 192, "val_images": 32, "optimizer": "SGD", "lr0": 0.01, "conf": 0.25}
 

@@ -1,4 +1,4 @@
-"""Every ultralytics internal yolo-tood relies on, named in one place.
+"""Every ultralytics internal the plug-in relies on, named in one place (the tools keep theirs in tools/compat.py).
 
 yolo-tood never edits ultralytics' files, but it wraps some of its functions, subclasses classes while skipping their
 ``__init__``, and calls a few private methods. Each of those is an entry of ``RELIED_ON`` below, with the parameters
@@ -6,9 +6,9 @@ or attributes it is expected to have and the yolo-tood module that relies on it;
 entry against the installed ultralytics. A new ultralytics release is then a known list of places to check: the test
 names the entry that moved, and ``used_by`` names the code to adapt.
 
-The few helpers below are the only code that reaches into those internals from the integration and analysis layers
-(``nn/`` and ``train/`` stay free of ``integration/``; their reliance on ``Detect`` and ``v8DetectionLoss`` is listed
-here all the same).
+The few helpers below are the only code that reaches into those internals from the integration layer (``nn/`` and
+``train/`` stay free of ``integration/``; their reliance on ``Detect`` and ``v8DetectionLoss`` is listed here all the
+same). ``Internal`` and ``resolve`` serve the tools' list too.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ __all__ = (
     "SUPPORTED_ULTRALYTICS",
     "Internal",
     "check_ultralytics_version",
-    "match_predictions",
     "parse_model_with",
-    "prepare_batch",
     "resolve",
 )
 
@@ -204,15 +202,6 @@ RELIED_ON: tuple[Internal, ...] = (
         "on_train_start adds on_train_end to the instance's callbacks (it draws tal_stats.png, run on rank 0 after "
         "plot_metrics) and passes the picture to on_plot",
     ),
-    # tools/analysis/nms_guard.py
-    Internal(
-        "ultralytics.utils.nms:non_max_suppression",
-        None,
-        ("__code__",),
-        "tools/analysis/nms_guard.py",
-        "stops after 2.0 + max_time_img * batch seconds and only logs 'NMS time limit ... exceeded' on the "
-        "'ultralytics' logger; NMSTimeLimitGuard watches for that message (tests/test_nms_pre.py forces it)",
-    ),
     # integration/export.py
     Internal(
         "ultralytics.engine.exporter:Exporter",
@@ -222,7 +211,7 @@ RELIED_ON: tuple[Internal, ...] = (
         "runs on_export_start after fusing the model into `exporter.model`, before export_*; ONNX_FORMATS lists "
         "the formats it builds from ONNX",
     ),
-    # nn/tood_head.py: TOODDetect subclasses Detect without calling Detect.__init__; nn/inference.py decodes
+    # nn/tood_head.py, nn/tap_head.py: both heads subclass Detect and call Detect.__init__; nn/inference.py decodes
     Internal(
         "ultralytics.nn.modules:Detect",
         None,
@@ -245,10 +234,17 @@ RELIED_ON: tuple[Internal, ...] = (
             "strides",
         ),
         "nn/tood_head.py",
-        "Detect.__init__ is skipped (it would build cv2/cv3); nc, nl, reg_max, no, stride, dfl are set by hand, "
-        "cv2 is an empty ModuleList and cv3 None (Detect.one2many, end2end and DetectionModel.load read them); "
+        "Detect.__init__ sets nc, nl, reg_max, no, stride; TOODDetect then replaces cv2 by an empty ModuleList and "
+        "cv3 by None (Detect.one2many, end2end and DetectionModel.load read them) and dfl by DFLExpectation; "
         "TaskAlignedOutputs._get_decode_boxes decodes TAP's distances with decode_bboxes and keeps Detect's anchor "
         "cache (shape, anchors, strides, refreshed when dynamic)",
+    ),
+    Internal(
+        "ultralytics.nn.modules:Detect.__init__",
+        ("self", "nc", "reg_max", "end2end", "ch"),
+        (),
+        "nn/tood_head.py",
+        "called positionally (nc, reg_max, end2end, ch) by both heads",
     ),
     Internal(
         "ultralytics.nn.modules:Detect.forward_head", ("self", "x", "box_head", "cls_head"), (), "nn/inference.py"
@@ -355,48 +351,6 @@ RELIED_ON: tuple[Internal, ...] = (
         "train/loss.py",
         "calls self.loss(preds, batch)",
     ),
-    # analysis/
-    Internal(
-        "ultralytics.engine.validator:BaseValidator.match_predictions",
-        ("self", "pred_classes", "true_classes", "iou", "use_scipy"),
-        (),
-        "tools/analysis/alignment.py",
-        "called with a stand-in self that has only `iouv` (see match_predictions below)",
-    ),
-    Internal(
-        "ultralytics.models.yolo.detect:DetectionValidator._prepare_batch",
-        ("self", "si", "batch"),
-        (),
-        "tools/analysis/validator.py",
-        "GT boxes of one image in letterboxed input pixels",
-    ),
-    Internal(
-        "ultralytics.models.yolo.detect:DetectionValidator.postprocess",
-        ("self", "preds"),
-        (),
-        "tools/analysis/validator.py",
-        "overridden to keep the raw (B, 4 + nc, A) output before NMS; reads self.end2end",
-    ),
-    Internal(
-        "ultralytics.models.yolo.detect:DetectionValidator.update_metrics",
-        ("self", "preds", "batch"),
-        (),
-        "tools/analysis/validator.py",
-    ),
-    Internal(
-        "ultralytics.models.yolo.detect:DetectionValidator.init_metrics",
-        ("self", "model"),
-        (),
-        "tools/analysis/validator.py",
-        "overridden; reads args.iou, args.max_det, args.single_cls, args.agnostic_nms",
-    ),
-    Internal(
-        "ultralytics.utils.nms:non_max_suppression",
-        None,
-        (),
-        "tools/analysis/alignment.py",
-        "called with return_idxs=True and max_time_img",
-    ),
 )
 
 
@@ -446,30 +400,3 @@ def parse_model_with(parse_model: Callable, names: dict[str, Any]) -> Callable:
     )
     fn.__kwdefaults__ = parse_model.__kwdefaults__
     return fn
-
-
-def match_predictions(pred_classes: Any, true_classes: Any, iou: Any, iou_threshold: float) -> Any:
-    """Ultralytics' validator matching of detections to GTs at one IoU threshold.
-
-    ``BaseValidator.match_predictions`` reads only ``self.iouv``; calling it with a stand-in ``self`` reuses
-    ultralytics' one-to-one matching exactly, without building a validator.
-
-    Args:
-        pred_classes (torch.Tensor): Detection classes (N,), detections in descending score.
-        true_classes (torch.Tensor): GT classes (G,).
-        iou (torch.Tensor): IoU of GTs with detections (G, N).
-        iou_threshold (float): The one IoU threshold.
-
-    Returns:
-        (torch.Tensor): (N, 1) bool, True where a detection matched a GT.
-    """
-    import torch
-    from ultralytics.engine.validator import BaseValidator
-
-    matcher = types.SimpleNamespace(iouv=torch.tensor([iou_threshold]))
-    return BaseValidator.match_predictions(matcher, pred_classes, true_classes, iou)
-
-
-def prepare_batch(validator: Any, si: int, batch: dict[str, Any]) -> dict[str, Any]:
-    """Return image ``si``'s GTs of a validation batch, boxes xyxy in letterboxed input pixels (``_prepare_batch``)."""
-    return validator._prepare_batch(si, batch)

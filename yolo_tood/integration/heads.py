@@ -9,12 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import import_module
-from pathlib import Path
 from typing import Any
 
-__all__ = ("CFG_DIR", "HEADS", "HeadSpec", "head_classes", "head_spec", "is_tood_head", "tood_row_spec")
+__all__ = ("ARG_CHOICES", "HEADS", "HeadSpec", "head_classes", "head_spec", "is_tood_head", "tood_row_spec")
 
-CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"  # the packaged model YAMLs, resolved by bare name
+# The values a head's str argument accepts: the heads' own tuples (which their check_args use), by import path so
+# that reading the table imports nothing; an argument means the same in every head that has it
+ARG_CHOICES = {
+    "norm": "yolo_tood.nn.decomposition:HEAD_NORMS",
+    "tap": "yolo_tood.nn.tap:TAP_MODES",
+    "adapter": "yolo_tood.nn.tood_head:ADAPTERS",
+    "interact": "yolo_tood.nn.tap_head:INTERACT_MODES",
+    "quality": "yolo_tood.nn.quality:QUALITY_MODES",
+}
+
+
+def _resolve(target: str) -> Any:
+    """Return the object named by ``module:name`` (imports the module)."""
+    module, _, name = target.partition(":")
+    return getattr(import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -28,8 +41,9 @@ class HeadSpec:
         criterion (str): ``module:name`` of the loss a model with this head gets from ``init_criterion``.
         yaml_args (tuple[str, ...]): Names of the head's arguments after ``nc`` in the YAML row, in order; a row that
             omits one gets the constructor's default (``arg_defaults``). With ``scaled`` the first (a width) is scaled
-            like conv widths and the second (a depth) like repeats; the others (``norm``, ``tap``, ``adapter``,
-            ``interact``, ``quality``) are passed as written. A value's type is its default's.
+            like conv widths and the second (a depth) like repeats; the others are passed as written (a str one takes
+            the values of ``ARG_CHOICES``). A value's type is its default's. The one list of these names: registration
+            and the tools (``yolo-tood compare``'s variants) read it.
         scaled (bool): Whether the first two ``yaml_args`` are a width and a depth that the model scale multiplies
             (TOODDetect's tower); a head without its own tower (TAPDetect) has none.
     """
@@ -53,6 +67,10 @@ class HeadSpec:
         parameters = inspect.signature(self.cls.__init__).parameters
         return {name: parameters[name].default for name in self.yaml_args}
 
+    def arg_choices(self) -> dict[str, tuple[str, ...]]:
+        """The values each of the head's str ``yaml_args`` accepts (``ARG_CHOICES``; imports the heads' modules)."""
+        return {name: tuple(_resolve(ARG_CHOICES[name])) for name in self.yaml_args if name in ARG_CHOICES}
+
     def check_args(self, args: list, reg_max: int) -> None:
         """Run the head class's own argument checks on a YAML row's ``[nc, *yaml_args]``; builds nothing.
 
@@ -74,8 +92,7 @@ class HeadSpec:
         An end-to-end head (a ``one2one_cv2``, as ultralytics' own test in ``DetectionModel.init_criterion``) gets
         ultralytics' ``E2ELoss`` with this criterion as its ``loss_fn``, one per branch.
         """
-        module, _, name = self.criterion.partition(":")
-        criterion = getattr(import_module(module), name)
+        criterion = _resolve(self.criterion)
         if getattr(model.model[-1], "one2one_cv2", None) is not None:
             from ultralytics.utils.loss import E2ELoss
 

@@ -23,14 +23,14 @@ CFG_TARGET = "ultralytics.utils"  # defines DEFAULT_CFG_DICT, the train argument
 # The head modules live here; which ones they are is the head table's (heads.HEADS), read once one of these executes,
 # so that the hook imports nothing at start-up
 HEAD_PACKAGE = "yolo_tood.nn."
-# Module paths before the layer folders; checkpoints pickled then name their classes through them.
+# The plug-in's module paths before the layer folders; checkpoints pickled then name their classes through them. (The
+# tools' old path, yolo_tood.diagnostics, is their own module: the plug-in names no module of the tools.)
 OLD_MODULES = {
     "yolo_tood.head": "yolo_tood.nn.head",
     "yolo_tood.loss": "yolo_tood.train.loss",
     "yolo_tood.assigner": "yolo_tood.train.assigner",
     "yolo_tood.hyp": "yolo_tood.train.hyp",
     "yolo_tood.export": "yolo_tood.integration.export",
-    "yolo_tood.diagnostics": "yolo_tood.tools.analysis",
 }
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..checks import check_int
+from ..paths import CFG_DIR
 from .compat import (
     PARSE_MODEL_REG_MAX,
     SCALE_IN_NAME,
@@ -51,10 +52,9 @@ from .compat import (
     check_ultralytics_version,
     parse_model_with,
 )
-from .heads import CFG_DIR, HEADS, is_tood_head, tood_row_spec
+from .heads import HEADS, is_tood_head, tood_row_spec
 
 __all__ = (
-    "CFG_DIR",
     "SUPPORTED_ULTRALYTICS",
     "add_train_args",
     "check_tood_cfg",
@@ -106,7 +106,8 @@ def _head_args(spec: Any, args: list, depth: float, width: float, max_channels: 
     """Validate a TOOD head row's ``[nc, *spec.yaml_args]`` and scale width and depth as parse_model scales the model.
 
     For a ``scaled`` head the first argument after ``nc`` is a width (scaled like a conv width), the second a depth
-    (scaled like repeats); the others (``norm``, ``tap``, ``adapter``) are passed as written and checked by the head.
+    (scaled like repeats); the others are passed as written and checked by the head (``HeadSpec.yaml_args`` names
+    them all).
     """
     from ultralytics.utils.ops import make_divisible
 

@@ -2,7 +2,8 @@
 
 ``alignment`` (statistics on predictions, no ultralytics model needed), ``validator`` (runs ultralytics'
 DetectionValidator and feeds the statistics), ``report`` (tables and plots, shared with the ``yolo-tood`` commands).
-The names below are re-exported; ``yolo_tood.diagnostics`` (the module before the layer folders) is this package.
+The names below are re-exported, and again by ``yolo_tood.diagnostics`` (their module before the layer folders, the
+tools' own shim).
 """
 
 from .alignment import (

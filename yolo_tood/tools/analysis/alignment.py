@@ -50,7 +50,7 @@ from ultralytics.utils.metrics import box_iou
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import xyxy2xywh
 
-from ...integration.compat import match_predictions
+from ..compat import match_predictions
 
 # Thresholds of the post-NMS counts, from the paper's definitions
 MATCH_IOU = 0.5  # correct / duplicate / redundant

@@ -133,15 +133,7 @@ def atss_coverage(
         >>> cov = atss_coverage("road_traffic.yaml", imgsz=320)
         >>> cov.share(), cov.share("crosswalks"), cov.reasons
     """
-    from ultralytics.cfg import get_cfg
-    from ultralytics.data import build_dataloader, build_yolo_dataset
-    from ultralytics.data.utils import check_det_dataset
-
-    info = check_det_dataset(str(data))
-    cfg = get_cfg(overrides={"imgsz": imgsz, "rect": False, "workers": 0, "task": "detect"})
-    dataset = build_yolo_dataset(cfg, info[split], batch, info, mode="val", rect=False, stride=max(strides))
-    loader = build_dataloader(dataset, batch, workers=0, shuffle=False)
-    names = [info["names"][i] for i in sorted(info["names"])]
+    loader, names = _letterboxed_loader(data, imgsz, split, max(strides), batch)
     assigner = ATSSAssigner(topk, min_size=min_size, min_pos=min_pos)
     anc, stride_col = level_anchors(imgsz, strides)
     layout = assigner.anchor_layout(anc, stride_col)  # for the reasons of the zero-positive GTs
@@ -152,24 +144,71 @@ def atss_coverage(
             raise ValueError(f"expected {imgsz}x{imgsz} letterboxed images, got {h}x{w}")
         for i in range(b["img"].shape[0]):
             sel = b["batch_idx"] == i
-            if not bool(sel.any()):
-                continue
-            xywh = b["bboxes"][sel].float() * imgsz
-            gts = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)  # (n, 4) xyxy px
-            cls = b["cls"][sel].view(-1).long()
-            res = assigner(
-                anc, stride_col, cls[None, :, None].float(), gts[None], torch.ones(1, len(gts), 1), len(names)
-            )
-            pos = torch.bincount(res.gt_idx[res.fg_mask], minlength=len(gts))  # (n,)
-            cov.positives += int(pos.sum())
-            buckets = torch.bucketize(gt_sizes(gts), torch.tensor(SIZE_EDGES), right=True)
-            for j in range(len(gts)):
-                zero = bool(pos[j] == 0)
-                cov.add(names[cls[j]], zero)
-                cov.add(SIZE_LABELS[buckets[j]], zero)
-                if zero:
-                    cov.reasons[_zero_reason(assigner, gts[j], layout)] += 1
+            if bool(sel.any()):
+                gts, cls = _image_gts(b, sel, imgsz)
+                _count_image(cov, assigner, anc, stride_col, layout, gts, cls)
     return cov
+
+
+def _letterboxed_loader(data: str | Path, imgsz: int, split: str, stride: int, batch: int) -> tuple[Any, list[str]]:
+    """Return ultralytics' val-mode dataloader of a split (square letterbox, no augmentation) and the class names.
+
+    Args:
+        data (str | Path): Detection dataset YAML.
+        imgsz (int): Image size.
+        split (str): Dataset split.
+        stride (int): Largest stride of the model.
+        batch (int): Images per batch.
+    """
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_dataloader, build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    info = check_det_dataset(str(data))
+    cfg = get_cfg(overrides={"imgsz": imgsz, "rect": False, "workers": 0, "task": "detect"})
+    dataset = build_yolo_dataset(cfg, info[split], batch, info, mode="val", rect=False, stride=stride)
+    loader = build_dataloader(dataset, batch, workers=0, shuffle=False)
+    return loader, [info["names"][i] for i in sorted(info["names"])]
+
+
+def _image_gts(b: dict[str, Any], sel: torch.Tensor, imgsz: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the GT boxes (n, 4) as xyxy input pixels and their classes (n,) of the image selected by ``sel``."""
+    xywh = b["bboxes"][sel].float() * imgsz
+    gts = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
+    return gts, b["cls"][sel].view(-1).long()
+
+
+def _count_image(
+    cov: Coverage,
+    assigner: ATSSAssigner,
+    anc: torch.Tensor,
+    stride_col: torch.Tensor,
+    layout: tuple,
+    gts: torch.Tensor,
+    cls: torch.Tensor,
+) -> None:
+    """Assign one image's GTs and add them to ``cov``, by class and size, with the reasons of the zero-positive ones.
+
+    Args:
+        cov (Coverage): Counts to update.
+        assigner (ATSSAssigner): The assigner.
+        anc (torch.Tensor): Anchor points (A, 2) in pixels.
+        stride_col (torch.Tensor): Their strides (A, 1).
+        layout (tuple): ``assigner.anchor_layout(anc, stride_col)``.
+        gts (torch.Tensor): GT boxes (n, 4), xyxy pixels.
+        cls (torch.Tensor): GT classes (n,).
+    """
+    nc = len(cov.names)
+    res = assigner(anc, stride_col, cls[None, :, None].float(), gts[None], torch.ones(1, len(gts), 1), nc)
+    pos = torch.bincount(res.gt_idx[res.fg_mask], minlength=len(gts))  # (n,)
+    cov.positives += int(pos.sum())
+    buckets = torch.bucketize(gt_sizes(gts), torch.tensor(SIZE_EDGES), right=True)
+    for j in range(len(gts)):
+        zero = bool(pos[j] == 0)
+        cov.add(cov.names[cls[j]], zero)
+        cov.add(SIZE_LABELS[buckets[j]], zero)
+        if zero:
+            cov.reasons[_zero_reason(assigner, gts[j], layout)] += 1
 
 
 def coverage_table(results: dict[str, Coverage]) -> str:

@@ -20,7 +20,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils import LOGGER
 from ultralytics.utils.ops import xywh2xyxy
 
-from ...integration.compat import prepare_batch
+from ..compat import prepare_batch
 from .alignment import AlignmentAccumulator, AlignmentResult, NMSSettings
 from .nms_guard import run_with_batch1_retry
 
@@ -125,16 +125,67 @@ def evaluate_alignment(
         >>> result = evaluate_alignment("best.pt", "bccd.yaml", split="val", imgsz=320)
         >>> result.pcc_top50, result.correct
     """
+    yolo, net = _resolve_model(model)
+    overrides = dict(yolo.overrides) if yolo is not None else {}
+    fixed = dict(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, mode="val", task="detect")
+    args = _validator_args(overrides, kwargs, fixed)
+    callbacks = yolo.callbacks if yolo is not None else None  # as Model.val does
+    validator = _validate_unbounded(net, args, callbacks, conf, save_dir, batch, split)
+    result = validator.alignment.result()
+    result.metrics = {k: float(v) for k, v in validator.metrics.results_dict.items()}
+    LOGGER.info(
+        f"Task alignment ({split}): PCC top-50 {result.pcc_top50:.3f}, IoU top-10 {result.iou_top10:.3f}, "
+        f"correct {result.correct}, duplicate {result.duplicate}, error {result.error} "
+        f"({result.num_objects} objects, {result.num_images} images)"
+    )
+    return result
+
+
+def _resolve_model(model: str | Path | Any) -> tuple[Any | None, Any]:
+    """Return the ``YOLO`` object of ``model`` (None for a bare model) and the network to validate."""
     from ultralytics import YOLO
 
     yolo = model if isinstance(model, YOLO) else YOLO(model) if isinstance(model, (str, Path)) else None
-    net = yolo.model if yolo is not None else model
-    overrides = dict(yolo.overrides) if yolo is not None else {}
-    # Same argument precedence as Model.val: model overrides < method defaults < caller arguments
+    return yolo, (yolo.model if yolo is not None else model)
+
+
+def _validator_args(overrides: dict[str, Any], kwargs: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+    """Merge the validator arguments with Model.val's precedence: model overrides < method defaults < caller ones.
+
+    Args:
+        overrides (dict[str, Any]): The ``YOLO`` object's overrides (empty for a bare model).
+        kwargs (dict[str, Any]): The caller's further validator arguments.
+        fixed (dict[str, Any]): Arguments ``evaluate_alignment`` sets from its own parameters; they win.
+    """
     args = {**overrides, "rect": True, "plots": False, "verbose": False}
     args.update(kwargs)
-    args.update(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, mode="val", task="detect")
-    callbacks = yolo.callbacks if yolo is not None else None  # as Model.val does
+    args.update(fixed)
+    return args
+
+
+def _validate_unbounded(
+    net: Any,
+    args: dict[str, Any],
+    callbacks: dict | None,
+    conf: float,
+    save_dir: str | Path | None,
+    batch: int,
+    split: str,
+) -> AlignmentValidator:
+    """Run an ``AlignmentValidator`` over ``net`` with every pre-NMS candidate, re-run at batch 1 if NMS times out.
+
+    Args:
+        net (Any): The network to validate.
+        args (dict[str, Any]): Validator arguments (``batch`` is set per run).
+        callbacks (dict | None): The ``YOLO`` object's callbacks, as Model.val passes them.
+        conf (float): NMS score threshold of the post-NMS counts.
+        save_dir (str | Path, optional): Where the validator may write; a temporary directory if None.
+        batch (int): Batch size of the first run.
+        split (str): Dataset split, for the messages.
+
+    Returns:
+        (AlignmentValidator): The validator of the run whose figures hold.
+    """
 
     def run(batch_size: int) -> AlignmentValidator:
         with tempfile.TemporaryDirectory(prefix="alignment_") as tmp:
@@ -156,11 +207,4 @@ def evaluate_alignment(
             f"Task alignment ({split}): ultralytics' NMS ran out of time {hits}x at batch {batch}, dropping "
             "detections; the figures are those of a re-run at batch 1"
         )
-    result = validator.alignment.result()
-    result.metrics = {k: float(v) for k, v in validator.metrics.results_dict.items()}
-    LOGGER.info(
-        f"Task alignment ({split}): PCC top-50 {result.pcc_top50:.3f}, IoU top-10 {result.iou_top10:.3f}, "
-        f"correct {result.correct}, duplicate {result.duplicate}, error {result.error} "
-        f"({result.num_objects} objects, {result.num_images} images)"
-    )
-    return result
+    return validator

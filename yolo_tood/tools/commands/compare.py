@@ -60,7 +60,7 @@ import torch
 import yolo_tood  # noqa: F401  registers the TOOD head so TOOD YAMLs and checkpoints load
 from yolo_tood.tools.analysis import evaluate_alignment
 from yolo_tood.tools.commands.common import check_split, data_yaml, model_yaml_error, parse_and_run
-from yolo_tood.tools.compare.models import head_model, model_cfg, model_labels, parse_variant
+from yolo_tood.tools.compare.models import head_args_help, head_model, model_cfg, model_labels, parse_variant
 from yolo_tood.tools.compare.report import write_report
 from yolo_tood.tools.compare.runs import (
     MAP_COLUMN,
@@ -87,9 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["stock", "tood"],
         help="stock, tood, tap, a variant such as tood:atss_epochs=0,box_gain=7.5 (TOOD YAML keys and the head's "
-        "YAML args: feat_channels, stacked_convs, norm, tap, adapter, quality for tood; tap, interact, quality for "
-        "tap) or "
-        "tap:tap=none, or model YAML paths",
+        f"YAML args: {head_args_help()}) or tap:tap=none, or model YAML paths",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per (model, seed), paired")
     p.add_argument(

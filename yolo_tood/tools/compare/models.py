@@ -5,14 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from yolo_tood.integration.heads import CFG_DIR, HEADS
+from yolo_tood.integration.heads import HeadSpec, head_spec
+from yolo_tood.paths import CFG_DIR
 
-# The head models by name: ``tood`` (TOODDetect, cfg/{family}-tood.yaml), ``tap`` (TAPDetect, cfg/{family}-tap.yaml),
-# and their row args after nc (TOODDetect: feat_channels, stacked_convs unscaled, norm, tap, adapter, quality;
-# TAPDetect: tap, interact, quality)
+# The head models by name: ``tood`` (TOODDetect, cfg/{family}-tood.yaml), ``tap`` (TAPDetect, cfg/{family}-tap.yaml).
+# Their row arguments after nc, and the values of the str ones, are the head table's (integration/heads.py), read when
+# used: a head argument added there is a variant key here
 HEAD_MODELS = {"tood": "TOODDetect", "tap": "TAPDetect"}
 
-HEAD_ROW_ARGS = {model: next(h for h in HEADS if h.name == name).arg_defaults() for model, name in HEAD_MODELS.items()}
+
+def model_spec(kind: str) -> HeadSpec:
+    """Return the head table's spec of a head model (``tood``, ``tap``)."""
+    return head_spec(HEAD_MODELS[kind])
+
+
+def head_row_args(kind: str) -> dict[str, Any]:
+    """The head row's arguments after ``nc`` of a head model, in order, with their defaults (imports the head)."""
+    return model_spec(kind).arg_defaults()
+
+
+def head_args_help() -> str:
+    """The head arguments of each head model, for ``--models``' help (reads the table; imports nothing)."""
+    return "; ".join(f"{', '.join(model_spec(kind).yaml_args)} for {kind}" for kind in HEAD_MODELS)
 
 
 def head_model(model: str) -> str | None:
@@ -21,27 +35,13 @@ def head_model(model: str) -> str | None:
     return base if base in HEAD_MODELS and (model == base or model.startswith(base + ":")) else None
 
 
-def head_arg_choices() -> dict[str, tuple[str, ...]]:
-    """The values each string head argument accepts (the heads' own tuples, so a variant fails before training)."""
-    from yolo_tood.nn.head import ADAPTERS, HEAD_NORMS, QUALITY_MODES, TAP_MODES
-    from yolo_tood.nn.tap_head import INTERACT_MODES
-
-    return {
-        "norm": HEAD_NORMS,
-        "tap": TAP_MODES,
-        "adapter": ADAPTERS,
-        "interact": INTERACT_MODES,
-        "quality": QUALITY_MODES,
-    }
-
-
 def parse_variant(model: str) -> dict[str, Any]:
     """Parse a TOOD variant ``tood:key=value,key=value`` into its YAML overrides.
 
     Keys are the TOOD YAML keys of ``yolo_tood.train.hyp.hyp_schema()`` and the head's YAML arguments
-    (``feat_channels``/``stacked_convs``/``norm``/``tap``/``adapter``, from ``yolo_tood.integration.heads``; width and
-    depth given before the scale's multipliers, like the YAML's own values). Values are validated as the model build
-    would validate them.
+    (``HeadSpec.yaml_args`` of the head table; a width and depth given before the scale's multipliers, like the YAML's
+    own values). Values are validated as the model build would validate them; a str head argument takes one of
+    ``HeadSpec.arg_choices()``.
 
     Args:
         model (str): ``tood:`` followed by comma-separated ``key=value`` pairs.
@@ -61,10 +61,10 @@ def parse_variant(model: str) -> dict[str, Any]:
     base = head_model(model)
     if base is None or ":" not in model:
         raise ValueError(f"{model!r} is not a head variant: use tood:key=value,... or tap:key=value,...")
-    head_args = HEAD_ROW_ARGS[base]
+    head_args = head_row_args(base)
     hyp_types = {k.name: k.type for k in hyp_schema()}
     hyp_keys = set(hyp_types)
-    choices_by_key = head_arg_choices()
+    choices_by_key = model_spec(base).arg_choices()
     overrides: dict[str, Any] = {}
     for pair in filter(None, model.split(":", 1)[1].split(",")):
         key, sep, value = pair.partition("=")
@@ -118,7 +118,7 @@ def model_cfg(model: str, scale: str, out: Path | None = None, family: str = "yo
         tag = variant_tag(overrides)
         cfg = yaml.safe_load(base.read_text())
         head_row = cfg["head"][-1]  # [from, repeats, TOODDetect | TAPDetect, [nc, *head args]]
-        head_args = HEAD_ROW_ARGS[kind]
+        head_args = head_row_args(kind)
         for i, key in enumerate(head_args, start=1):
             if key in overrides:
                 head_row[3] += list(head_args.values())[len(head_row[3]) - 1 : i]  # defaults of omitted args before
