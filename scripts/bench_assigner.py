@@ -90,7 +90,7 @@ def worker(args: argparse.Namespace) -> None:
         sys.path.insert(0, str(ROOT))
         from yolo_tood.train.assigner import TOODTaskAlignedAssigner
 
-        assigner = TOODTaskAlignedAssigner(topk=args.topk, alpha=1.0, beta=6.0)
+        assigner = TOODTaskAlignedAssigner.from_hyp(topk=args.topk)
     inputs = make_inputs(args.images, args.gts, args.anchors_imgsz, args.nc)
     build_peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak so far (imports + input building)
     try:  # reset the RSS high-water mark so the peak below is the assigner's own (input building excluded)

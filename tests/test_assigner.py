@@ -157,7 +157,7 @@ def test_tal_hand_computed():
         GT0 {a0, a1}: max t 0.8, max u 1 -> a0 1.0, a1 0.15 / 0.8 = 0.1875
         GT1 {a2, a3}: max t 0.5, max u 1 -> a2 1.0, a3 0.17778 / 0.5 = 0.35556
     """
-    res = TOODTaskAlignedAssigner(topk=3, alpha=1.0, beta=2.0)(
+    res = TOODTaskAlignedAssigner.from_hyp(topk=3, alpha=1.0, beta=2.0)(
         ROW_SCORES, ROW_PRED, ROW_ANCHORS, ROW_LABELS, ROW_GTS, torch.ones(1, 2, 1)
     )
     assert res.fg_mask.tolist() == [[True, True, True, True]]
@@ -181,7 +181,7 @@ def test_tal_topk_counts_anchors_outside_the_gt():
     pred[0, 2] = torch.tensor([0.0, 0, 16, 8])
     scores = ROW_SCORES.clone()
     scores[0, 2, 0] = 0.9
-    res = TOODTaskAlignedAssigner(topk=2, alpha=1.0, beta=2.0)(
+    res = TOODTaskAlignedAssigner.from_hyp(topk=2, alpha=1.0, beta=2.0)(
         scores, pred, ROW_ANCHORS, ROW_LABELS, ROW_GTS, torch.ones(1, 2, 1)
     )
     assert res.gt_idx.tolist() == [[0, 1, -1, 1]]
@@ -191,13 +191,13 @@ def test_tal_topk_counts_anchors_outside_the_gt():
 def test_tal_padding_and_no_gt():
     """Padded GTs are never assigned; a batch without GTs (n_max = 0) or with only padding is all background."""
     mask = torch.tensor([[[1.0], [0.0]]])  # GT1 is padding
-    res = TOODTaskAlignedAssigner(topk=3, alpha=1.0, beta=2.0)(
+    res = TOODTaskAlignedAssigner.from_hyp(topk=3, alpha=1.0, beta=2.0)(
         ROW_SCORES, ROW_PRED, ROW_ANCHORS, ROW_LABELS, ROW_GTS, mask
     )
     assert res.gt_idx.tolist() == [[0, 0, -1, -1]]
     for gt_bboxes, mask_gt in ((torch.zeros(1, 0, 4), torch.zeros(1, 0, 1)), (ROW_GTS, torch.zeros(1, 2, 1))):
         labels = ROW_LABELS[:, : gt_bboxes.shape[1]]
-        res = TOODTaskAlignedAssigner()(ROW_SCORES, ROW_PRED, ROW_ANCHORS, labels, gt_bboxes, mask_gt)
+        res = TOODTaskAlignedAssigner.from_hyp()(ROW_SCORES, ROW_PRED, ROW_ANCHORS, labels, gt_bboxes, mask_gt)
         assert not res.fg_mask.any() and (res.gt_idx == -1).all() and (res.labels == 2).all()
         assert res.metrics.abs().sum() == 0 and res.bboxes.abs().sum() == 0
 
@@ -218,7 +218,7 @@ def test_atss_hand_computed():
     anc, strides = grid_anchors(32, strides=(8.0,))
     gts = torch.tensor([[[0.0, 0.0, 14.0, 14.0], [0.0, 0.0, 10.0, 10.0]]])
     labels = torch.tensor([[[0.0], [1.0]]])
-    assigner = ATSSAssigner(topk=3, anchor_scale=1.0)
+    assigner = ATSSAssigner.from_hyp(topk=3, anchor_scale=1.0)
     res = assigner(anc, strides, labels, gts, torch.ones(1, 2, 1), num_classes=2)
     assert res.fg_mask[0].nonzero().flatten().tolist() == [0]
     assert res.gt_idx[0, 0] == 1 and res.labels[0, 0] == 1
@@ -238,7 +238,7 @@ def test_atss_default_anchor_box_is_eight_strides():
     """
     anc, strides = grid_anchors(128, strides=(8.0,))
     gts = torch.tensor([[[4.0, 4.0, 68.0, 68.0]]])
-    res = ATSSAssigner()(anc, strides, torch.zeros(1, 1, 1), gts, torch.ones(1, 1, 1), num_classes=1)
+    res = ATSSAssigner.from_hyp()(anc, strides, torch.zeros(1, 1, 1), gts, torch.ones(1, 1, 1), num_classes=1)
     a = ((anc - 36).abs().sum(1) == 0).nonzero().item()
     assert res.fg_mask[0, a] and res.ious[0, a] > 0.999
 
@@ -281,7 +281,7 @@ CASES = st.fixed_dictionaries(
 
 
 def _tal(p: dict) -> TOODTaskAlignedAssigner:
-    assigner = TOODTaskAlignedAssigner(topk=p["topk"], alpha=p["alpha"], beta=p["beta"])
+    assigner = TOODTaskAlignedAssigner.from_hyp(topk=p["topk"], alpha=p["alpha"], beta=p["beta"])
     if p["one_gt_per_chunk"]:
         assigner.chunk_elems = 1  # forces one GT per chunk: the chunked path must not change the result
     return assigner
@@ -403,7 +403,7 @@ def test_tal_equals_ultralytics_where_semantics_coincide(seed, bs, topk):
             pd_bboxes[b, inside] = gt_bboxes[b, j] + jitter
     pd_scores = torch.rand(bs, na, nc, generator=g)
 
-    ours = TOODTaskAlignedAssigner(topk=topk, alpha=1.0, beta=6.0)(
+    ours = TOODTaskAlignedAssigner.from_hyp(topk=topk, alpha=1.0, beta=6.0)(
         pd_scores, pd_bboxes, anc, gt_labels, gt_bboxes, mask_gt
     )
     ul = PlainIoUTaskAlignedAssigner(topk=topk, num_classes=nc, alpha=1.0, beta=6.0, stride=list(STRIDES))
@@ -423,7 +423,7 @@ def test_tal_equals_ultralytics_where_semantics_coincide(seed, bs, topk):
 def test_atss_properties_and_dense_reference(p):
     """ATSS: positives inside their GT, at most topk per level per GT, IoU in [0, 1], equal to a dense reference."""
     case = random_case(p["seed"], p["bs"], p["n_max"])
-    assigner = ATSSAssigner(topk=min(p["topk"], 9))
+    assigner = ATSSAssigner.from_hyp(topk=min(p["topk"], 9))
     if p["one_gt_per_chunk"]:
         assigner.chunk_elems = 1
     res = run_atss(case, assigner)
@@ -444,7 +444,7 @@ def test_many_gts_shapes(n_gt):
     """0, 1 and 1000 GTs per image: shapes, dtypes and at most one GT per anchor, for both assigners."""
     case = random_case(7, 2, n_gt, imgsz=128)
     case["mask_gt"] = torch.ones(2, n_gt, 1)  # all real
-    for res in (run_tal(case, TOODTaskAlignedAssigner()), run_atss(case, ATSSAssigner())):
+    for res in (run_tal(case, TOODTaskAlignedAssigner.from_hyp()), run_atss(case, ATSSAssigner.from_hyp())):
         na = case["anc"].shape[0]
         assert res.fg_mask.shape == (2, na) and res.bboxes.shape == (2, na, 4)
         assert res.gt_idx.dtype == torch.long and res.labels.dtype == torch.long

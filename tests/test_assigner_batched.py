@@ -219,7 +219,7 @@ def run_atss(case: dict, assigner: ATSSAssigner, level_sizes: list[int] | None =
 @pytest.mark.parametrize("seed", SEEDS)
 def test_tal_equals_the_per_gt_reference(seed):
     case = random_case(seed)
-    assigner = TOODTaskAlignedAssigner(**case["tal"])
+    assigner = TOODTaskAlignedAssigner.from_hyp(**case["tal"])
     assigner.chunk_elems = case["chunk_elems"]
     check_result(run_tal(case, assigner), case, *reference_tal(case, assigner))
 
@@ -227,7 +227,7 @@ def test_tal_equals_the_per_gt_reference(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_atss_equals_the_per_gt_reference(seed):
     case = random_case(seed)
-    assigner = ATSSAssigner(**case["atss"])
+    assigner = ATSSAssigner.from_hyp(**case["atss"])
     assigner.chunk_elems = case["chunk_elems"]
     gt_idx, ious = reference_atss(case, assigner)
     for level_sizes in (LEVEL_SIZES, None):  # given, or read from the strides
@@ -245,12 +245,14 @@ def test_the_random_cases_exercise_the_rules():
         seen["several images"] += mask.shape[0] > 1
         seen["image without GT"] += bool((mask.sum(1) == 0).any()) and mask.shape[0] > 1
         seen["padding before a real GT"] += bool((mask[:, 1:] > mask[:, :-1]).any())
-        gt_idx, _, _ = reference_tal(case, TOODTaskAlignedAssigner(**{**case["tal"], "topk2": None}), seen)
+        gt_idx, _, _ = reference_tal(case, TOODTaskAlignedAssigner.from_hyp(**{**case["tal"], "topk2": None}), seen)
         seen["TAL positives"] += bool((gt_idx >= 0).any())
         if case["tal"]["topk2"] is not None:
-            cut, _, _ = reference_tal(case, TOODTaskAlignedAssigner(**case["tal"]))
+            cut, _, _ = reference_tal(case, TOODTaskAlignedAssigner.from_hyp(**case["tal"]))
             seen["topk2 cuts"] += bool((cut >= 0).sum() < (gt_idx >= 0).sum())
-        seen["ATSS positives"] += bool((reference_atss(case, ATSSAssigner(**case["atss"]), seen)[0] >= 0).any())
+        seen["ATSS positives"] += bool(
+            (reference_atss(case, ATSSAssigner.from_hyp(**case["atss"]), seen)[0] >= 0).any()
+        )
     assert len(seen) == 8 and min(seen.values()) >= 3, dict(seen)
 
 
@@ -264,7 +266,10 @@ def test_no_host_sync_and_no_loop_over_images():
         c = dict(case)
         for key in ("pd_scores", "pd_bboxes", "gt_labels", "gt_bboxes", "mask_gt"):
             c[key] = torch.cat([case[key][:1]] * bs)
-        tal, atss = TOODTaskAlignedAssigner(topk_mode="dynamic", topk2=1, min_size=16.0), ATSSAssigner(min_pos=1)
+        tal, atss = (
+            TOODTaskAlignedAssigner.from_hyp(topk_mode="dynamic", topk2=1, min_size=16.0),
+            ATSSAssigner.from_hyp(min_pos=1),
+        )
         for name, run, args in (("tal", run_tal, (c, tal)), ("atss", run_atss, (c, atss, LEVEL_SIZES))):
             with count() as counts:
                 run(*args)
@@ -276,4 +281,4 @@ def test_no_host_sync_and_no_loop_over_images():
 def test_level_sizes_must_cover_the_anchors():
     case = random_case(1)
     with pytest.raises(ValueError, match="level_sizes"):
-        run_atss(case, ATSSAssigner(), [64, 16])
+        run_atss(case, ATSSAssigner.from_hyp(), [64, 16])

@@ -49,14 +49,14 @@ def two_gt_scene():
 @pytest.mark.parametrize("chunk_elems", [1 << 20, 1])  # 1: one GT per chunk
 def test_dynamic_assigner_gives_each_gt_its_own_k(chunk_elems):
     scene = two_gt_scene()
-    dyn = TOODTaskAlignedAssigner(topk_mode="dynamic", topk_min=5, topk_max=21)
+    dyn = TOODTaskAlignedAssigner.from_hyp(topk_mode="dynamic", topk_min=5, topk_max=21)
     dyn.chunk_elems = chunk_elems
     res = dyn(*scene)
     counts = torch.bincount(res.gt_idx[res.fg_mask], minlength=2).tolist()
     assert counts == [21, 5]  # 6 px -> k_max, 100 px -> k_min
     # each GT's positives are those the fixed assigner picks with that GT's k
     for j, k in enumerate((21, 5)):
-        fixed = TOODTaskAlignedAssigner(topk=k)(*scene)
+        fixed = TOODTaskAlignedAssigner.from_hyp(topk=k)(*scene)
         assert torch.equal(res.fg_mask & (res.gt_idx == j), fixed.fg_mask & (fixed.gt_idx == j))
         sel = res.gt_idx == j
         assert torch.allclose(res.metrics[sel], fixed.metrics[sel])
@@ -64,8 +64,8 @@ def test_dynamic_assigner_gives_each_gt_its_own_k(chunk_elems):
 
 def test_fixed_mode_ignores_the_bounds():
     scene = two_gt_scene()
-    a = TOODTaskAlignedAssigner(topk=13)(*scene)
-    b = TOODTaskAlignedAssigner(topk=13, topk_min=1, topk_max=2)(*scene)
+    a = TOODTaskAlignedAssigner.from_hyp(topk=13)(*scene)
+    b = TOODTaskAlignedAssigner.from_hyp(topk=13, topk_min=1, topk_max=2)(*scene)
     assert torch.bincount(a.gt_idx[a.fg_mask]).tolist() == [13, 13]
     assert torch.equal(a.fg_mask, b.fg_mask) and torch.equal(a.gt_idx, b.gt_idx)
 
@@ -75,7 +75,7 @@ def test_chunk_topk_width_is_k_max(monkeypatch):
     widths = []
     original = torch.Tensor.topk
     monkeypatch.setattr(torch.Tensor, "topk", lambda self, k, *a, **kw: widths.append(k) or original(self, k, *a, **kw))
-    TOODTaskAlignedAssigner(topk_mode="dynamic", topk_min=4, topk_max=17)(*two_gt_scene())
+    TOODTaskAlignedAssigner.from_hyp(topk_mode="dynamic", topk_min=4, topk_max=17)(*two_gt_scene())
     assert widths == [17]
 
 

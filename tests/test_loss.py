@@ -122,7 +122,10 @@ def test_saturated_probabilities_are_finite():
     p = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.7], requires_grad=True)
     q = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.7, 0.7, 0.7])
     for exponent in (2.0, 0.5):
-        for loss in (quality_focal_loss_prob(p, q, beta=exponent), focal_loss_prob(p, q.round(), gamma=exponent)):
+        for loss in (
+            quality_focal_loss_prob(p, q, beta=exponent),
+            focal_loss_prob(p, q.round(), gamma=exponent, alpha=0.25),
+        ):
             assert torch.isfinite(loss).all()
             (g,) = torch.autograd.grad(loss.sum(), p)
             assert torch.isfinite(g).all()
@@ -211,9 +214,13 @@ def test_loss_normalisation_and_gains_match_the_assignment():
         target = torch.zeros_like(scores)
         target[fg, res.labels[fg]] = res.metrics[fg]
         if warmup:
-            cls = focal_loss_prob(scores, target).sum() / fg.sum().clamp(min=1)
+            cls = focal_loss_prob(
+                scores, target, criterion.tood_hyp.focal_gamma, criterion.tood_hyp.focal_alpha
+            ).sum() / fg.sum().clamp(min=1)
         else:
-            cls = quality_focal_loss_prob(scores, target).sum() / res.metrics.sum().clamp(min=1)
+            cls = quality_focal_loss_prob(scores, target, criterion.tood_hyp.qfl_beta).sum() / res.metrics.sum().clamp(
+                min=1
+            )
         pts = anc.expand(2, -1, -1)[fg]
         tbox = res.bboxes[fg] / stride.expand(2, -1, -1)[fg]
         w = centerness(pts, tbox) if warmup else res.metrics[fg]
@@ -455,8 +462,12 @@ def plain_reference(criterion: TOODLoss, preds: dict, batch: dict, warmup: bool)
     fg = res.fg_mask
     target = torch.zeros_like(scores)
     target[fg, res.labels[fg]] = res.metrics[fg]
-    loss_fn = focal_loss_prob if warmup else quality_focal_loss_prob
-    cls = loss_fn(scores, target).sum() / res.metrics.sum().clamp(min=1)
+    hyp = criterion.tood_hyp
+    if warmup:
+        cls = focal_loss_prob(scores, target, hyp.focal_gamma, hyp.focal_alpha)
+    else:
+        cls = quality_focal_loss_prob(scores, target, hyp.qfl_beta)
+    cls = cls.sum() / res.metrics.sum().clamp(min=1)
     tbox = res.bboxes[fg] / stride.expand(bs, -1, -1)[fg]  # (P, 4) grid units
     w = centerness(anc.expand(bs, -1, -1)[fg], tbox) if warmup else res.metrics[fg]
     giou = bbox_iou(pred_boxes[fg], tbox, xywh=False, GIoU=True).squeeze(-1)

@@ -43,17 +43,19 @@ def tal_scene(anc: torch.Tensor) -> tuple:
 
 def test_tiny_gt_gets_positives_only_with_the_floor():
     anc, strides = grid_anchors()
-    strict = TOODTaskAlignedAssigner(topk=13)(*tal_scene(anc))
+    strict = TOODTaskAlignedAssigner.from_hyp(topk=13)(*tal_scene(anc))
     assert int(strict.fg_mask.sum()) == 0  # the reference: no anchor centre inside 13..18
-    widened = TOODTaskAlignedAssigner(topk=13, min_size=16.0)(*tal_scene(anc))
+    widened = TOODTaskAlignedAssigner.from_hyp(topk=13, min_size=16.0)(*tal_scene(anc))
     pos = anc[widened.fg_mask[0]]
     # widened to 7.5..23.5 on both axes: the centres 12 and 20 on each axis are inside -> 4 positives
     assert sorted(map(tuple, pos.tolist())) == [(12.0, 12.0), (12.0, 20.0), (20.0, 12.0), (20.0, 20.0)]
     assert torch.equal(widened.bboxes[widened.fg_mask], TINY_GT[0].expand(4, 4))  # the target is the real box
 
-    atss = ATSSAssigner(topk=9)(anc, strides, torch.zeros(1, 1, 1), TINY_GT, torch.ones(1, 1, 1), num_classes=1)
+    atss = ATSSAssigner.from_hyp(topk=9)(
+        anc, strides, torch.zeros(1, 1, 1), TINY_GT, torch.ones(1, 1, 1), num_classes=1
+    )
     assert int(atss.fg_mask.sum()) == 0
-    atss = ATSSAssigner(topk=9, min_size=16.0)
+    atss = ATSSAssigner.from_hyp(topk=9, min_size=16.0)
     res = atss(anc, strides, torch.zeros(1, 1, 1), TINY_GT, torch.ones(1, 1, 1), num_classes=1)
     assert int(res.fg_mask.sum()) > 0
 
@@ -64,7 +66,7 @@ def test_floor_does_not_change_large_gts():
     g = torch.Generator().manual_seed(0)
     scene = (torch.rand(1, anc.shape[0], 1, generator=g), (gt[0, 0] + torch.zeros(anc.shape[0], 4))[None], anc,
              torch.zeros(1, 1, 1), gt, torch.ones(1, 1, 1))  # fmt: skip
-    a, b = TOODTaskAlignedAssigner()(*scene), TOODTaskAlignedAssigner(min_size=16.0)(*scene)
+    a, b = TOODTaskAlignedAssigner.from_hyp()(*scene), TOODTaskAlignedAssigner.from_hyp(min_size=16.0)(*scene)
     assert torch.equal(a.fg_mask, b.fg_mask) and torch.equal(a.metrics, b.metrics)
 
 
@@ -94,16 +96,16 @@ def test_atss_min_pos_keeps_the_best_inside_candidates():
     from ultralytics.utils.metrics import bbox_iou
 
     anc, strides, labels, gt, mask = bimodal_scene()
-    ref = ATSSAssigner(topk=9)(anc, strides, labels, gt, mask, num_classes=1)
+    ref = ATSSAssigner.from_hyp(topk=9)(anc, strides, labels, gt, mask, num_classes=1)
     assert int(ref.fg_mask.sum()) == 0  # the reference's threshold leaves this large GT without a positive
     half = strides * 4
     iou = bbox_iou(gt[0], torch.cat((anc - half, anc + half), 1), xywh=False).squeeze(-1)  # (A,) anchor-box IoU
     inside = ((anc > gt[0, 0, :2]) & (anc < gt[0, 0, 2:])).all(1)
     best = iou.masked_fill(~inside, -1).max()  # 0.508: four P5 anchors around the centre tie
-    res = ATSSAssigner(topk=9, min_pos=1)(anc, strides, labels, gt, mask, num_classes=1)
+    res = ATSSAssigner.from_hyp(topk=9, min_pos=1)(anc, strides, labels, gt, mask, num_classes=1)
     kept = res.fg_mask[0]
     assert int(kept.sum()) == 4 and bool((iou[kept] == best).all()) and bool(inside[kept].all())  # ties kept
-    res = ATSSAssigner(topk=9, min_pos=5)(anc, strides, labels, gt, mask, num_classes=1)
+    res = ATSSAssigner.from_hyp(topk=9, min_pos=5)(anc, strides, labels, gt, mask, num_classes=1)
     assert int(res.fg_mask.sum()) >= 5 and bool(inside[res.fg_mask[0]].all())
 
 
@@ -111,7 +113,10 @@ def test_atss_min_pos_changes_nothing_where_the_reference_has_positives():
     anc, strides = grid_anchors(64)
     gt = torch.tensor([[[6.0, 6.0, 40.0, 30.0], [30.0, 30.0, 60.0, 62.0]]])
     args = (anc, strides, torch.zeros(1, 2, 1), gt, torch.ones(1, 2, 1))
-    ref, res = ATSSAssigner(topk=9)(*args, num_classes=1), ATSSAssigner(topk=9, min_pos=1)(*args, num_classes=1)
+    ref, res = (
+        ATSSAssigner.from_hyp(topk=9)(*args, num_classes=1),
+        ATSSAssigner.from_hyp(topk=9, min_pos=1)(*args, num_classes=1),
+    )
     assert int(ref.fg_mask.sum()) >= 2 and torch.equal(ref.fg_mask, res.fg_mask) and torch.equal(ref.gt_idx, res.gt_idx)
 
 

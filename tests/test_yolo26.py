@@ -189,7 +189,10 @@ def test_the_one_to_one_assignment_is_each_gts_best_positive():
     gt_boxes = torch.tensor([[[4.0, 4, 30, 28], [20, 30, 60, 60]], [[10, 10, 40, 50], [0, 0, 0, 0]]])
     gt_labels, mask = torch.tensor([[[0.0], [2]], [[1], [0]]]), torch.tensor([[[1.0], [1]], [[1], [0]]])
     args = (scores, boxes[None].expand(2, -1, -1), anc, gt_labels, gt_boxes, mask)
-    many, one = TOODTaskAlignedAssigner(topk=7)(*args), TOODTaskAlignedAssigner(topk=7, topk2=1)(*args)
+    many, one = (
+        TOODTaskAlignedAssigner.from_hyp(topk=7)(*args),
+        TOODTaskAlignedAssigner.from_hyp(topk=7, topk2=1)(*args),
+    )
     for b, n in ((0, 2), (1, 1)):
         for g in range(n):
             pos_many = (many.gt_idx[b] == g) & many.fg_mask[b]

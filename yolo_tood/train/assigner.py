@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from ultralytics.utils.metrics import bbox_iou
 
-from .hyp import TOPK_MODES
+from .hyp import TOPK_MODES, TOODHyp
 
 __all__ = (
     "ATSSAssigner",
@@ -36,6 +36,8 @@ __all__ = (
 # An anchor centre must be at least this many pixels inside every side of a GT to be a positive of that GT
 # (as MMDetection's TaskAlignedAssigner / ATSSAssigner: min(l, t, r, b) > 0.01).
 CENTER_MARGIN = 0.01
+# ATSS's square anchor box side in strides, as MMDetection's TOOD (octave_base_scale=8); not a training key
+ATSS_ANCHOR_SCALE = 8.0
 # GT sizes sqrt(w * h) in pixels at which the dynamic top-k reaches its largest / smallest k
 DYNAMIC_TOPK_SMALL, DYNAMIC_TOPK_LARGE = 8.0, 96.0
 
@@ -301,12 +303,12 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         topk_min (int): Smallest m of the dynamic mode.
         topk_max (int): Largest m of the dynamic mode.
         min_size (float): GT sides shorter than this (pixels) are widened to it for the centre-in-GT test only
-            (``widen_small_boxes``, as ultralytics' STAL); 0, the default, is the reference's strict test.
+            (``widen_small_boxes``, as ultralytics' STAL); 0 is the reference's strict test.
         topk2 (int | None): After the multi-GT resolution, keep each GT's ``topk2`` positives of largest t
             (``keep_best_per_gt``, ultralytics' ``topk2``; 1 for YOLO26's one-to-one branch); None keeps them all.
 
     Examples:
-        >>> assigner = TOODTaskAlignedAssigner(topk=13, alpha=1.0, beta=6.0)
+        >>> assigner = TOODTaskAlignedAssigner.from_hyp(TOODHyp(tal_topk=13))
         >>> anc = torch.tensor([[4.0, 4.0], [12.0, 4.0], [4.0, 12.0], [12.0, 12.0]])
         >>> pd_scores = torch.full((1, 4, 2), 0.5)
         >>> pd_bboxes = torch.tensor([[[0.0, 0, 8, 8], [8, 0, 16, 8], [0, 8, 8, 16], [8, 8, 16, 16]]])
@@ -318,16 +320,17 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
 
     def __init__(
         self,
-        topk: int = 13,
-        alpha: float = 1.0,
-        beta: float = 6.0,
-        topk_mode: str = "fixed",
-        topk_min: int = 5,
-        topk_max: int = 21,
-        min_size: float = 0.0,
+        topk: int,
+        alpha: float,
+        beta: float,
+        topk_mode: str,
+        topk_min: int,
+        topk_max: int,
+        min_size: float,
         topk2: int | None = None,
     ):
-        """Initialise the assigner with the metric exponents and the number of candidates per GT."""
+        """Initialise the assigner with the metric exponents and the number of candidates per GT (``from_hyp`` takes
+        them from the TOOD hyper-parameters, where their defaults live)."""
         super().__init__()
         if topk2 is not None and topk2 < 1:
             raise ValueError(f"topk2 must be None or >= 1, got {topk2}")
@@ -342,6 +345,22 @@ class TOODTaskAlignedAssigner(_ChunkedAssigner):
         self.topk_min, self.topk_max = topk_min, topk_max
         self.min_size = min_size
         self.topk2 = topk2
+
+    @classmethod
+    def from_hyp(cls, hyp: TOODHyp | None = None, **overrides: Any) -> TOODTaskAlignedAssigner:
+        """Build the assigner from the ``tal_*`` keys of ``hyp`` (``TOODHyp()``'s defaults when None); constructor
+        arguments in ``overrides`` (e.g. ``topk2=1``) replace theirs."""
+        hyp = hyp or TOODHyp()
+        args = {
+            "topk": hyp.tal_topk,
+            "alpha": hyp.tal_alpha,
+            "beta": hyp.tal_beta,
+            "topk_mode": hyp.tal_topk_mode,
+            "topk_min": hyp.tal_topk_min,
+            "topk_max": hyp.tal_topk_max,
+            "min_size": hyp.tal_min_size,
+        }
+        return cls(**{**args, **overrides})
 
     @torch.no_grad()
     def forward(
@@ -449,15 +468,15 @@ class ATSSAssigner(_ChunkedAssigner):
         topk (int): Candidates per level per GT.
         anchor_scale (float): Side of the square anchor box in strides (mmdet's octave_base_scale).
         min_size (float): GT sides shorter than this (pixels) are widened to it for the centre-in-GT test only, as in
-            ``TOODTaskAlignedAssigner``; 0, the default, is the reference's strict test.
+            ``TOODTaskAlignedAssigner``; 0 is the reference's strict test.
         min_pos (int): Every GT keeps at least its ``min_pos`` best candidates (by IoU) whose centre is inside it,
-            however high mean + std is; 0, the default, is the reference. Why: the threshold statistics were made
+            however high mean + std is; 0 is the reference. Why: the threshold statistics were made
             for 5 pyramid levels (45 candidates); with YOLO's 3 levels (27) a large GT's candidate IoUs are bimodal
             (P3 low, P4/P5 high) and mean + std can exceed every candidate, leaving the GT with no positive, so it is
             trained as background (``yolo-tood coverage`` counts them).
 
     Examples:
-        >>> assigner = ATSSAssigner(topk=9)
+        >>> assigner = ATSSAssigner.from_hyp(TOODHyp(atss_topk=9))
         >>> anc = torch.tensor([[4.0, 4.0], [12.0, 4.0], [4.0, 12.0], [12.0, 12.0]])
         >>> strides = torch.full((4, 1), 8.0)
         >>> gt_bboxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0]]])
@@ -466,13 +485,22 @@ class ATSSAssigner(_ChunkedAssigner):
         tensor([[ True, False, False, False]])
     """
 
-    def __init__(self, topk: int = 9, anchor_scale: float = 8.0, min_size: float = 0.0, min_pos: int = 0):
-        """Initialise the assigner with the number of candidates per level and the anchor box scale."""
+    def __init__(self, topk: int, *, min_size: float, min_pos: int, anchor_scale: float = ATSS_ANCHOR_SCALE):
+        """Initialise the assigner with the number of candidates per level and the anchor box scale (``from_hyp``
+        takes the first three from the TOOD hyper-parameters, where their defaults live)."""
         super().__init__()
         self.topk = topk
         self.anchor_scale = anchor_scale
         self.min_size = min_size
         self.min_pos = min_pos
+
+    @classmethod
+    def from_hyp(cls, hyp: TOODHyp | None = None, **overrides: Any) -> ATSSAssigner:
+        """Build the assigner from ``atss_topk``, ``tal_min_size`` and ``atss_min_pos`` of ``hyp`` (``TOODHyp()``'s
+        defaults when None); constructor arguments in ``overrides`` (e.g. ``anchor_scale``) replace theirs."""
+        hyp = hyp or TOODHyp()
+        args = {"topk": hyp.atss_topk, "min_size": hyp.tal_min_size, "min_pos": hyp.atss_min_pos}
+        return cls(**{**args, **overrides})
 
     @torch.no_grad()
     def forward(

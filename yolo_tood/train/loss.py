@@ -63,7 +63,7 @@ def _bce_prob(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * p.log() + (1 - target) * (1 - p).log())
 
 
-def quality_focal_loss_prob(pred: torch.Tensor, target: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+def quality_focal_loss_prob(pred: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
     """Return the element-wise Quality Focal Loss (GFL, Li et al. 2020) on probabilities.
 
     As MMDetection's ``QualityFocalLoss(activated=True)`` used by TOOD: BCE(p, q) * |q - p|^beta, with q = t_hat at
@@ -81,7 +81,7 @@ def quality_focal_loss_prob(pred: torch.Tensor, target: torch.Tensor, beta: floa
     return _bce_prob(pred, target) * (target - pred).abs().clamp(min=PROB_EPS).pow(beta)
 
 
-def focal_loss_prob(pred: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.25) -> torch.Tensor:
+def focal_loss_prob(pred: torch.Tensor, target: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
     """Return the element-wise sigmoid-free Focal loss (Lin et al. 2017) on probabilities.
 
     As MMDetection's ``FocalLoss(activated=True)`` of TOOD's warm-up: BCE(p, y) * w * (1 - p_t)^gamma, with
@@ -208,19 +208,10 @@ class TOODLoss(v8DetectionLoss):
         self.no = self.nc + self.reg_max * 4
         self.use_dfl = self.reg_max > 1
         self.loss_names = "box_loss", "cls_loss", "dfl_loss" if self.use_dfl else "l1_loss"
-        self.tal_assigner = TOODTaskAlignedAssigner(
-            tal_topk if self.one_to_one else self.tood_hyp.tal_topk,
-            self.tood_hyp.tal_alpha,
-            self.tood_hyp.tal_beta,
-            topk_mode="fixed" if self.one_to_one else self.tood_hyp.tal_topk_mode,
-            topk_min=self.tood_hyp.tal_topk_min,
-            topk_max=self.tood_hyp.tal_topk_max,
-            min_size=self.tood_hyp.tal_min_size,
-            topk2=tal_topk2,
-        )
-        self.atss_assigner = ATSSAssigner(
-            self.tood_hyp.atss_topk, min_size=self.tood_hyp.tal_min_size, min_pos=self.tood_hyp.atss_min_pos
-        )
+        # The one-to-one branch: E2ELoss's own candidates, each GT's tal_topk2 best; TOOD's metric (alpha, beta)
+        one_to_one = {"topk": tal_topk, "topk_mode": "fixed", "topk2": tal_topk2} if self.one_to_one else {}
+        self.tal_assigner = TOODTaskAlignedAssigner.from_hyp(self.tood_hyp, **one_to_one)
+        self.atss_assigner = ATSSAssigner.from_hyp(self.tood_hyp)
         self.dfl_loss = DFLoss(self.reg_max) if self.use_dfl else None
         self.proj = torch.arange(self.reg_max, dtype=torch.float, device=self.device)  # used by bbox_decode
         self.tal_stats = TALStats()  # positives per GT of the training batches; integration.callbacks writes them

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ...train.assigner import ATSSAssigner, gt_sizes
+from ...train.hyp import TOODHyp
 from ...train.tal_stats import SIZE_EDGES, SIZE_LABELS
 
 __all__ = ("Coverage", "atss_coverage", "coverage_table", "level_anchors")
@@ -105,9 +106,9 @@ def atss_coverage(
     data: str | Path,
     imgsz: int = 320,
     split: str = "train",
-    topk: int = 9,
-    min_size: float = 0.0,
-    min_pos: int = 0,
+    topk: int = TOODHyp.atss_topk,
+    min_size: float = TOODHyp.tal_min_size,
+    min_pos: int = TOODHyp.atss_min_pos,
     strides: tuple[int, ...] = (8, 16, 32),
     batch: int = 16,
 ) -> Coverage:

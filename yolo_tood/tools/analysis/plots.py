@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...train.hyp import TOODHyp
+
 __all__ = ("alignment_metric", "head_maps", "map_range", "plot_distributions", "plot_head_maps", "plot_score_iou")
 
 SIDES = ("left", "top", "right", "bottom")  # order of the box sides (ultralytics' ltrb distances, TAP's offset groups)
@@ -46,7 +48,9 @@ def _plt():
     return plt
 
 
-def alignment_metric(score: np.ndarray, iou: np.ndarray, alpha: float = 1.0, beta: float = 6.0) -> np.ndarray:
+def alignment_metric(
+    score: np.ndarray, iou: np.ndarray, alpha: float = TOODHyp.tal_alpha, beta: float = TOODHyp.tal_beta
+) -> np.ndarray:
     """Return TAL's alignment metric t = s^alpha * u^beta (TOOD eq. 3)."""
     return np.power(score, alpha) * np.power(iou, beta)
 
@@ -101,7 +105,11 @@ def plot_score_iou(results: Mapping[str, Any], path: str | Path, bins: int = 40)
 
 
 def plot_distributions(
-    results: Mapping[str, Any], path: str | Path, alpha: float = 1.0, beta: float = 6.0, bins: int = 50
+    results: Mapping[str, Any],
+    path: str | Path,
+    alpha: float = TOODHyp.tal_alpha,
+    beta: float = TOODHyp.tal_beta,
+    bins: int = 50,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Plot histograms of score, IoU and t = s^alpha * u^beta of each object's top-50 predictions, models overlaid.
 
