@@ -172,15 +172,17 @@ RELIED_ON: tuple[Internal, ...] = (
         ("self",),
         (),
         "integration/register.py",
-        "wrapped; returns the TOOD criterion for a TOOD head",
+        "wrapped; returns the TOOD criterion for a TOOD head; the train-start callback calls it when the trainer has "
+        "not created `model.criterion` yet, as BaseTrainer's resume does",
     ),
     Internal(
         "ultralytics.utils.callbacks.base:default_callbacks",
         None,
         (),
         "integration/register.py",
-        "dict of event -> list, copied into every trainer/exporter; on_train_start, on_train_epoch_start, "
-        "on_train_epoch_end (runs before the epoch's validation) and on_export_start are appended",
+        "dict of event -> list, copied into every trainer/exporter; on_pretrain_routine_start, on_train_start, "
+        "on_train_epoch_start, on_train_epoch_end (runs before the epoch's validation) and on_export_start are "
+        "appended",
     ),
     Internal("ultralytics.utils.torch_utils:unwrap_model", ("m",), (), "integration/callbacks.py"),
     Internal("ultralytics.utils.ops:make_divisible", ("x", "divisor"), (), "integration/register.py"),

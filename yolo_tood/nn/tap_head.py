@@ -259,7 +259,7 @@ class TAPDetect(TaskAlignedOutputs, Detect):
     dgqp_key = "quality_head"  # the branch dict's key of DGQP (TaskAlignedOutputs)
 
     def _branch(self, prefix: str) -> dict[str, nn.Module | None]:
-        """The modules of one branch (``prefix`` in ``BRANCH_PREFIXES``), under ``forward_level``'s keyword names.
+        """The modules of one branch (``prefix`` in ``BRANCH_PREFIXES``), under ``level_maps``' keyword names.
 
         ``box_head`` / ``cls_head`` are ``Detect``'s keys (its ``bias_init`` reads them); None once fused away.
         """

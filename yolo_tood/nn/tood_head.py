@@ -50,7 +50,7 @@ T_HEAD_MODULES = (
 )
 
 
-# Plain distances (reg_max 1) are exp(x) in stride units as the reference; x is clamped here (see forward_level)
+# Plain distances (reg_max 1) are exp(x) in stride units as the reference; x is clamped here (see _predict)
 MAX_LOG_DISTANCE = math.log(1e4)
 
 

@@ -2,7 +2,8 @@
 
 The model YAML (``yolov8-tood.yaml``) gives the defaults; ``yolo_tood.integration.register.add_train_args`` makes every
 key a train argument too (``yolo train ... tal_topk=9``, ``model.train(tal_topk=9)``), default None = the YAML's
-value. ``TOODLoss`` and the training callbacks read both through ``TOODHyp.from_yaml(model.yaml, model.args)``.
+value. ``TOODLoss`` reads both through ``TOODHyp.from_yaml(model.yaml, model.args)``; the training callbacks read
+the loss's.
 """
 
 from __future__ import annotations

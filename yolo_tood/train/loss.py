@@ -1,7 +1,7 @@
 """TOOD training loss for ultralytics: Task Alignment Learning with an ATSS warm-up.
 
-``TOODLoss(model)`` replaces ``v8DetectionLoss`` for a DetectionModel whose last module is ``TOODDetect``. As
-MMDetection's ``TOODHead.loss_by_feat``:
+``TOODLoss(model)`` replaces ``v8DetectionLoss`` for a DetectionModel whose last module is a TOOD head
+(``TOODDetect``, ``TAPDetect``). As MMDetection's ``TOODHead.loss_by_feat``:
 
 - epochs below the warm-up (``TOODLoss.warmup_epochs``, by default a third of the run, see ``TOODHyp``): ATSS
   assignment, Focal loss on the probabilities against hard labels, box loss
