@@ -135,7 +135,7 @@ def model(request):
 @pytest.mark.parametrize("phase", [0, None], ids=["atss", "tal"])
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_loss_inside_autocast_equals_fp32_loss_of_same_predictions(model, precision, phase):
-    model.model[-1].epoch, model.model[-1].atss_epochs = phase, 1
+    model.model[-1].epoch = phase  # 0: inside the warm-up (a third of get_cfg()'s epochs)
     batch = fuzz_amp.make_batch("tiny" if phase == 0 else "huge", torch.Generator().manual_seed(1), 2, 64, 80)
     criterion = TOODLoss(model)
     with torch.autocast("cpu", dtype=LOW[precision]):
@@ -170,7 +170,7 @@ def test_trainer_autocast_on_a_coco128_batch(model, phase):
     default bf16, ``autocast(torch.float16, "cpu")`` the fp16 of CUDA AMP.
     """
     batch = _coco128_batch()
-    model.model[-1].epoch, model.model[-1].atss_epochs = phase, 1
+    model.model[-1].epoch = phase  # 0: inside the warm-up (a third of get_cfg()'s epochs)
     items = {}
     for name, enabled in (("fp32", False), ("bf16", True), ("fp16", torch.float16)):
         model.zero_grad(set_to_none=True)

@@ -393,11 +393,13 @@ def test_atss_epochs_zero_disables_warmup():
 
 
 def test_explicit_atss_epochs_without_callbacks_and_unresolved_fraction():
-    """A head whose epoch is set by hand on a model without train arguments: an explicit atss_epochs is used; a
-    fraction cannot be resolved without the run's epochs, which is one clear error rather than a silent phase."""
+    """A head whose epoch is set by hand on a model without train arguments: an explicit atss_epochs is used, and a
+    fraction of 0 is no warm-up at any length; another fraction cannot be resolved without the run's epochs, which is
+    one clear error rather than a silent phase."""
     head = FakeHead()
     head.epoch = 3
     assert TOODLoss(FakeModel(head, epochs=None, atss_epochs=4)).in_warmup()
+    assert TOODLoss(FakeModel(head, epochs=None, atss_fraction=0.0)).warmup_epochs() == 0
     with pytest.raises(RuntimeError, match="run's length is unknown"):
         TOODLoss(FakeModel(head, epochs=None)).in_warmup()
     head.epoch = None

@@ -127,7 +127,7 @@ def test_dgqp_learns_from_the_first_step(quality):
     torch.manual_seed(0)
     model = DetectionModel(tap_cfg(quality=quality), nc=3, verbose=False).train()
     head = model.model[-1]
-    head.epoch, head.atss_epochs = 0, 0  # TAL, as the callbacks set it for a run without warm-up
+    head.epoch = 0  # TAL at the first epoch: the -tap configs have no warm-up (atss_fraction 0), at any run length
     assert not head.dgqp.reg_conf[-1].weight.any()
     batch = {**random_batch([3, 2], nc=3), "img": torch.rand(2, 3, 64, 64)}
     loss, _ = model.loss(batch, model(batch["img"]))

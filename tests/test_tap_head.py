@@ -137,7 +137,7 @@ def test_the_predictor_learns_from_the_first_step():
     torch.manual_seed(0)
     model = DetectionModel(tap_cfg(interact="box_to_cls"), nc=3, verbose=False).train()
     head = model.model[-1]
-    head.epoch, head.atss_epochs = 0, 0  # TAL, as the callbacks set it for a run without warm-up
+    head.epoch = 0  # TAL at the first epoch: the -tap configs have no warm-up (atss_fraction 0), at any run length
     batch = {**random_batch([3, 2], nc=3), "img": torch.rand(2, 3, 64, 64)}
     loss, _ = model.loss(batch, model(batch["img"]))
     loss.sum().backward()

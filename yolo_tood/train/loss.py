@@ -229,21 +229,21 @@ class TOODLoss(v8DetectionLoss):
         """Return the run's ATSS warm-up length in epochs: ``TOODHyp.warmup_epochs`` of the run's ``epochs``.
 
         The run's length is the train arguments' ``epochs`` (``self.hyp``, ``model.args``), which ``resume`` restores
-        and ``time=`` updates: the value ``E2ELoss`` reads for its own schedule. An explicit ``atss_epochs`` needs no
-        run length.
+        and ``time=`` updates: the value ``E2ELoss`` reads for its own schedule. An explicit ``atss_epochs``, or an
+        ``atss_fraction`` of 0, needs no run length.
 
         Raises:
             RuntimeError: If neither the run's ``epochs`` nor an explicit ``atss_epochs`` is known (a model used
                 outside a trainer whose head's ``epoch`` was set by hand).
         """
         epochs = self.hyp.get("epochs") if isinstance(self.hyp, dict) else getattr(self.hyp, "epochs", None)
-        if epochs is None and self.tood_hyp.atss_epochs is None:
+        if epochs is None and self.tood_hyp.atss_epochs is None and self.tood_hyp.atss_fraction:
             raise RuntimeError(
                 "TOOD: head.epoch is set but the run's length is unknown, so the ATSS warm-up (a fraction of it) "
                 "cannot be resolved; give the model train arguments with 'epochs' (model.args, as the trainer "
                 "does) or set 'atss_epochs'"
             )
-        return self.tood_hyp.warmup_epochs(epochs)
+        return self.tood_hyp.warmup_epochs(epochs or 0)  # a fraction of 0 is no warm-up at any length
 
     def in_warmup(self) -> bool:
         """Return True while the head's current epoch is inside the ATSS warm-up; always False for a one-to-one branch.
