@@ -8,8 +8,9 @@ imported when used, so reading the table imports neither torch nor ultralytics.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Any
+
+from .compat import resolve
 
 __all__ = ("ARG_CHOICES", "HEADS", "HeadSpec", "head_classes", "head_spec", "is_tood_head", "tood_row_spec")
 
@@ -22,12 +23,6 @@ ARG_CHOICES = {
     "interact": "yolo_tood.nn.tap_head:INTERACT_MODES",
     "quality": "yolo_tood.nn.quality:QUALITY_MODES",
 }
-
-
-def _resolve(target: str) -> Any:
-    """Return the object named by ``module:name`` (imports the module)."""
-    module, _, name = target.partition(":")
-    return getattr(import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -58,7 +53,7 @@ class HeadSpec:
     @property
     def cls(self) -> type:
         """The head class (imports its module)."""
-        return getattr(import_module(self.module), self.name)
+        return resolve(f"{self.module}:{self.name}")
 
     def arg_defaults(self) -> dict[str, Any]:
         """The defaults of ``yaml_args``, read from the head constructor's signature (imports the head)."""
@@ -69,7 +64,7 @@ class HeadSpec:
 
     def arg_choices(self) -> dict[str, tuple[str, ...]]:
         """The values each of the head's str ``yaml_args`` accepts (``ARG_CHOICES``; imports the heads' modules)."""
-        return {name: tuple(_resolve(ARG_CHOICES[name])) for name in self.yaml_args if name in ARG_CHOICES}
+        return {name: tuple(resolve(ARG_CHOICES[name])) for name in self.yaml_args if name in ARG_CHOICES}
 
     def check_args(self, args: list, reg_max: int) -> None:
         """Run the head class's own argument checks on a YAML row's ``[nc, *yaml_args]``; builds nothing.
@@ -92,7 +87,7 @@ class HeadSpec:
         An end-to-end head (a ``one2one_cv2``, as ultralytics' own test in ``DetectionModel.init_criterion``) gets
         ultralytics' ``E2ELoss`` with this criterion as its ``loss_fn``, one per branch.
         """
-        criterion = _resolve(self.criterion)
+        criterion = resolve(self.criterion)
         if getattr(model.model[-1], "one2one_cv2", None) is not None:
             from ultralytics.utils.loss import E2ELoss
 

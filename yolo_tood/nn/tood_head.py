@@ -175,8 +175,8 @@ class TOODDetect(TaskAlignedOutputs, Detect):
                 setattr(self, f"one2one_{name}", copy.deepcopy(getattr(self, name)))
 
     def _build_tower(self, ch: tuple[int, ...] | list[int]) -> None:
-        """Build the per-level adapters and scales, the shared stacked convs, both task decompositions and the cls and
-        box convs (``feat_channels`` wide, ``stacked_convs`` deep, normalised by ``norm``)."""
+        """Build the per-level adapters, the shared stacked convs, both task decompositions and the cls and box convs
+        (``feat_channels`` wide, ``stacked_convs`` deep, normalised by ``norm``)."""
         c, s = self.feat_channels, self.stacked_convs
         sepbn_levels = self.nl if self.norm == "sepbn" else 0
         group_width = GN_GROUP_WIDTH if self.norm == "gn8" else 0

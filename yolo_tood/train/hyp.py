@@ -15,7 +15,16 @@ from typing import Any, Optional, get_type_hints
 
 from ..checks import check_int
 
-__all__ = ("ATSS_CLS_TARGETS", "TOPK_MODES", "HypKey", "TOODHyp", "check_warmup", "hyp_schema", "train_overrides")
+__all__ = (
+    "ATSS_CLS_TARGETS",
+    "TOPK_MODES",
+    "HypKey",
+    "TOODHyp",
+    "check_warmup",
+    "hyp_schema",
+    "train_arg",
+    "train_overrides",
+)
 
 
 TOPK_MODES = ("fixed", "dynamic")
@@ -317,8 +326,12 @@ def train_overrides(args: Any) -> dict[str, Any]:
     """
     if args is None:
         return {}
-    get = args.get if isinstance(args, dict) else lambda k: getattr(args, k, None)
-    return {k.name: k.check(v) for k in hyp_schema() if (v := get(k.name)) is not None}
+    return {k.name: k.check(v) for k in hyp_schema() if (v := train_arg(args, k.name)) is not None}
+
+
+def train_arg(args: Any, name: str) -> Any:
+    """Return train argument ``name`` of ``args`` (a namespace, or a dict after ``load_checkpoint``), None if absent."""
+    return args.get(name) if isinstance(args, dict) else getattr(args, name, None)
 
 
 def _base_type(hint: Any) -> type:

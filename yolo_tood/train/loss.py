@@ -47,7 +47,7 @@ from ultralytics.utils.tal import make_anchors
 
 from ..nn import tap
 from .assigner import AssignResult, ATSSAssigner, TOODTaskAlignedAssigner
-from .hyp import TOODHyp
+from .hyp import TOODHyp, train_arg
 from .tal_stats import TALStats
 
 __all__ = ("TOODLoss", "centerness", "focal_loss_prob", "quality_focal_loss_prob", "reduce_mean", "side_shift_pairs")
@@ -236,7 +236,7 @@ class TOODLoss(v8DetectionLoss):
             RuntimeError: If neither the run's ``epochs`` nor an explicit ``atss_epochs`` is known (a model used
                 outside a trainer whose head's ``epoch`` was set by hand).
         """
-        epochs = self.hyp.get("epochs") if isinstance(self.hyp, dict) else getattr(self.hyp, "epochs", None)
+        epochs = train_arg(self.hyp, "epochs")
         if epochs is None and self.tood_hyp.atss_epochs is None and self.tood_hyp.atss_fraction:
             raise RuntimeError(
                 "TOOD: head.epoch is set but the run's length is unknown, so the ATSS warm-up (a fraction of it) "
